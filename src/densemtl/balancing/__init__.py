@@ -1,0 +1,55 @@
+"""Task-balancing methods: ``create(name, **kw)`` and ``available()``.
+
+A new method is one module here decorated with ``@register("name")`` and one import line below.
+See ``densemtl.balancing.base`` for the three kinds (loss weightings, gradient aggregators,
+optimizers).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from densemtl.balancing.base import (
+    Aggregator,
+    BalancingMethod,
+    GramianWeighting,
+    LossWeighting,
+    OptimizerMethod,
+)
+from densemtl.registry import Registry
+
+METHODS: Registry[BalancingMethod] = Registry("method")
+register = METHODS.register
+
+
+def available() -> list[str]:
+    return METHODS.available()
+
+
+def create(name: str, **kwargs: Any) -> BalancingMethod:
+    return METHODS.create(name, **kwargs)
+
+
+def _import_methods() -> None:
+    # Every module in this package registers its method(s) on import; one file = one method.
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(__path__):
+        if info.name not in {"base"} and not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+_import_methods()
+
+__all__ = [
+    "METHODS",
+    "Aggregator",
+    "BalancingMethod",
+    "GramianWeighting",
+    "LossWeighting",
+    "OptimizerMethod",
+    "available",
+    "create",
+    "register",
+]

@@ -1,0 +1,108 @@
+"""The three kinds of balancing method, told apart by their type.
+
+- ``LossWeighting``: sees the T task losses (and their history) and gives T weights; the
+  update is the gradient of sum_t w_t L_t. EW, UW, DWA, ...
+- ``Aggregator``: sees the Jacobian J (T x P) of the task losses with respect to the shared
+  parameters and gives one vector ``aggregate(J) -> Tensor[P]``. A ``GramianWeighting`` is an
+  aggregator whose output is ``w(G) @ J`` with weights computed from the Gramian G = J J^T alone,
+  which lets the engine avoid J, reduce a T x T matrix across processes, or reuse weights.
+- ``OptimizerMethod``: consumes the per-task gradients itself (MAO).
+
+Everything that carries state exposes ``state_dict``/``load_state_dict``; random methods draw
+from the ``torch.Generator`` given to ``set_generator``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+
+class BalancingMethod:
+    """Common base: a name, a kind, state and a random generator."""
+
+    kind: ClassVar[str] = "abstract"
+    #: whether the method's weights may be computed at the shared representation
+    supports_representation: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        self.generator: torch.Generator | None = None
+
+    def set_generator(self, generator: torch.Generator) -> None:
+        self.generator = generator
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
+
+    def parameters(self) -> list[nn.Parameter]:
+        """Learnable parameters of the method itself (e.g. UW's log-variances)."""
+        return []
+
+    def end_epoch(self, epoch: int, mean_losses: Tensor) -> None:
+        """Called after each training epoch with the epoch's mean task losses."""
+        return None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class LossWeighting(BalancingMethod):
+    """Turns task losses into one scalar ``sum_t w_t L_t``; subclasses give ``weights``."""
+
+    kind: ClassVar[str] = "loss"
+
+    def weights(self, losses: Tensor) -> Tensor:
+        """Weights (T,) for the detached task losses (T,)."""
+        raise NotImplementedError
+
+    def combine(self, losses: Tensor) -> tuple[Tensor, Tensor]:
+        """The scalar to back-propagate and the weights used (detached)."""
+        w = self.weights(losses.detach()).to(losses)
+        return (w * losses).sum(), w.detach()
+
+
+class Aggregator(BalancingMethod):
+    """Maps the Jacobian J (T x P) of the shared parameters to one update direction (P,)."""
+
+    kind: ClassVar[str] = "gradient"
+    #: "jacobian" when whole rows are needed, "gramian" when J J^T suffices
+    needs: ClassVar[str] = "jacobian"
+    #: whether the output is sum_t c_t g_t with c computed from the Gramian alone
+    is_linear_in_rows: ClassVar[bool] = False
+
+    def loss_transform(self, losses: Tensor) -> Tensor:
+        """The losses whose Jacobian is aggregated (identity; DB-MTL uses their logarithm)."""
+        return losses
+
+    def aggregate(self, J: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def __call__(self, J: Tensor) -> Tensor:
+        if J.dim() != 2:
+            raise ValueError(f"{type(self).__name__} expects a matrix J of shape (T, P), got {tuple(J.shape)}")
+        return self.aggregate(J)
+
+
+class GramianWeighting(Aggregator):
+    """An aggregator of the form ``w(G) @ J``: subclasses implement ``weights_from_gramian``."""
+
+    needs: ClassVar[str] = "gramian"
+    is_linear_in_rows: ClassVar[bool] = True
+
+    def weights_from_gramian(self, G: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def aggregate(self, J: Tensor) -> Tensor:
+        w = self.weights_from_gramian(J @ J.T)
+        return w.to(J) @ J
+
+
+class OptimizerMethod(BalancingMethod):
+    """Consumes the per-task gradients itself to update the shared parameters."""
+
+    kind: ClassVar[str] = "optimizer"

@@ -1,0 +1,59 @@
+"""A tiny name -> factory registry shared by datasets, models and balancing methods."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from densemtl.errors import ConfigError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Maps lowercase names to factories; ``create`` gives a clear error for unknown names."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._factories: dict[str, Callable[..., T]] = {}
+
+    def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        def deco(factory: Callable[..., T]) -> Callable[..., T]:
+            key = name.lower()
+            if key in self._factories:
+                raise ValueError(f"{self.kind} {key!r} registered twice")
+            self._factories[key] = factory
+            return factory
+
+        return deco
+
+    def available(self) -> list[str]:
+        return sorted(self._factories)
+
+    def get(self, name: str) -> Callable[..., T]:
+        key = str(name).lower()
+        if key not in self._factories:
+            raise ConfigError(f"unknown {self.kind} {name!r}; valid: {', '.join(self.available())}")
+        return self._factories[key]
+
+    def knobs(self, name: str) -> dict[str, inspect.Parameter]:
+        """The keyword arguments the factory accepts (its knobs)."""
+        sig = inspect.signature(self.get(name))
+        return {
+            k: p
+            for k, p in sig.parameters.items()
+            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+        }
+
+    def create(self, name: str, **kwargs: Any) -> T:
+        factory = self.get(name)
+        sig = inspect.signature(factory)
+        accepts_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+        if not accepts_any:
+            valid = self.knobs(name)
+            for key in kwargs:
+                if key not in valid:
+                    listing = ", ".join(valid) or "none"
+                    raise ConfigError(f"{self.kind} {name!r} has no knob {key!r}; valid: {listing}")
+        return factory(**kwargs)
