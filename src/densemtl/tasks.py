@@ -51,6 +51,8 @@ def normal_loss(pred: Tensor, target: Tensor) -> Tensor:
     mask = normal_valid(target)
     if not mask.any():
         return pred.sum() * 0.0
+    # Zero the invalid targets first: a NaN there would otherwise give NaN gradients (0 * NaN).
+    target = torch.where(mask.unsqueeze(1), target, torch.zeros_like(target))
     cos = (F.normalize(pred, dim=1) * target).sum(dim=1)
     return (1.0 - cos[mask]).mean()
 
@@ -58,6 +60,8 @@ def normal_loss(pred: Tensor, target: Tensor) -> Tensor:
 LOSSES = {"seg": seg_loss, "depth": depth_loss, "normal": normal_loss}
 
 
-def compute_losses(preds: dict[str, Tensor], batch: dict[str, Tensor], tasks: tuple[str, ...]) -> dict[str, Tensor]:
+def compute_losses(
+    preds: dict[str, Tensor], batch: dict[str, Tensor], tasks: tuple[str, ...]
+) -> dict[str, Tensor]:
     """One scalar loss per task, in the order of ``tasks``."""
     return {t: LOSSES[t](preds[t], batch[t]) for t in tasks}

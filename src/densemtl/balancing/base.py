@@ -84,7 +84,8 @@ class Aggregator(BalancingMethod):
 
     def __call__(self, J: Tensor) -> Tensor:
         if J.dim() != 2:
-            raise ValueError(f"{type(self).__name__} expects a matrix J of shape (T, P), got {tuple(J.shape)}")
+            name = type(self).__name__
+            raise ValueError(f"{name} expects a matrix J of shape (T, P), got {tuple(J.shape)}")
         return self.aggregate(J)
 
 

@@ -1,1 +1,372 @@
-"""Placeholder: being written."""
+"""NYUv2 and Cityscapes in the preprocessed layout of MTAN / LibMTL.
+
+``ROOT/{train,val}/{image,label,depth,normal}/{i}.npy``: image H×W×3 float, label H×W (-1 = ignore),
+depth H×W×1 (0 = invalid), normal H×W×3 (all-zero = invalid). Every file's header is checked when
+the dataset is opened, label values when a sample is loaded; problems raise ``DataError`` naming the
+file.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from densemtl.data import register
+from densemtl.data.preprocess import CITYSCAPES_CATEGORIES, CITYSCAPES_TRAIN_NAMES, NYUV2_13_NAMES
+from densemtl.data.transforms import random_scale_crop_flip, resize_sample
+from densemtl.errors import ConfigError, DataError
+
+__all__ = ["MTANDataset", "cityscapes", "nyuv2"]
+
+_NAME = re.compile(r"^(0|[1-9][0-9]*)\.npy$")
+_FOLDER = {"seg": "label", "depth": "depth", "normal": "normal"}
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _check_int(value: object, what: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < minimum:
+        raise ConfigError(f"{what} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_size(size: Sequence[int] | None) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    try:
+        h, w = size  # type: ignore[misc]
+        return _check_int(h, "size", 1), _check_int(w, "size", 1)
+    except (TypeError, ValueError, ConfigError):
+        raise ConfigError(f"size must be (H, W) with positive integers, got {size!r}") from None
+
+
+def _hw(hw: tuple[int, int]) -> str:
+    """``(H, W)`` as ``"H×W"`` for messages."""
+    return f"{hw[0]}×{hw[1]}"
+
+
+def _list_indices(folder: Path) -> dict[int, Path]:
+    """The ``{i}.npy`` files of ``folder`` by index; any other (non-hidden) entry is an error."""
+    found: dict[int, Path] = {}
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as exc:
+        raise DataError(f"{folder}: cannot list folder ({exc.strerror or exc})") from exc
+    for path in entries:
+        if path.name.startswith("."):
+            continue
+        m = _NAME.match(path.name)
+        if m is None or not path.is_file():
+            raise DataError(f"{path}: unexpected entry; {folder} must hold only files 0.npy .. N-1.npy")
+        found[int(m.group(1))] = path
+    return found
+
+
+def _header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of a .npy file, read cheaply (memory-mapped, no data copied)."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot open ({exc.strerror or exc})") from exc
+    if magic != b"\x93NUMPY":
+        raise DataError(f"{path}: {'empty file' if not magic else 'not a .npy file (no NUMPY header)'}")
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as exc:  # corrupt files raise ValueError, OSError, EOFError, ...
+        reason = _one_line(exc)
+        if "mmap length" in reason or "No data left" in reason:
+            reason = "truncated: shorter than its header says"
+        raise DataError(f"{path}: not a readable .npy array ({reason})") from exc
+    if not isinstance(arr, np.ndarray):
+        raise DataError(f"{path}: not a single .npy array")
+    return tuple(int(s) for s in arr.shape), arr.dtype
+
+
+# folder -> (accepted shapes as predicates on the trailing dims, accepted dtype kinds, description)
+_SPECS: dict[str, tuple[tuple[int | None, ...], str, str]] = {
+    "image": ((3,), "f", "H×W×3 float"),
+    "label": ((), "fiu", "H×W numeric"),
+    "depth": ((1, None), "f", "H×W×1 (or H×W) float"),
+    "normal": ((3,), "f", "H×W×3 float"),
+}
+
+
+def _check_header(path: Path, kind: str) -> tuple[int, int]:
+    shape, dtype = _header(path)
+    trailing, kinds, desc = _SPECS[kind]
+    rank2_ok = not trailing or None in trailing
+    ok_shape = (len(shape) == 3 and shape[2] in trailing) or (len(shape) == 2 and rank2_ok)
+    if not ok_shape or dtype.kind not in kinds or min(shape, default=0) < 1:
+        raise DataError(f"{path}: {kind} must be {desc}, got shape {shape} dtype {dtype}")
+    return shape[0], shape[1]
+
+
+class MTANDataset(Dataset):
+    """A split of a dataset in the MTAN layout; see the module docstring.
+
+    ``tasks`` picks the folders read; ``num_classes`` bounds the labels (the folder
+    ``label_{num_classes}`` is used when present, else ``label``). ``size`` resizes on load;
+    ``augment`` applies :func:`random_scale_crop_flip` with a generator seeded from
+    (``seed``, ``epoch``, index); set ``epoch`` (or call :meth:`set_epoch`) every epoch.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        *,
+        name: str,
+        tasks: tuple[str, ...],
+        num_classes: int,
+        size: Sequence[int] | None = None,
+        augment: bool = False,
+        seed: int = 0,
+        n: int | None = None,
+        scales: Sequence[float] = (1.0, 1.2, 1.5),
+        class_names: Sequence[str] | None = None,
+    ) -> None:
+        if split not in ("train", "val"):
+            raise ConfigError(f"{name}: split must be 'train' or 'val', got {split!r}")
+        self.name = name
+        self.split = split
+        self.tasks = tuple(tasks)
+        self.num_classes = _check_int(num_classes, f"{name} num_classes", 1)
+        self.augment = bool(augment)
+        self.seed = _check_int(seed, "seed", -(2**63))
+        self.scales = tuple(float(s) for s in scales)
+        self.epoch = 0
+        names = tuple(class_names) if class_names is not None else ()
+        self.class_names = (
+            names if len(names) == self.num_classes else tuple(f"class{i}" for i in range(self.num_classes))
+        )
+        requested = _check_size(size)
+        limit = None if n is None else _check_int(n, "n", 1)
+
+        self.root = Path(root).expanduser()
+        folders = self._folders()
+        self._files = self._index(folders, limit)
+        self._stored = self._check_headers()
+        sizes = set(self._stored)
+        if requested is None and len(sizes) > 1:
+            first = self._stored[0]
+            odd = next(i for i, s in enumerate(self._stored) if s != first)
+            raise DataError(
+                f"{self._files[odd]['image']}: size {_hw(self._stored[odd])} differs from "
+                f"{self._files[0]['image']} ({_hw(first)}); pass size=(H, W) to resize"
+            )
+        self.size: tuple[int, int] = requested if requested is not None else self._stored[0]
+
+    # ---- opening -----------------------------------------------------------------------------
+    def _folders(self) -> dict[str, Path]:
+        if not self.root.exists():
+            raise DataError(f"{self.root}: {self.name} data root does not exist")
+        if not self.root.is_dir():
+            raise DataError(f"{self.root}: {self.name} data root is not a folder")
+        base = self.root / self.split
+        if not base.is_dir():
+            raise DataError(f"{base}: split folder missing (expected ROOT/{self.split}/image, label, ...)")
+        folders = {"image": base / "image"}
+        for task in self.tasks:
+            if task == "seg":
+                options = [base / f"label_{self.num_classes}", base / "label"]
+                found = next((p for p in options if p.is_dir()), None)
+                if found is None:
+                    also = options[0].name
+                    raise DataError(f"{options[-1]}: label folder missing (also looked for {also})")
+                folders["label"] = found
+            else:
+                folders[_FOLDER[task]] = base / _FOLDER[task]
+        for key, folder in folders.items():
+            if not folder.is_dir():
+                raise DataError(f"{folder}: {key} folder missing")
+        return folders
+
+    def _index(self, folders: dict[str, Path], limit: int | None) -> list[dict[str, Path]]:
+        listed = {key: _list_indices(folder) for key, folder in folders.items()}
+        image_dir, images = folders["image"], listed["image"]
+        if not images:
+            raise DataError(f"{image_dir}: no samples (expected 0.npy .. N-1.npy)")
+        count = len(images)
+        for key, files in listed.items():
+            if len(files) != count:
+                raise DataError(f"{folders[key]}: has {len(files)} files but {image_dir} has {count}")
+            for i in range(count):
+                if i not in files:
+                    raise DataError(f"{folders[key] / f'{i}.npy'}: missing (indices must run 0..{count - 1})")
+        if limit is not None and limit > count:
+            raise ConfigError(f"n={limit} but {image_dir} holds only {count} samples")
+        total = count if limit is None else limit
+        return [{key: listed[key][i] for key in folders} for i in range(total)]
+
+    def _check_headers(self) -> list[tuple[int, int]]:
+        stored = []
+        for files in self._files:
+            hw = _check_header(files["image"], "image")
+            for key, path in files.items():
+                if key == "image":
+                    continue
+                other = _check_header(path, key)
+                if other != hw:
+                    raise DataError(f"{path}: size {_hw(other)} differs from {files['image']} ({_hw(hw)})")
+            stored.append(hw)
+        return stored
+
+    # ---- loading -----------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch that seeds the augmentation (call once per epoch)."""
+        self.epoch = int(epoch)
+
+    def _load(self, path: Path) -> np.ndarray:
+        try:
+            return np.load(path, allow_pickle=False)
+        except Exception as exc:
+            raise DataError(f"{path}: cannot read .npy ({_one_line(exc)})") from exc
+
+    def _label(self, path: Path) -> torch.Tensor:
+        lab = self._load(path)
+        if lab.dtype.kind == "f":
+            if not np.all(np.isfinite(lab)):
+                raise DataError(f"{path}: label has NaN or infinite values")
+            if np.any(lab != np.round(lab)):
+                raise DataError(f"{path}: label has non-integer values")
+        lo, hi = (int(lab.min()), int(lab.max())) if lab.size else (0, 0)
+        if lo < -1 or hi >= self.num_classes:
+            raise DataError(
+                f"{path}: label values must be in -1..{self.num_classes - 1} (-1 = ignore) for "
+                f"num_classes={self.num_classes}, found {lo}..{hi}"
+                + (" (store ignore as -1, not 255)" if hi == 255 else "")
+            )
+        return torch.from_numpy(lab.astype(np.int64))
+
+    def generator(self, index: int) -> torch.Generator:
+        """The augmentation generator of sample ``index`` at the current epoch."""
+        words = np.random.SeedSequence([self.seed % 2**64, self.epoch % 2**64, index]).generate_state(2)
+        g = torch.Generator()
+        g.manual_seed((int(words[0]) << 31 ^ int(words[1])) & (2**63 - 1))
+        return g
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
+        index = int(index) % len(self)
+        files = self._files[index]
+        image = self._load(files["image"]).astype(np.float32)
+        if not np.all(np.isfinite(image)):
+            raise DataError(f"{files['image']}: image has NaN or infinite values")
+        sample = {"image": torch.from_numpy(image).permute(2, 0, 1).contiguous()}
+        if "seg" in self.tasks:
+            sample["seg"] = self._label(files["label"])
+        if "depth" in self.tasks:
+            depth = self._load(files["depth"]).astype(np.float32).reshape(self._stored[index])
+            depth[~np.isfinite(depth) | (depth < 0)] = 0.0  # unusable readings count as invalid
+            sample["depth"] = torch.from_numpy(depth)[None]
+        if "normal" in self.tasks:
+            normal = self._load(files["normal"]).astype(np.float32)
+            normal[~np.isfinite(normal).all(axis=2)] = 0.0
+            sample["normal"] = torch.from_numpy(normal).permute(2, 0, 1).contiguous()
+        if self._stored[index] != self.size:
+            sample = resize_sample(sample, self.size)
+        if self.augment:
+            sample = random_scale_crop_flip(sample, self.generator(index), scales=self.scales)
+        return sample
+
+    def __repr__(self) -> str:
+        return (
+            f"MTANDataset({self.name!r}, {self.split!r}, root={str(self.root)!r}, n={len(self)}, "
+            f"size={self.size}, num_classes={self.num_classes}, augment={self.augment})"
+        )
+
+
+META_FILE = "densemtl.json"
+
+
+def read_meta(root: str | Path) -> dict:
+    """Optional ``ROOT/densemtl.json`` written by ``densemtl data synth``: class count and names."""
+    path = Path(root) / META_FILE
+    if not path.is_file():
+        return {}
+    import json
+
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise DataError(f"{path}: not valid JSON") from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{path}: must hold a JSON object")
+    return meta
+
+
+def _open(
+    name: str,
+    tasks: tuple[str, ...],
+    default_classes: int,
+    split: str,
+    root: str | None,
+    size: tuple[int, int] | None,
+    augment: bool,
+    seed: int,
+    n: int | None,
+    num_classes: int | None,
+) -> MTANDataset:
+    if root is None or str(root) == "":
+        raise ConfigError(f"--data-root is required for {name}")
+    meta = read_meta(root)
+    classes = num_classes if num_classes is not None else int(meta.get("num_classes", default_classes))
+    if "class_names" in meta and len(meta["class_names"]) == classes:
+        names: Sequence[str] = tuple(meta["class_names"])
+    elif name == "nyuv2":
+        names = NYUV2_13_NAMES
+    else:
+        names = CITYSCAPES_CATEGORIES if classes == 7 else CITYSCAPES_TRAIN_NAMES
+    return MTANDataset(
+        root,
+        split,
+        name=name,
+        tasks=tasks,
+        num_classes=classes,
+        size=size,
+        augment=augment,
+        seed=seed,
+        n=n,
+        class_names=names,
+    )
+
+
+@register("nyuv2")
+def nyuv2(
+    split: str,
+    root: str | None = None,
+    size: tuple[int, int] | None = None,
+    augment: bool = False,
+    seed: int = 0,
+    n: int | None = None,
+    num_classes: int | None = None,
+) -> MTANDataset:
+    """NYUv2 in the MTAN layout: 13 classes (default), depth and normals, stored at 288×384."""
+    return _open("nyuv2", ("seg", "depth", "normal"), 13, split, root, size, augment, seed, n, num_classes)
+
+
+@register("cityscapes")
+def cityscapes(
+    split: str,
+    root: str | None = None,
+    size: tuple[int, int] | None = None,
+    augment: bool = False,
+    seed: int = 0,
+    n: int | None = None,
+    num_classes: int | None = None,
+) -> MTANDataset:
+    """Cityscapes in the MTAN layout: 7 categories (default) or 19 train ids, and depth; 128×256."""
+    return _open("cityscapes", ("seg", "depth"), 7, split, root, size, augment, seed, n, num_classes)

@@ -1,0 +1,1 @@
+"""The ``densemtl`` command: a thin layer over the library with friendly errors."""

@@ -1,0 +1,131 @@
+"""``densemtl eval`` and ``densemtl predict``: use a trained checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from densemtl.errors import ConfigError, DataError
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser("eval", help="evaluate a checkpoint on a dataset split")
+    e.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
+    e.add_argument("--dataset", help="default: the run's own")
+    e.add_argument("--data-root")
+    e.add_argument("--size", help="HxW (default: the run's)")
+    e.add_argument("--split", default="val", choices=["train", "val"])
+    e.add_argument("--n", type=int, help="evaluate the first N samples only")
+    e.add_argument("--batch-size", type=int, default=8)
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--json", metavar="FILE", help="also write the metrics as JSON")
+    e.set_defaults(func=run_eval)
+    p = sub.add_parser("predict", help="write prediction images (input, seg, depth, normals)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG/JPEG files or H×W×3 .npy arrays")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=run_predict)
+
+
+def load_model(checkpoint: str, device: str) -> tuple[Any, dict[str, Any], Any]:
+    """(model in eval mode, checkpoint state, config) from a checkpoint or run directory."""
+    from densemtl.models import create
+    from densemtl.tasks import task_channels
+    from densemtl.training.builders import resolve_device
+    from densemtl.training.checkpoint import load_checkpoint
+    from densemtl.training.config import build_config
+
+    state = load_checkpoint(checkpoint)
+    cfg = build_config(state["config"])
+    tasks = tuple(state["tasks"])
+    model = create(cfg.arch, task_channels(tasks, state["num_classes"]), **cfg.arch_args)
+    model.load_state_dict(state["model"])
+    model.to(resolve_device(device)).eval()
+    return model, state, cfg
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from densemtl import data
+    from densemtl.report.console import metrics_header, metrics_row
+    from densemtl.training.builders import resolve_device
+    from densemtl.training.config import parse_size
+    from densemtl.training.evaluation import evaluate_model
+
+    model, state, cfg = load_model(args.checkpoint, args.device)
+    name = args.dataset or cfg.dataset
+    same = args.dataset is None or args.dataset == cfg.dataset
+    root = args.data_root if args.data_root is not None else (cfg.data_root if same else None)
+    size = parse_size(args.size) if args.size else (tuple(state.get("size") or ()) or cfg.size)
+    ds = data.create(
+        name,
+        args.split,
+        root=root,
+        size=size,
+        seed=cfg.seed,
+        n=args.n if args.n else (cfg.n_val if same and args.split == "val" else None),
+        num_classes=cfg.num_classes if same else None,
+    )
+    if ds.num_classes != state["num_classes"]:  # type: ignore[attr-defined]
+        raise ConfigError(
+            f"dataset {name!r} has {ds.num_classes} classes but the checkpoint was "  # type: ignore[attr-defined]
+            f"trained for {state['num_classes']}"
+        )
+    tasks = tuple(t for t in state["tasks"] if t in ds.tasks)  # type: ignore[attr-defined]
+    if not tasks:
+        raise ConfigError(f"dataset {name!r} has none of the checkpoint's tasks {state['tasks']}")
+    loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size)
+    metrics = evaluate_model(
+        model, loader, tasks, state["num_classes"], resolve_device(args.device), progress=True
+    )
+    print(f"densemtl: {name} {args.split} ({len(ds)} images), checkpoint epoch {state['epoch']}")  # type: ignore[arg-type]
+    print(metrics_header(tasks))
+    print(metrics_row(state["epoch"], metrics, tasks))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"metrics": metrics}, indent=2) + "\n")
+    return 0
+
+
+def read_image(path: Path) -> torch.Tensor:
+    """(3,H,W) float in [0,1] from a PNG/JPEG or an H×W×3 .npy (MTAN layout); bad file: one line."""
+    if not path.is_file():
+        raise DataError(f"image {path} does not exist")
+    try:
+        if path.suffix.lower() == ".npy":
+            arr = np.load(path).astype(np.float32)
+        else:
+            from PIL import Image
+
+            arr = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
+    except Exception as e:  # noqa: BLE001 - any decoding failure is the file's fault
+        raise DataError(f"image {path} cannot be read ({type(e).__name__})") from None
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise DataError(f"image {path} has shape {arr.shape}; expected H×W×3")
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+
+
+@torch.no_grad()
+def run_predict(args: argparse.Namespace) -> int:
+    from densemtl.report.visualize import prediction_panel, save_panel
+
+    model, state, _ = load_model(args.checkpoint, args.device)
+    device = next(model.parameters()).device
+    size = tuple(state.get("size") or ())
+    out = Path(args.out)
+    images = [(Path(p), read_image(Path(p))) for p in args.images]
+    for path, img in images:
+        x = img[None].to(device)
+        if size and tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        preds = model(x)
+        panel = prediction_panel(x[0], {t: v[0] for t, v in preds.items()}, state["num_classes"])
+        target = out / f"{path.stem}_pred.png"
+        save_panel(panel, target)
+        print(f"densemtl: wrote {target}")
+    return 0

@@ -1,0 +1,57 @@
+"""Entry point: ``densemtl {train,eval,predict,data,list}``.
+
+User mistakes (``DenseMTLError``) are printed as one line, ``densemtl: error: ...``, with exit
+status 2; nothing is written or overwritten when a command refuses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from densemtl.errors import DenseMTLError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but usage errors exit 2 with one line (no usage dump)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"densemtl: error: {message} (see '{self.prog} --help')\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from densemtl.cli import data_cmd, inspect_cmd, list_cmd, train_cmd
+
+    parser = Parser(
+        prog="densemtl",
+        description="Multi-task dense scene understanding: "
+        "segmentation, depth and normals, with task balancing.",
+    )
+    sub = parser.add_subparsers(dest="command", parser_class=Parser, metavar="COMMAND")
+    train_cmd.add_parser(sub)
+    inspect_cmd.add_parsers(sub)
+    data_cmd.add_parser(sub)
+    list_cmd.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except DenseMTLError as e:
+        sys.stderr.write(f"densemtl: error: {e}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("densemtl: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

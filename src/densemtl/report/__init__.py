@@ -1,0 +1,1 @@
+"""Reporting: console tables, plots and prediction images (Δm% lives in densemtl.metrics)."""

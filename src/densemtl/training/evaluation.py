@@ -1,0 +1,38 @@
+"""Evaluating a model over a whole split with the streaming metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from densemtl.metrics import StreamingMetrics
+
+
+def move(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: nn.Module,
+    loader: Iterable[dict[str, Tensor]],
+    tasks: tuple[str, ...],
+    num_classes: int,
+    device: torch.device,
+    *,
+    progress: bool = False,
+    desc: str = "eval",
+) -> dict[str, dict[str, float]]:
+    """Metrics of ``model`` over every batch of ``loader`` (``densemtl.metrics.evaluate`` shape)."""
+    was_training = model.training
+    model.eval()
+    meter = StreamingMetrics(tasks, num_classes)
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
+        batch = move(batch, device)
+        preds = model(batch["image"])
+        meter.update({t: preds[t].float() for t in tasks}, batch)
+    model.train(was_training)
+    return meter.compute()

@@ -1,0 +1,160 @@
+"""Properties every gradient aggregator must have, over every registered ``Aggregator``.
+
+A method joins this suite by being registered: the list below is discovered, not written.
+Per-method exceptions live in the two dicts that follow, each with its reason.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from densemtl.balancing import Aggregator, GramianWeighting, available, create
+
+
+def _aggregators() -> list[str]:
+    names = []
+    for name in available():
+        try:
+            method = create(name)
+        except Exception:  # a method that needs arguments is tested in its own file
+            continue
+        if isinstance(method, Aggregator):
+            names.append(name)
+    return names
+
+
+NAMES = _aggregators()
+
+#: degree k with A(sJ) = s^k A(J) for s > 0 (default 1); None: not homogeneous, only finite.
+SCALE_DEGREE: dict[str, int | None] = {
+    "nashmtl": 0,  # Gα = 1/α makes ‖d‖² = T whatever the scale
+    "fairgrad": 0,  # Gw = w^(-1/α) with the default α = 1 is Nash-MTL's equation
+    "moco": None,  # gradient steps on λ and on the tracked y depend on the scale of J
+    "modo": None,  # likewise: a step on λ of size γ · J Jᵀ λ
+    "upgrad": None,  # torchjd's norm_eps: a Gramian of trace < 1e-4 falls back to the mean
+}
+
+#: tasks up to which g_t · A(J) >= 0 is guaranteed (None: any number of tasks)
+NON_CONFLICTING: dict[str, int | None] = {
+    "mgda": None,  # g_t·d >= ‖d‖² at the min-norm point
+    "nashmtl": None,  # g_t·d = 1/α_t > 0, or d = 0 when no Nash solution exists
+    "upgrad": None,  # projections onto the dual cone
+    "fairgrad": None,  # g_t·d = w_t^(-1/α) > 0
+    "pcgrad": 2,  # g_1·d = ‖g_1‖² − (g_1·g_2)²/‖g_2‖² + 0 >= 0
+    "imtl": 2,  # common projection k = 1/(1ᵀG⁻¹n) >= 0 for T = 2
+}
+
+
+def make(name: str, seed: int = 0) -> Aggregator:
+    method = create(name)
+    assert isinstance(method, Aggregator)
+    method.set_generator(torch.Generator().manual_seed(seed))
+    return method
+
+
+def rand(T: int, P: int, seed: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    return torch.randn(T, P, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def special_matrices() -> dict[str, torch.Tensor]:
+    equal = rand(3, 9, 1)
+    equal[1] = equal[0]
+    zero_row = rand(3, 9, 2)
+    zero_row[1] = 0.0
+    return {
+        "equal_rows": equal,
+        "zero_row": zero_row,
+        "opposite": torch.stack([rand(1, 9, 3)[0], -rand(1, 9, 3)[0]]),
+        "low_rank": rand(5, 2, 4) @ rand(2, 9, 5),
+        "all_zero": torch.zeros(3, 9, dtype=torch.float64),
+        "one_column": rand(3, 1, 6),
+    }
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("T,P", [(1, 5), (2, 7), (3, 4), (5, 50)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_shape_and_finite(name: str, T: int, P: int, dtype: torch.dtype) -> None:
+    method = make(name)
+    for seed in range(3):
+        out = method(rand(T, P, seed, dtype))
+        assert out.shape == (P,) and out.dtype == dtype
+        assert torch.isfinite(out).all(), f"{name}: non-finite output at T={T}, P={P}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("scale", [1e-8, 1e8])
+def test_extreme_scales_float32(name: str, scale: float) -> None:
+    for T in (1, 2, 3, 5):
+        out = make(name)(scale * rand(T, 30, T, torch.float32))
+        assert torch.isfinite(out).all(), f"{name}: non-finite output at T={T}, scale {scale:g}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("case", list(special_matrices()))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_degenerate_jacobians_give_finite_output(name: str, case: str, dtype: torch.dtype) -> None:
+    J = special_matrices()[case].to(dtype)
+    for scale in (1.0, 1e-8, 1e8):
+        out = make(name)(scale * J)
+        assert out.shape == (J.shape[1],)
+        assert torch.isfinite(out).all(), f"{name} on {case} x {scale:g}"
+    if case == "all_zero":
+        assert torch.allclose(make(name)(J), torch.zeros(J.shape[1], dtype=J.dtype))
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("scale", [1e-6, 1e6])
+def test_scaling(name: str, scale: float) -> None:
+    J = rand(3, 12, 7)
+    out, scaled = make(name)(J), make(name)(scale * J)
+    assert torch.isfinite(scaled).all()
+    degree = SCALE_DEGREE.get(name, 1)
+    if degree is not None:
+        expected = scale**degree * out
+        assert torch.allclose(scaled, expected, rtol=1e-4, atol=1e-9 * float(expected.norm())), name
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_dict_round_trip(name: str) -> None:
+    method = make(name, seed=3)
+    for seed in range(3):
+        method(rand(3, 10, seed))
+    state = copy.deepcopy(method.state_dict())
+    assert method.generator is not None
+    restored = create(name)
+    assert isinstance(restored, Aggregator)
+    restored.load_state_dict(state)
+    restored.set_generator(torch.Generator().set_state(method.generator.get_state()))
+    J = rand(3, 10, 99)
+    assert torch.equal(method(J), restored(J))
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if isinstance(create(n), GramianWeighting)])
+def test_gramian_weighting_is_weights_times_J(name: str) -> None:
+    method = create(name)
+    assert method.is_linear_in_rows and method.needs == "gramian"
+    for T, seed in [(2, 0), (3, 1), (5, 2)]:
+        J = rand(T, 8, seed)
+        a, b = make(name), make(name)
+        assert isinstance(b, GramianWeighting)
+        weights = b.weights_from_gramian(J @ J.T)
+        assert weights.shape == (T,)
+        assert torch.allclose(a(J), weights @ J, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n in NON_CONFLICTING])
+def test_non_conflicting(name: str) -> None:
+    limit = NON_CONFLICTING[name]
+    for T in (2, 3, 5):
+        if limit is not None and limit < T:
+            continue
+        for seed in range(6):
+            J = rand(T, 4, 10 * T + seed)  # few columns: the rows conflict often
+            out = make(name)(J)
+            dots = J @ out
+            tol = 1e-6 * float(J.norm(dim=1).max() * out.norm())
+            assert (dots >= -tol).all(), f"{name} conflicts with a task at T={T}: {dots.tolist()}"
