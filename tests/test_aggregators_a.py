@@ -297,15 +297,23 @@ def test_nashmtl_edge_cases_and_state() -> None:
     assert float(create("nashmtl", max_norm=0.5)(J).norm()) == pytest.approx(0.5)
     nash = create("nashmtl")
     nash(J)
-    assert nash.state_dict()["prev_alpha"] is not None and nash.state_dict()["step"] == 1
+    assert nash.state_dict()["prev_alpha"] is not None
 
 
-def test_nashmtl_update_weights_every_reuses_weights() -> None:
-    nash = create("nashmtl", update_weights_every=2)
-    J1, J2 = rand(2, 6, 1) + 0.5, rand(2, 6, 2) + 0.5
-    w1 = nash.weights_from_gramian(J1 @ J1.T)
-    assert torch.equal(nash.weights_from_gramian(J2 @ J2.T), w1)
-    assert not torch.equal(nash.weights_from_gramian(J2 @ J2.T), w1)
+def test_nashmtl_near_pareto_stationary_and_warm_start() -> None:
+    # 8 rows in 6 dimensions, nearly Pareto-stationary (‖d*‖² ~ 1e-7 of tr G): huge α, where the
+    # CCP alone stalls; the answer must still satisfy Gα = 1/α.
+    for seed in (5, 8):
+        J = rand(8, 6, seed)
+        G = J @ J.T
+        alpha = create("nashmtl").weights_from_gramian(G)
+        assert torch.allclose(alpha * (G @ alpha), torch.ones(8, dtype=G.dtype), atol=1e-6)
+    # Along a slowly changing trajectory the warm start is reused and the answers stay exact.
+    nash, J = create("nashmtl"), rand(3, 20, 0) + 0.2
+    for step in range(10):
+        J = J + 0.05 * rand(3, 20, 100 + step)
+        alpha = nash.weights_from_gramian(J @ J.T)
+        assert torch.allclose(alpha * (J @ J.T @ alpha), torch.ones(3, dtype=J.dtype), atol=1e-3)
 
 
 def test_nashmtl_matches_torchjd_when_cvxpy_is_there() -> None:

@@ -56,4 +56,28 @@ class Registry(Generic[T]):
                 if key not in valid:
                     listing = ", ".join(valid) or "none"
                     raise ConfigError(f"{self.kind} {name!r} has no knob {key!r}; valid: {listing}")
+            for key, value in kwargs.items():
+                check_knob_type(self.kind, name, key, value, valid[key].default)
         return factory(**kwargs)
+
+
+def check_knob_type(kind: str, name: str, key: str, value: Any, default: Any) -> None:
+    """A knob whose default is a bool, int, float or str must get a value of that type."""
+    if default is inspect.Parameter.empty or default is None or value is None:
+        return
+    if isinstance(value, list | tuple | dict):  # per-task values of a scalar knob are the method's to check
+        return
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    else:
+        return
+    if not ok:
+        raise ConfigError(
+            f"{kind} {name!r} knob {key!r} must be a {type(default).__name__} (default {default!r}), got {value!r}"
+        )

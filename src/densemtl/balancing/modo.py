@@ -21,7 +21,9 @@ def project_onto_simplex(v: Tensor) -> Tensor:
     u, _ = torch.sort(x, descending=True)
     css = torch.cumsum(u, 0) - 1.0
     k = torch.arange(1, x.numel() + 1, dtype=x.dtype, device=x.device)
-    rho = int(torch.nonzero(u - css / k > 0).max())
+    support = torch.nonzero(u - css / k > 0)
+    # At huge scales u_1 - (u_1 - 1) rounds to 0; the projection is then the largest vertex.
+    rho = int(support.max()) if support.numel() else 0
     theta = css[rho] / (rho + 1)
     return (x - theta).clamp_min(0.0).to(v.dtype)
 

@@ -35,7 +35,7 @@ class TrainConfig:
     method_args: dict[str, Any] = field(default_factory=dict)
     grad_mode: str | None = None
     recompute_every: int = 1
-    epochs: int = 8
+    epochs: int = 15
     batch_size: int = 16
     lr: float = 2e-3
     weight_decay: float = 0.0
