@@ -29,12 +29,15 @@ def test_train_writes_the_run_directory(tmp_path: Path, tiny_args: list[str]) ->
     assert set(summary["metrics"]["normal"]) == {"mean", "median", "within_11.25", "within_22.5", "within_30"}
     assert summary["metrics"] == lines[-1]["val"]
     assert (run / "checkpoints" / "last.pt").is_file()
-    assert {p.name for p in (run / "plots").glob("*.png")} == {"losses.png", "weights.png", "metrics.png"}
+    assert {p.name for p in (run / "plots").glob("*.png")} == {
+        "losses.png",
+        "weights.png",
+        "metrics.png",
+        "predictions.png",
+    }
 
 
-def test_refuses_to_overwrite_a_run(
-    tmp_path: Path, tiny_args: list[str], capsys: pytest.CaptureFixture
-) -> None:
+def test_refuses_to_overwrite_a_run(tmp_path: Path, tiny_args: list[str], capsys: pytest.CaptureFixture) -> None:
     run = tmp_path / "run"
     assert train([*tiny_args, "--out", str(run)]) == 0
     before = (run / "metrics.jsonl").read_text()
@@ -134,9 +137,7 @@ def test_bad_input_is_one_line(
     ("text", "needle"),
     [("epochz: 3\n", "epochz"), ("lr: many\n", "lr"), ("lr: [1\n", "YAML"), ("- 1\n- 2\n", "mapping")],
 )
-def test_bad_yaml(
-    tmp_path: Path, tiny_args: list[str], capsys: pytest.CaptureFixture, text: str, needle: str
-) -> None:
+def test_bad_yaml(tmp_path: Path, tiny_args: list[str], capsys: pytest.CaptureFixture, text: str, needle: str) -> None:
     conf = tmp_path / "bad.yaml"
     conf.write_text(text)
     assert train([*tiny_args, "--config", str(conf), "--out", str(tmp_path / "r")]) == 2

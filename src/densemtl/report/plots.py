@@ -36,18 +36,22 @@ def plot_run(history: list[dict[str, Any]], tasks: tuple[str, ...], out: Path) -
         fig.savefig(out / fname, dpi=100)
         plt.close(fig)
         written.append(out / fname)
-    ncols = sum(len(COLUMNS[t]) for t in tasks)
-    fig, axes = plt.subplots(1, ncols, figsize=(2.6 * ncols, 2.8), squeeze=False)
+    ncols = max(len(COLUMNS[t]) for t in tasks)
+    fig, axes = plt.subplots(len(tasks), ncols, figsize=(2.4 * ncols, 2.2 * len(tasks)), squeeze=False)
     epochs = [r["epoch"] for r in history]
-    i = 0
-    for t in tasks:
-        for key, label, _ in COLUMNS[t]:
-            ax = axes[0, i]
-            ax.plot(epochs, [r["val"][t][key] for r in history], marker="o", color=f"C{tasks.index(t)}")
+    for row, t in enumerate(tasks):
+        for col in range(ncols):
+            ax = axes[row, col]
+            if col >= len(COLUMNS[t]):
+                ax.axis("off")
+                continue
+            key, label, _ = COLUMNS[t][col]
+            ax.plot(epochs, [r["val"][t][key] for r in history], marker="o", markersize=3, color=f"C{row}")
             ax.set_title(f"{t} {label}", fontsize=9)
-            ax.set_xlabel("epoch", fontsize=8)
             ax.tick_params(labelsize=7)
-            i += 1
+            if row == len(tasks) - 1:
+                ax.set_xlabel("epoch", fontsize=8)
+    fig.suptitle("validation metrics (epoch 0 = before training)", fontsize=10)
     fig.tight_layout()
     fig.savefig(out / "metrics.png", dpi=100)
     plt.close(fig)

@@ -1,4 +1,8 @@
-"""Prediction images: input, coloured segmentation, depth colour map and normals, side by side."""
+"""Prediction images: input, coloured segmentation, depth colour map and normals, side by side.
+
+In ``prediction_grid`` each sample shows the prediction above the ground truth; black marks
+ignored or invalid pixels.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,10 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
+import torch
 from PIL import Image
-from torch import Tensor
+from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 
 def palette(num_classes: int) -> np.ndarray:
@@ -47,13 +53,19 @@ def colour_normal(normal: np.ndarray) -> np.ndarray:
     return rgb
 
 
-def prediction_panel(image: Tensor, preds: dict[str, Tensor], num_classes: int) -> np.ndarray:
+def prediction_panel(
+    image: Tensor,
+    preds: dict[str, Tensor],
+    num_classes: int,
+    depth_range: tuple[float, float] | None = None,
+) -> np.ndarray:
     """One sample's panel (H, W*(1+tasks), 3): input then each task's prediction."""
     tiles = [(image.detach().cpu().float().clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)]
     if "seg" in preds:
         tiles.append(colour_seg(preds["seg"].detach().argmax(0).cpu().numpy(), num_classes))
     if "depth" in preds:
-        tiles.append(colour_depth(preds["depth"].detach()[0].cpu().float().numpy()))
+        lo, hi = depth_range if depth_range is not None else (None, None)
+        tiles.append(colour_depth(preds["depth"].detach()[0].cpu().float().numpy(), lo, hi))
     if "normal" in preds:
         tiles.append(colour_normal(preds["normal"].detach().cpu().float().numpy()))
     sep = np.full((tiles[0].shape[0], 2, 3), 255, np.uint8)
@@ -66,3 +78,45 @@ def prediction_panel(image: Tensor, preds: dict[str, Tensor], num_classes: int) 
 def save_panel(panel: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(panel).save(path)
+
+
+def target_panel(sample: dict[str, Tensor], num_classes: int) -> np.ndarray:
+    """The ground truth of one sample laid out like ``prediction_panel`` (input, seg, depth, normal)."""
+    preds: dict[str, Tensor] = {}
+    if "seg" in sample:
+        labels = sample["seg"].long()
+        onehot = torch.full((num_classes, *labels.shape), -1.0)
+        onehot.scatter_(0, labels.clamp_min(0)[None], 1.0)
+        preds["seg"] = onehot
+    for key in ("depth", "normal"):
+        if key in sample:
+            preds[key] = sample[key]
+    panel = prediction_panel(sample["image"], preds, num_classes)
+    if "seg" in sample:  # ignored pixels black, as in the prediction colouring of void
+        w = sample["image"].shape[-1]
+        ignore = (sample["seg"] < 0).cpu().numpy()
+        tile = panel[:, w + 2 : 2 * w + 2]
+        tile[ignore] = 0
+    return panel
+
+
+@torch.no_grad()
+def prediction_grid(model: nn.Module, dataset: Dataset, num_classes: int, n: int = 4, scale: int = 2) -> np.ndarray:
+    """Rows of (prediction panel over ground-truth panel) for the first ``n`` samples, upscaled."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    rows: list[np.ndarray] = []
+    for i in range(min(n, len(dataset))):  # type: ignore[arg-type]
+        sample = dataset[i]
+        preds = model(sample["image"][None].to(device))
+        rng = None
+        if "depth" in sample and (sample["depth"] > 0).any():
+            valid = sample["depth"][sample["depth"] > 0]
+            rng = (float(valid.min()), float(valid.max()))
+        rows.append(prediction_panel(sample["image"], {t: v[0] for t, v in preds.items()}, num_classes, rng))
+        rows.append(target_panel(sample, num_classes))
+        rows.append(np.full((4, rows[-1].shape[1], 3), 255, np.uint8))
+    model.train(was_training)
+    grid = np.concatenate(rows[:-1], axis=0)
+    return grid.repeat(scale, axis=0).repeat(scale, axis=1)

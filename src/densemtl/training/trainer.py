@@ -23,6 +23,7 @@ from densemtl.errors import ConfigError
 from densemtl.models import count_parameters
 from densemtl.report.console import metrics_header, metrics_row
 from densemtl.report.plots import plot_run
+from densemtl.report.visualize import prediction_grid, save_panel
 from densemtl.training.builders import (
     build_datasets,
     build_method,
@@ -214,6 +215,8 @@ class Trainer:
         summary = self.summary(time.perf_counter() - started)
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         plot_run(self.history, self.tasks, self.out / "plots")
+        grid = prediction_grid(self.model, self.val_set, self.num_classes)
+        save_panel(grid, self.out / "plots" / "predictions.png")
         return summary
 
     def summary(self, elapsed: float) -> dict[str, Any]:
