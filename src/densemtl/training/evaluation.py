@@ -30,7 +30,7 @@ def evaluate_model(
     was_training = model.training
     model.eval()
     meter = StreamingMetrics(tasks, num_classes)
-    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
+    for batch in tqdm(loader, desc=desc, leave=False, disable=None if progress else True, dynamic_ncols=True):
         batch = move(batch, device)
         preds = model(batch["image"])
         meter.update({t: preds[t].float() for t in tasks}, batch)

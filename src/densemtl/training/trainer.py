@@ -159,7 +159,7 @@ class Trainer:
             loader,
             desc=f"epoch {epoch}/{self.cfg.epochs}",
             leave=False,
-            disable=not self.progress,
+            disable=None if self.progress else True,
             dynamic_ncols=True,
         )
         for batch in bar:
