@@ -55,6 +55,12 @@ class LossWeighting(BalancingMethod):
     """Turns task losses into one scalar ``sum_t w_t L_t``; subclasses give ``weights``."""
 
     kind: ClassVar[str] = "loss"
+    #: whether the engine should call ``observe_grad_norms`` before each ``combine`` (GradNorm)
+    needs_layer_grad_norms: ClassVar[bool] = False
+
+    def observe_grad_norms(self, norms: Tensor) -> None:
+        """Receive ‖∇_W L_t‖ (T,) for one shared layer W, chosen by the engine, before ``combine``."""
+        return None
 
     def weights(self, losses: Tensor) -> Tensor:
         """Weights (T,) for the detached task losses (T,)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from densemtl.errors import ConfigError, DataError
+from densemtl.report.jsonio import dumps
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -88,7 +88,7 @@ def run_eval(args: argparse.Namespace) -> int:
     print(metrics_header(tasks))
     print(metrics_row(state["epoch"], metrics, tasks))
     if args.json:
-        Path(args.json).write_text(json.dumps({"metrics": metrics}, indent=2) + "\n")
+        Path(args.json).write_text(dumps({"metrics": metrics}, indent=2) + "\n")
     return 0
 
 

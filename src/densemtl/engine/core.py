@@ -9,7 +9,12 @@ Modes, cheapest first:
 With ``recompute_every=k`` a method whose update is sum_t c_t g_t (a ``GramianWeighting``)
 computes J and c every k steps and in between takes one backward of sum_t c_t L_t.
 Task-specific parameters always get their own task's gradient, times c_t where the method
-defines task weights.
+defines task weights. A model without shared parameters (``single``) has nothing to balance:
+every task then gets its own gradient of the (transformed) loss, with weight 1.
+
+A loss weighting that sets ``needs_layer_grad_norms`` (GradNorm) is given ‖∇_W L_t‖ for one
+shared layer W before each ``combine``: the parameter its ``layer`` attribute names, else the
+last shared parameter with at least two dimensions (the last shared weight matrix or kernel).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from densemtl.balancing.base import Aggregator, BalancingMethod, GramianWeighting, LossWeighting
 from densemtl.engine.buffers import JacobianBuffer
@@ -97,6 +102,26 @@ class Engine:
         self._jac: JacobianBuffer | None = None
         self._shared = model.shared_parameters()
         self._own = [model.task_parameters(t) for t in tasks]
+        self.norm_layer_name: str | None = None
+        self._norm_layer: nn.Parameter | None = None
+        if isinstance(method, LossWeighting) and method.needs_layer_grad_norms:
+            self.norm_layer_name, self._norm_layer = self._pick_norm_layer()
+
+    def _pick_norm_layer(self) -> tuple[str | None, nn.Parameter | None]:
+        """The shared layer W whose per-task gradient norms the method observes (None: no shared layer)."""
+        named = list(self.model.named_shared_parameters())
+        wanted = getattr(self.method, "layer", None)
+        if wanted:
+            for name, p in named:
+                if name == wanted:
+                    return name, p
+            some = ", ".join([n for n, p in named if p.dim() >= 2][-5:]) or "none"
+            raise ConfigError(
+                f"{type(self.method).__name__} knob 'layer': {wanted!r} is not a shared parameter of "
+                f"{type(self.model).__name__}; the last shared weights are: {some}"
+            )
+        candidates = [(n, p) for n, p in named if p.dim() >= 2]
+        return candidates[-1] if candidates else (None, None)
 
     # -- pieces -----------------------------------------------------------------------------------
     def task_losses(self, preds: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
@@ -147,11 +172,22 @@ class Engine:
     def _loss_step(self, batch: dict[str, Tensor]) -> StepResult:
         assert isinstance(self.method, LossWeighting)
         losses = self.task_losses(self.model(batch["image"]), batch)
+        if self._norm_layer is not None:
+            self.method.observe_grad_norms(self._layer_grad_norms(losses, self._norm_layer))
         scalar, weights = self.method.combine(losses)
         if not torch.isfinite(scalar):
             self._check(scalar.detach().reshape(1))
         scalar.backward()
         return StepResult(losses.detach(), weights.detach())
+
+    def _layer_grad_norms(self, losses: Tensor, W: nn.Parameter) -> Tensor:
+        """‖∂L_t/∂W‖ for each task: T backward passes through the graph above W only."""
+        norms = losses.new_zeros(len(self.tasks))
+        for t in range(len(self.tasks)):
+            (g,) = torch.autograd.grad(losses[t], W, retain_graph=True, allow_unused=True)
+            if g is not None:
+                norms[t] = torch.linalg.vector_norm(g)
+        return norms.detach()
 
     def _amortised_step(self, batch: dict[str, Tensor]) -> StepResult:
         assert self.coefficients is not None
@@ -164,6 +200,8 @@ class Engine:
         losses = self.task_losses(self.model(batch["image"]), batch)
         objective = self.method.loss_transform(losses)  # type: ignore[attr-defined]
         T = len(self.tasks)
+        if not self._shared:
+            return self._unshared_step(losses, objective)
         if self._jac is None:
             self._jac = JacobianBuffer(self._shared, T)
         n_shared = len(self._shared)
@@ -182,6 +220,14 @@ class Engine:
         self.coefficients = c
         weights = c if c is not None else torch.ones(T)
         return StepResult(losses.detach(), weights.detach())
+
+    def _unshared_step(self, losses: Tensor, objective: Tensor) -> StepResult:
+        """No shared parameter: nothing to balance, each task's parameters get its own gradient."""
+        total = objective.sum()
+        if not torch.isfinite(total):
+            self._check(total.detach().reshape(1))
+        total.backward()
+        return StepResult(losses.detach(), torch.ones_like(losses).detach())
 
     def _representation_step(self, batch: dict[str, Tensor]) -> StepResult:
         x = batch["image"]

@@ -26,5 +26,8 @@ def metrics_header(tasks: tuple[str, ...]) -> str:
 def metrics_row(epoch: int, metrics: dict[str, dict[str, float]], tasks: tuple[str, ...]) -> str:
     cells = [str(epoch).rjust(5)]
     for t in tasks:
-        cells += [fmt.format(metrics[t][key]).rjust(WIDTH) for key, _, fmt in COLUMNS[t]]
+        for key, _, fmt in COLUMNS[t]:
+            value = metrics[t].get(key)
+            ok = value is not None and value == value
+            cells.append((fmt.format(value) if ok else "-").rjust(WIDTH))
     return " ".join(cells)

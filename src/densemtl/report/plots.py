@@ -13,6 +13,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 from densemtl.report.console import COLUMNS  # noqa: E402
 
 
+def _num(value: Any) -> float:
+    return float("nan") if value is None else float(value)
+
+
 def plot_run(history: list[dict[str, Any]], tasks: tuple[str, ...], out: Path) -> list[Path]:
     """Write losses.png, weights.png and metrics.png from metrics.jsonl records; return the paths."""
     out.mkdir(parents=True, exist_ok=True)
@@ -46,7 +50,7 @@ def plot_run(history: list[dict[str, Any]], tasks: tuple[str, ...], out: Path) -
                 ax.axis("off")
                 continue
             key, label, _ = COLUMNS[t][col]
-            ax.plot(epochs, [r["val"][t][key] for r in history], marker="o", markersize=3, color=f"C{row}")
+            ax.plot(epochs, [_num(r["val"][t][key]) for r in history], marker="o", markersize=3, color=f"C{row}")
             ax.set_title(f"{t} {label}", fontsize=9)
             ax.tick_params(labelsize=7)
             if row == len(tasks) - 1:

@@ -22,6 +22,7 @@ from densemtl.engine import Engine
 from densemtl.errors import ConfigError
 from densemtl.models import count_parameters
 from densemtl.report.console import metrics_header, metrics_row
+from densemtl.report.jsonio import dumps
 from densemtl.report.plots import plot_run
 from densemtl.report.visualize import prediction_grid, save_panel
 from densemtl.training.builders import (
@@ -127,14 +128,14 @@ class Trainer:
         self._rewrite_history()
 
     def _rewrite_history(self) -> None:
-        text = "".join(json.dumps(r) + "\n" for r in self.history)
+        text = "".join(dumps(r) + "\n" for r in self.history)
         (self.out / "metrics.jsonl").write_text(text)
 
     # -- the loop ---------------------------------------------------------------------------------
     def _record(self, record: dict[str, Any]) -> None:
         self.history.append(record)
         with (self.out / "metrics.jsonl").open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(dumps(record) + "\n")
         self.log(metrics_row(record["epoch"], record["val"], self.tasks))
 
     def validate(self) -> dict[str, dict[str, float]]:
@@ -213,7 +214,7 @@ class Trainer:
         if self.epoch == 0:
             save_checkpoint(self.out / "checkpoints" / "last.pt", self.state())
         summary = self.summary(time.perf_counter() - started)
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (self.out / "summary.json").write_text(dumps(summary, indent=2) + "\n")
         plot_run(self.history, self.tasks, self.out / "plots")
         grid = prediction_grid(self.model, self.val_set, self.num_classes)
         save_panel(grid, self.out / "plots" / "predictions.png")
@@ -226,6 +227,8 @@ class Trainer:
         for rec in self.history:
             for task, ms in rec["val"].items():
                 for name, value in ms.items():
+                    if value is None or value != value:  # no valid pixel: nothing to rank
+                        continue
                     lower = LOWER_IS_BETTER[task][name]
                     cur = best.setdefault(task, {}).get(name)
                     if cur is None or (value < cur["value"] if lower else value > cur["value"]):
