@@ -1,7 +1,7 @@
 """Architectures: ``create(name, task_channels=..., **kw)`` and ``available()``.
 
-A new architecture is one module here that decorates its factory with ``@register("name")``
-and one import line below.
+A new architecture is one module here that decorates its factory with ``@register("name")``;
+every module of the package is imported (and so registered) when the package is.
 """
 
 from __future__ import annotations
@@ -33,7 +33,16 @@ def count_parameters(model: MultiTaskModel) -> dict[str, int]:
     return {"shared": shared, "total": total}
 
 
-# registry lines: one per architecture module
-from densemtl.models import hps, segnet, single  # noqa: E402,F401
+def _import_architectures() -> None:
+    # Every module in this package registers its architecture(s) with @register on import.
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(__path__):
+        if info.name != "base" and not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+_import_architectures()
 
 __all__ = ["MODELS", "MultiTaskModel", "available", "count_parameters", "create", "register"]
