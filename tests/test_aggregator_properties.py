@@ -35,6 +35,7 @@ SCALE_DEGREE: dict[str, int | None] = {
     "moco": None,  # gradient steps on λ and on the tracked y depend on the scale of J
     "modo": None,  # likewise: a step on λ of size γ · J Jᵀ λ
     "upgrad": None,  # torchjd's norm_eps: a Gramian of trace < 1e-4 falls back to the mean
+    "mao": None,  # m̂/(√v̂ + ε): degree 0 except where ε matters (small scales)
 }
 
 #: tasks up to which g_t · A(J) >= 0 is guaranteed (None: any number of tasks)

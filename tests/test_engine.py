@@ -123,7 +123,9 @@ def reference_losses(model: MultiTaskModel, batch: dict[str, Tensor]) -> Tensor:
 
 
 def flat(grads: tuple[Tensor | None, ...], params: list[torch.nn.Parameter]) -> Tensor:
-    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params, strict=True)])
+    return torch.cat(
+        [(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params, strict=True)]
+    )
 
 
 def reference_jacobian(model: MultiTaskModel, batch: dict[str, Tensor], log: bool = False) -> Tensor:

@@ -6,7 +6,9 @@
   parameters and gives one vector ``aggregate(J) -> Tensor[P]``. A ``GramianWeighting`` is an
   aggregator whose output is ``w(G) @ J`` with weights computed from the Gramian G = J J^T alone,
   which lets the engine avoid J, reduce a T x T matrix across processes, or reuse weights.
-- ``OptimizerMethod``: consumes the per-task gradients itself (MAO).
+- ``OptimizerMethod``: consumes the per-task gradients itself (MAO). It is an ``Aggregator`` whose
+  ``aggregate(J)`` returns the step of the shared parameters, applied by plain SGD at the
+  learning rate (``shared_optimizer = "sgd"``); the other parameters are trained by AdamW.
 
 Everything that carries state exposes ``state_dict``/``load_state_dict``; random methods draw
 from the ``torch.Generator`` given to ``set_generator``.
@@ -26,6 +28,10 @@ class BalancingMethod:
     kind: ClassVar[str] = "abstract"
     #: whether the method's weights may be computed at the shared representation
     supports_representation: ClassVar[bool] = False
+    #: how the trainer steps the shared parameters with the update left in ``.grad``: "adam" (the
+    #: default optimizer for every parameter) or "sgd" (plain SGD at the learning rate, for
+    #: methods whose update already is the step, like MAO's; see ``build_optimizer``)
+    shared_optimizer: ClassVar[str] = "adam"
 
     def __init__(self) -> None:
         self.generator: torch.Generator | None = None
@@ -109,7 +115,18 @@ class GramianWeighting(Aggregator):
         return w.to(J) @ J
 
 
-class OptimizerMethod(BalancingMethod):
-    """Consumes the per-task gradients itself to update the shared parameters."""
+class OptimizerMethod(Aggregator):
+    """Consumes the per-task gradients itself to update the shared parameters.
+
+    ``aggregate(J)`` returns the step direction d of the shared parameters (keeping whatever
+    moments it needs between calls); the trainer applies θ ← θ − lr·d with plain SGD. The
+    task-specific parameters get their own task's gradient and are trained by AdamW with
+    ``optimizer_options()``, whose ``weight_decay`` the SGD of the shared parameters uses too.
+    """
 
     kind: ClassVar[str] = "optimizer"
+    shared_optimizer: ClassVar[str] = "sgd"
+
+    def optimizer_options(self) -> dict[str, Any]:
+        """Keyword arguments (betas, eps, weight_decay) of the AdamW for the non-shared parameters."""
+        return {}

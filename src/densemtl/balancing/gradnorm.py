@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -14,6 +15,7 @@ from densemtl.errors import ConfigError
 # Weights are kept strictly positive: G_t = w_t ‖∇_W L_t‖ and the closed-form gradient below
 # both assume w_t > 0, and a task with weight 0 could never come back.
 _MIN_WEIGHT = 1e-6
+_BETA1, _BETA2, _ADAM_EPS = 0.9, 0.999, 1e-8
 
 
 @register("gradnorm")
@@ -31,22 +33,25 @@ class GradNorm(LossWeighting):
         L_grad = Σ_t |G_t − Ḡ r_t^α|,
 
     with the target Ḡ r_t^α held constant, as in the paper. Since G_t is linear in w_t, the
-    gradient is closed-form, ∂L_grad/∂w_t = sign(G_t − Ḡ r_t^α) ‖∇_W L_t‖, and the step is
+    gradient is closed-form, ∂L_grad/∂w_t = sign(G_t − Ḡ r_t^α) ‖∇_W L_t‖; w takes an Adam step
+    (betas 0.9, 0.999) of learning rate ``lr`` along it, then
 
-        w ← w − lr ∂L_grad/∂w,   then  w ← T w / Σ_s w_s   (weights kept > 0),
+        w ← T w / Σ_s w_s   (weights kept > 0),
 
-    taken after the model's gradient ∇ Σ_t w_t L_t was formed with the weights of this step, as in
+    all after the model's gradient ∇ Σ_t w_t L_t was formed with the weights of this step, as in
     the paper's algorithm. A task that trains too fast (small r_t) or whose gradient is too large
     loses weight; α (1.5, the paper's NYUv2 value and LibMTL's default) sets how strongly rates
     are pulled together. L_t(0) is the first step's loss, as in the paper (LibMTL uses the first
     epoch's mean and starts GradNorm at the second epoch).
 
     The paper trains w with the model's optimizer and gives no separate learning rate; LibMTL
-    does the same through a softmax parametrisation. We take a plain gradient step with
-    ``lr`` = 0.025 (our default, the weight learning rate FAMO uses; not from the GradNorm paper),
-    which keeps the update independent of the model's optimizer. The engine provides
-    ‖∇_W L_t‖ through ``observe_grad_norms``; without it (a model with no shared weight) the
-    weights stay at 1.
+    does the same (Adam, the model's learning rate) on a softmax parametrisation. We keep w's
+    step independent of the model's optimizer: Adam because ‖∇_W L_t‖ has whatever scale the
+    layer gives it (a plain gradient step of a fixed size would be too small on one network and
+    throw the weights to 0 on another), and ``lr`` = 0.025 by default, so that the first steps
+    move each weight by about 2.5% (our choice, the weight learning rate of FAMO's authors; not
+    from the GradNorm paper). The engine provides ‖∇_W L_t‖ through ``observe_grad_norms``;
+    without it (a model with no shared weight) the weights stay at 1.
     """
 
     needs_layer_grad_norms: ClassVar[bool] = True
@@ -71,6 +76,9 @@ class GradNorm(LossWeighting):
         self.num_tasks = num_tasks
         self.task_weights: Tensor | None = None
         self.initial_losses: Tensor | None = None
+        self._exp_avg: Tensor | None = None
+        self._exp_avg_sq: Tensor | None = None
+        self._adam_steps = 0
         self._norms: Tensor | None = None
         if num_tasks is not None:
             self._init_state(int(num_tasks))
@@ -84,6 +92,9 @@ class GradNorm(LossWeighting):
             raise ValueError(f"GradNorm needs at least one task, got num_tasks={num_tasks}")
         self.num_tasks = num_tasks
         self.task_weights = torch.ones(num_tasks, dtype=torch.float64)
+        self._exp_avg = torch.zeros(num_tasks, dtype=torch.float64)
+        self._exp_avg_sq = torch.zeros(num_tasks, dtype=torch.float64)
+        self._adam_steps = 0
 
     def _check(self, values: Tensor, what: str) -> None:
         if values.dim() != 1:
@@ -126,7 +137,14 @@ class GradNorm(LossWeighting):
         w = self.task_weights
         G = w * norms
         target = G.mean() * rate.clamp_min(0.0) ** self.alpha
-        w = (w - self.lr * torch.sign(G - target) * norms).clamp_min(_MIN_WEIGHT)
+        grad = torch.sign(G - target) * norms
+        assert self._exp_avg is not None and self._exp_avg_sq is not None
+        self._adam_steps += 1
+        k = self._adam_steps
+        self._exp_avg.mul_(_BETA1).add_(grad, alpha=1 - _BETA1)
+        self._exp_avg_sq.mul_(_BETA2).addcmul_(grad, grad, value=1 - _BETA2)
+        denom = (self._exp_avg_sq.sqrt() / math.sqrt(1 - _BETA2**k)).add_(_ADAM_EPS)
+        w = (w - (self.lr / (1 - _BETA1**k)) * self._exp_avg / denom).clamp_min(_MIN_WEIGHT)
         self.task_weights = w * (w.numel() / w.sum())
 
     def state_dict(self) -> dict[str, Any]:
@@ -137,6 +155,9 @@ class GradNorm(LossWeighting):
             "num_tasks": self.num_tasks,
             "weights": copy(self.task_weights),
             "initial_losses": copy(self.initial_losses),
+            "exp_avg": copy(self._exp_avg),
+            "exp_avg_sq": copy(self._exp_avg_sq),
+            "adam_steps": self._adam_steps,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -146,6 +167,9 @@ class GradNorm(LossWeighting):
         self.num_tasks = int(state["num_tasks"])
         self.task_weights = torch.as_tensor(weights, dtype=torch.float64).clone()
         self.initial_losses = None if initial is None else torch.as_tensor(initial, dtype=torch.float64).clone()
+        self._exp_avg = torch.as_tensor(state["exp_avg"], dtype=torch.float64).clone()
+        self._exp_avg_sq = torch.as_tensor(state["exp_avg_sq"], dtype=torch.float64).clone()
+        self._adam_steps = int(state["adam_steps"])
         self._norms = None
 
     def __repr__(self) -> str:

@@ -12,6 +12,37 @@ from densemtl.balancing import register
 from densemtl.balancing.base import GramianWeighting
 
 
+def vaccine_coefficients(G: Tensor, phi_hat: Tensor, *, beta: float, eps: float, generator: torch.Generator) -> Tensor:
+    """GradVac's corrected rows as coefficients: C (T x T, float64, CPU) with g_i' = sum_k C_ik g_k.
+
+    ``G`` is the Gramian of the rows; ``phi_hat`` (T x T, float64) holds the EMA targets and is
+    updated in place. One ``randperm(T - 1)`` per task is drawn from ``generator``.
+    """
+    T = G.shape[0]
+    A = G.detach().to("cpu", torch.float64)
+    scale = A.diagonal().sum()
+    if bool(scale > 0) and bool(torch.isfinite(scale)):
+        A = A / scale  # cosines and norm ratios are scale-free: keep them O(1)
+    C = torch.eye(T, dtype=torch.float64)
+    for i in range(T):
+        others = [j for j in range(T) if j != i]
+        for k in torch.randperm(T - 1, generator=generator, device=generator.device).tolist():
+            j = others[k]
+            dots = C[i] @ A  # g_i' · g_k for every k
+            norm_i2, norm_j2 = float(dots @ C[i]), float(A[j, j])
+            if norm_i2 <= 1e-30 or norm_j2 <= 1e-30:
+                continue
+            norm_i, norm_j = math.sqrt(norm_i2), math.sqrt(norm_j2)
+            phi = min(max(float(dots[j]) / (norm_i * norm_j), -1.0), 1.0)
+            target = float(phi_hat[i, j])
+            if phi < target:
+                root_t = math.sqrt(max(1.0 - target * target, 0.0))
+                root_p = math.sqrt(max(1.0 - phi * phi, 0.0))
+                C[i, j] += norm_i * (target * root_p - phi * root_t) / (norm_j * root_t + eps)
+            phi_hat[i, j] = (1.0 - beta) * target + beta * phi
+    return C
+
+
 @register("gradvac")
 class GradVac(GramianWeighting):
     r"""Gradient Vaccine (GradVac, Algorithm 1 of the paper), stateful.
@@ -53,31 +84,9 @@ class GradVac(GramianWeighting):
 
     def weights_from_gramian(self, G: Tensor) -> Tensor:
         T = G.shape[0]
-        A = G.detach().to("cpu", torch.float64)
-        scale = A.diagonal().sum()
-        if bool(scale > 0) and bool(torch.isfinite(scale)):
-            A = A / scale  # cosines and norm ratios are scale-free: keep them O(1)
         if self.phi_hat is None or self.phi_hat.shape != (T, T):
             self.phi_hat = torch.zeros(T, T, dtype=torch.float64)
-        phi_hat = self.phi_hat
-        C = torch.eye(T, dtype=torch.float64)
-        rng = self._rng()
-        for i in range(T):
-            others = [j for j in range(T) if j != i]
-            for k in torch.randperm(T - 1, generator=rng, device=rng.device).tolist():
-                j = others[k]
-                dots = C[i] @ A  # g_i' · g_k for every k
-                norm_i2, norm_j2 = float(dots @ C[i]), float(A[j, j])
-                if norm_i2 <= 1e-30 or norm_j2 <= 1e-30:
-                    continue
-                norm_i, norm_j = math.sqrt(norm_i2), math.sqrt(norm_j2)
-                phi = min(max(float(dots[j]) / (norm_i * norm_j), -1.0), 1.0)
-                target = float(phi_hat[i, j])
-                if phi < target:
-                    root_t = math.sqrt(max(1.0 - target * target, 0.0))
-                    root_p = math.sqrt(max(1.0 - phi * phi, 0.0))
-                    C[i, j] += norm_i * (target * root_p - phi * root_t) / (norm_j * root_t + self.eps)
-                phi_hat[i, j] = (1.0 - self.beta) * target + self.beta * phi
+        C = vaccine_coefficients(G, self.phi_hat, beta=self.beta, eps=self.eps, generator=self._rng())
         return C.sum(dim=0).to(G)
 
     def state_dict(self) -> dict[str, Any]:

@@ -129,9 +129,7 @@ class MemoryProbe:
             with torch.profiler.record_function(WINDOW):
                 yield
 
-    def __exit__(
-        self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None) -> None:
         if self._prof is not None:
             try:
                 self._prof.__exit__(kind, err, tb)

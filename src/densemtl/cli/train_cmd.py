@@ -36,6 +36,10 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
         },
     ),
     ("--recompute-every", {"type": int, "help": "reuse a Gramian method's task weights for k steps"}),
+    ("--peer-arch", {"help": "MDML: train a peer network of this architecture by mutual learning"}),
+    ("--mimicry-weight", {"type": float, "help": "MDML: weight alpha of the mimicry losses (default 1)"}),
+    ("--mimicry-temperature", {"type": float, "help": "MDML: softmax temperature of the segmentation KL"}),
+    ("--alpha-warmup-epochs", {"type": int, "help": "MDML: ramp alpha linearly from 0 over N epochs"}),
     ("--epochs", {"type": int}),
     ("--batch-size", {"type": int}),
     ("--lr", {"type": float, "help": "Adam learning rate"}),
@@ -59,6 +63,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--arch-arg", action="append", metavar="KEY=VALUE", help="an architecture knob (repeatable)"
     )
     p.add_argument("--method-arg", action="append", metavar="KEY=VALUE", help="a method knob (repeatable)")
+    p.add_argument("--peer-arg", action="append", metavar="KEY=VALUE", help="MDML: a peer architecture knob")
     p.add_argument("--config", metavar="FILE", help="YAML config; flags override it")
     p.add_argument("--out", metavar="RUN", help="run directory (default: a fresh one under ./runs)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
@@ -82,6 +87,7 @@ def gather(args: argparse.Namespace) -> dict[str, Any]:
     for attr, key, flag in (
         ("arch_arg", "arch_args", "--arch-arg"),
         ("method_arg", "method_args", "--method-arg"),
+        ("peer_arg", "peer_args", "--peer-arg"),
     ):
         if hasattr(args, attr):
             merged = dict(values.get(key) or {})

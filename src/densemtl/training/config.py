@@ -35,6 +35,11 @@ class TrainConfig:
     method_args: dict[str, Any] = field(default_factory=dict)
     grad_mode: str | None = None
     recompute_every: int = 1
+    peer_arch: str | None = None
+    peer_args: dict[str, Any] = field(default_factory=dict)
+    mimicry_weight: float = 1.0
+    mimicry_temperature: float = 1.0
+    alpha_warmup_epochs: int = 0
     epochs: int = 15
     batch_size: int = 16
     lr: float = 2e-3
@@ -165,6 +170,13 @@ def check_ranges(cfg: TrainConfig) -> None:
         raise ConfigError(f"lr_step must be >= 1, got {cfg.lr_step}")
     if cfg.recompute_every < 1:
         raise ConfigError(f"recompute_every must be >= 1, got {cfg.recompute_every}")
+    if cfg.mimicry_weight < 0 or not cfg.mimicry_temperature > 0:
+        raise ConfigError(
+            f"mimicry_weight must be >= 0 and mimicry_temperature > 0, got {cfg.mimicry_weight}, "
+            f"{cfg.mimicry_temperature}"
+        )
+    if cfg.alpha_warmup_epochs < 0:
+        raise ConfigError(f"alpha_warmup_epochs must be >= 0, got {cfg.alpha_warmup_epochs}")
     if cfg.workers < 0:
         raise ConfigError(f"workers must be >= 0, got {cfg.workers}")
 

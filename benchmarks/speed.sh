@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# The exact commands behind the tables in docs/speed.md.
+#
+# Run from the repository root on an otherwise idle machine: every table times its methods
+# interleaved in one process, but a machine shared with other jobs still makes medians noisy.
+# JSON results go to $OUT (default benchmarks/results); the markdown tables are printed and
+# written to $OUT/speed-tables.md.
+set -euo pipefail
+
+DENSEMTL=${DENSEMTL:-.venv/bin/densemtl}
+PY=${PY:-.venv/bin/python}
+OUT=${OUT:-benchmarks/results}
+mkdir -p "$OUT"
+
+SMALL=(--arch segnet --arch-arg width=0.25 --size 96x128 --batch-size 8 --warmup 2 --repeats 5)
+RESNET=(--arch hps --arch-arg backbone=resnet50 --arch-arg head_channels=64 --size 144x192 --batch-size 8
+        --warmup 1 --repeats 3)
+RESNET_METHODS=mgda,pcgrad,imtl,upgrad,cagrad,nashmtl,famo,uw
+
+# (a) small default model, all registered methods
+"$DENSEMTL" speed "${SMALL[@]}" --json "$OUT/small-default.json"
+"$DENSEMTL" speed "${SMALL[@]}" --grad-mode parameters --json "$OUT/small-parameters.json"
+"$DENSEMTL" speed "${SMALL[@]}" --grad-mode representation --json "$OUT/small-representation.json"
+"$DENSEMTL" speed "${SMALL[@]}" --recompute-every 4 --json "$OUT/small-recompute4.json"
+# (b) HPS ResNet-50 (dilated, output stride 8), a handful of representative methods
+"$DENSEMTL" speed "${RESNET[@]}" --methods "$RESNET_METHODS" --json "$OUT/resnet50-default.json"
+
+"$PY" - "$OUT" <<'PYEOF' | tee "$OUT/speed-tables.md"
+import json
+import sys
+from pathlib import Path
+
+out = Path(sys.argv[1])
+TABLES = [
+    ("small-default", "segnet width 0.25, each method in its own mode"),
+    ("small-parameters", "segnet width 0.25, --grad-mode parameters"),
+    ("small-representation", "segnet width 0.25, --grad-mode representation"),
+    ("small-recompute4", "segnet width 0.25, --recompute-every 4"),
+    ("resnet50-default", "HPS ResNet-50, each method in its own mode"),
+]
+
+
+def num(v, spec=".2f"):
+    return "–" if v is None else format(v, spec)
+
+
+for stem, title in TABLES:
+    path = out / f"{stem}.json"
+    if not path.exists():
+        continue
+    data = json.loads(path.read_text())
+    s = data["settings"]
+    print(f"#### {title}\n")
+    print(
+        f"{s['arch']} {s['arch_args']}, {s['size'][0]}×{s['size'][1]}, batch {s['batch_size']}, "
+        f"tasks {','.join(s['tasks'])}, {s['warmup']} warm-up + {s['repeats']} timed steps per method "
+        f"(median); {s['device_name']}, {s['cpu_count']} cores, {s['torch_threads']} torch threads, "
+        f"torch {s['torch']}.\n"
+    )
+    print("| method | mode | step ms | × EW | × naive | mem × EW | peak MB | target (issue) | met |")
+    print("|---|---|--:|--:|--:|--:|--:|---|---|")
+    skipped = []
+    for r in data["results"]:
+        if r["status"] == "n/a":
+            skipped.append(r["method"])
+            continue
+        if r["status"] != "ok":
+            print(f"| {r['method']} | error | | | | | | {r['error']} | |")
+            continue
+        mode = r["mode"] + (f" ÷{r['recompute_every']}" if r.get("recompute_every", 1) > 1 else "")
+        met = {None: "baseline" if r["method"] == "ew" else "reference", True: "yes"}.get(r["met"])
+        met = met or "**no** (" + ", ".join(r["missed"]) + ")"
+        target = (r["target"] or "").replace("<=", "≤").replace("xEW", "×EW").replace("xnaive", "×naive")
+        print(
+            f"| {r['method']} | {mode} | {num(r['step_ms'], '.0f')} | {num(r['ratio_to_ew'])} | "
+            f"{num(r.get('ratio_to_naive'))} | {num(r['mem_ratio'])} | {num(r.get('peak_mb'), '.0f')} | "
+            f"{target} | {met} |"
+        )
+    if skipped:
+        print(f"\nNot applicable with these flags: {', '.join(skipped)}.")
+    print()
+PYEOF

@@ -1,0 +1,377 @@
+"""Cost of a training step under each balancing method, as a ratio to EW on the same model and batch.
+
+Every method (EW included) gets its own copy of one initial model, its own ``Engine`` and its own
+Adam. After warm-up, the steps are timed interleaved: each repeat times one unit of every method
+in turn (the order rotates between repeats), so that a slowdown of the machine hits all methods
+alike; the reported time is the median over the repeats. A unit is ``recompute_every``
+consecutive steps (divided by that number), so an amortised method is charged its full
+recomputation once per unit. Peak memory comes from one extra unit per method run inside a
+``MemoryProbe`` (see ``densemtl.bench.memory``), never from a timed one.
+
+The row ``naive-loop`` is the reference the engine is measured against: T separate backward
+passes, each followed by flattening every shared parameter's gradient into a new tensor, and the
+mean of the rows copied back into ``.grad`` parameter by parameter, as LibMTL does.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import inspect
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from densemtl import data as data_registry
+from densemtl import methods as method_registry
+from densemtl import models as model_registry
+from densemtl.balancing.base import BalancingMethod
+from densemtl.bench.memory import MemoryProbe
+from densemtl.bench.targets import BASELINE, NAIVE, assess
+from densemtl.engine import Engine
+from densemtl.engine.core import MODES
+from densemtl.errors import ConfigError
+from densemtl.models.base import MultiTaskModel
+from densemtl.tasks import compute_losses, task_channels
+from densemtl.training.builders import resolve_device
+from densemtl.training.config import parse_size
+
+KNOWN_TASKS = ("seg", "depth", "normal")
+#: architecture knobs used when none are given: the small default model of the benchmark
+DEFAULT_ARCH_ARGS: dict[str, dict[str, Any]] = {"segnet": {"width": 0.25}}
+MEMORY_NOTE = (
+    "peak bytes of live tensors allocated since the method's model copy was made (parameters, "
+    "gradients, Adam state, engine buffers, activations), during one unit after warm-up; "
+    "CPU: PyTorch CPU allocator events from torch.profiler(profile_memory=True); "
+    "CUDA: torch.cuda.max_memory_allocated"
+)
+
+
+class NaiveLoop:
+    """LibMTL's per-task gradients: T ``backward`` passes, each flattened into a new tensor.
+
+    The shared gradients are set to ``None`` between passes (``zero_grad``), the rows go into a
+    freshly allocated (T, P) matrix, and their mean is copied back into each shared parameter's
+    ``.grad`` slice by slice (``.clone()``), as ``AbsWeighting._compute_grad`` / ``_reset_grad``
+    do. Task heads accumulate their own task's gradient over the passes.
+    """
+
+    mode = "parameters"
+
+    def __init__(self, model: MultiTaskModel, tasks: tuple[str, ...]) -> None:
+        self.model = model
+        self.tasks = tasks
+        self.shared = model.shared_parameters()
+        self.numel = sum(p.numel() for p in self.shared)
+
+    def step(self, batch: dict[str, Tensor]) -> None:
+        """Forward, T backward passes, mean of the flattened rows written back into ``.grad``."""
+        self.model.zero_grad(set_to_none=True)
+        preds = self.model(batch["image"])
+        losses = compute_losses(preds, batch, self.tasks)
+        for task, extra in self.model.extra_losses(preds, batch).items():
+            losses[task] = losses[task] + extra
+        T = len(self.tasks)
+        first = self.shared[0]
+        grads = torch.zeros(T, self.numel, dtype=first.dtype, device=first.device)
+        for t, task in enumerate(self.tasks):
+            losses[task].backward(retain_graph=t < T - 1)
+            grads[t] = torch.cat(
+                [(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in self.shared]
+            )
+            for p in self.shared:
+                p.grad = None
+        update = grads.mean(dim=0)
+        offset = 0
+        for p in self.shared:
+            n = p.numel()
+            p.grad = update[offset : offset + n].view_as(p).clone()
+            offset += n
+
+
+@dataclass
+class Runner:
+    """One row being measured: its model copy, optimizer, step function and timings."""
+
+    name: str
+    mode: str
+    recompute_every: int
+    model: MultiTaskModel
+    optimizer: torch.optim.Optimizer
+    step: Callable[[dict[str, Tensor]], object]
+    times: list[float] = field(default_factory=list)
+    peak_bytes: int | None = None
+
+
+def make_batch(
+    size: tuple[int, int], batch_size: int, tasks: tuple[str, ...], num_classes: int, seed: int, device: torch.device
+) -> dict[str, Tensor]:
+    """``batch_size`` synthetic training images and their labels, stacked (image + the tasks)."""
+    dataset = data_registry.create("synthetic", "train", n=batch_size, size=size, seed=seed, num_classes=num_classes)
+    samples = [dataset[i] for i in range(batch_size)]
+    return {k: torch.stack([s[k] for s in samples]).to(device) for k in ("image", *tasks)}
+
+
+def build_method(name: str, num_tasks: int, seed: int) -> BalancingMethod:
+    """The method with its default knobs (``num_tasks`` filled in where it takes one), seeded."""
+    factory = method_registry.METHODS.get(name)
+    kwargs: dict[str, Any] = {}
+    if "num_tasks" in inspect.signature(factory).parameters:
+        kwargs["num_tasks"] = num_tasks
+    method = method_registry.create(name, **kwargs)
+    method.set_generator(torch.Generator().manual_seed(seed + 7919))
+    return method
+
+
+def _adam(model: MultiTaskModel, method: BalancingMethod | None) -> torch.optim.Optimizer:
+    groups: list[dict[str, Any]] = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    extra = method.parameters() if method is not None else []
+    if extra:
+        groups.append({"params": extra, "weight_decay": 0.0})
+    return torch.optim.Adam(groups, lr=1e-4)
+
+
+def _run_unit(runner: Runner, batch: dict[str, Tensor], steps: int) -> None:
+    for _ in range(steps):
+        runner.optimizer.zero_grad(set_to_none=True)
+        runner.step(batch)
+        runner.optimizer.step()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _message(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}".strip()
+
+
+def _check_settings(
+    size: Any,
+    batch_size: int,
+    tasks: Sequence[str],
+    recompute_every: int,
+    grad_mode: str | None,
+    warmup: int,
+    repeats: int,
+) -> tuple[tuple[int, int], tuple[str, ...]]:
+    hw = parse_size(size)
+    task_tuple = tuple(tasks)
+    unknown = [t for t in task_tuple if t not in KNOWN_TASKS]
+    if unknown or not task_tuple or len(set(task_tuple)) != len(task_tuple):
+        raise ConfigError(f"--tasks {','.join(task_tuple)!r}: give distinct tasks among {', '.join(KNOWN_TASKS)}")
+    for flag, value, low in (("--batch-size", batch_size, 1), ("--repeats", repeats, 1), ("--warmup", warmup, 0)):
+        if not isinstance(value, int) or value < low:
+            raise ConfigError(f"{flag} must be an integer >= {low}, got {value!r}")
+    if not isinstance(recompute_every, int) or recompute_every < 1:
+        raise ConfigError(f"--recompute-every must be an integer >= 1, got {recompute_every!r}")
+    if grad_mode is not None and grad_mode not in MODES:
+        raise ConfigError(f"--grad-mode {grad_mode!r} is not a mode; valid: {', '.join(MODES)}")
+    return hw, task_tuple
+
+
+def _method_names(methods: Sequence[str] | None) -> tuple[list[str], bool]:
+    """Requested names (validated, in order, without duplicates or EW) and whether they were explicit."""
+    if methods is None:
+        return [m for m in method_registry.available() if m != BASELINE], False
+    names: list[str] = []
+    for raw in methods:
+        name = str(raw).strip().lower()
+        if not name:
+            continue
+        method_registry.METHODS.get(name)  # unknown name: ConfigError listing the valid ones
+        if name != BASELINE and name not in names:
+            names.append(name)
+    return names, True
+
+
+def measure_speed(
+    methods: Sequence[str] | None,
+    *,
+    arch: str = "segnet",
+    arch_args: dict[str, Any] | None = None,
+    size: tuple[int, int] | str = (96, 128),
+    batch_size: int = 8,
+    tasks: Sequence[str] = ("seg", "depth", "normal"),
+    num_classes: int = 7,
+    recompute_every: int = 1,
+    grad_mode: str | None = None,
+    warmup: int = 2,
+    repeats: int = 5,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Time one training step (``engine.step`` + Adam) of each method and of EW; one row each.
+
+    ``methods=None`` means every registered method; settings a method cannot use (a
+    ``grad_mode`` or ``recompute_every``) then give an ``n/a`` row, whereas for methods named
+    explicitly they raise ``ConfigError``. EW always runs as the baseline in mode ``loss`` and
+    ``naive-loop`` is always added. A method that fails to build or to step gives an ``error`` row.
+    Rows hold ``method``, ``mode``, ``status`` and, when ``ok``: ``step_ms`` (median),
+    ``ratio_to_ew``, ``ratio_to_naive`` (gradient modes, not amortised), ``mem_ratio``, ``peak_mb``,
+    ``recompute_every``, ``times_ms`` and the issue's ``target`` with ``met``.
+    """
+    hw, task_tuple = _check_settings(size, batch_size, tasks, recompute_every, grad_mode, warmup, repeats)
+    names, strict = _method_names(methods)
+    dev = resolve_device(device)
+    knobs = dict(DEFAULT_ARCH_ARGS.get(arch, {}) if arch_args is None else arch_args)
+    batch = make_batch(hw, batch_size, task_tuple, num_classes, seed, dev)
+    torch.manual_seed(seed)
+    try:
+        template = model_registry.create(arch, task_channels(task_tuple, num_classes), **knobs).to(dev).train()
+    except TypeError as e:
+        raise ConfigError(f"--arch-arg for {arch!r}: {e}") from None
+
+    # Plan: which rows run, and the rows that cannot (errors are found before anything is timed).
+    plan: list[tuple[str, BalancingMethod | None, int]] = [(BASELINE, build_method(BASELINE, len(task_tuple), seed), 1)]
+    rows: dict[str, dict[str, Any]] = {}
+    for name in names:
+        try:
+            method = build_method(name, len(task_tuple), seed)
+        except Exception as e:  # noqa: BLE001 - a method that cannot be built is reported, not fatal
+            rows[name] = {"method": name, "mode": None, "status": "error", "error": f"construction: {_message(e)}"}
+            continue
+        try:
+            Engine(template, method, task_tuple, mode=grad_mode, recompute_every=recompute_every)
+        except ConfigError as e:
+            if strict:
+                raise
+            rows[name] = {"method": name, "mode": None, "status": "n/a", "error": str(e)}
+            continue
+        plan.append((name, method, recompute_every))
+    plan.append((NAIVE, None, 1))
+
+    runners = _set_up(plan, template, batch, task_tuple, grad_mode, warmup, recompute_every, rows, progress)
+    _time(runners, batch, recompute_every, repeats, dev, rows, progress)
+    ordered = [rows[n] for n in (BASELINE, *names, NAIVE)]
+    return _summarise(ordered)
+
+
+def _set_up(
+    plan: list[tuple[str, BalancingMethod | None, int]],
+    template: MultiTaskModel,
+    batch: dict[str, Tensor],
+    tasks: tuple[str, ...],
+    grad_mode: str | None,
+    warmup: int,
+    unit: int,
+    rows: dict[str, dict[str, Any]],
+    progress: bool,
+) -> list[Runner]:
+    """Per row: a fresh model copy, engine and Adam, warm-up steps, and one unit under a memory probe."""
+    runners: list[Runner] = []
+    device = next(template.parameters()).device
+    bar = tqdm(plan, desc="warm-up", disable=not progress, leave=False, miniters=1, dynamic_ncols=True)
+    for name, method, k in plan:
+        bar.set_postfix_str(name)
+        try:
+            with MemoryProbe(device) as probe:
+                model = copy.deepcopy(template)
+                if method is None:
+                    naive = NaiveLoop(model, tasks)
+                    runner = Runner(name, naive.mode, 1, model, _adam(model, None), naive.step)
+                else:
+                    mode = None if name == BASELINE else grad_mode
+                    engine = Engine(model, method, tasks, mode=mode, recompute_every=k)
+                    runner = Runner(name, engine.mode, k, model, _adam(model, method), engine.step)
+                _run_unit(runner, batch, warmup)
+                with probe.window():
+                    _run_unit(runner, batch, unit)
+            runner.peak_bytes = probe.peak_bytes
+            runners.append(runner)
+            rows[name] = {"method": name, "mode": runner.mode, "status": "ok"}
+        except Exception as e:  # noqa: BLE001 - one failing method must not sink the table
+            if name == BASELINE:
+                raise ConfigError(f"the EW baseline step failed on these settings: {_message(e)}") from e
+            rows[name] = {"method": name, "mode": None, "status": "error", "error": f"step: {_message(e)}"}
+        bar.update(1)
+    bar.close()
+    return runners
+
+
+def _time(
+    runners: list[Runner],
+    batch: dict[str, Tensor],
+    unit: int,
+    repeats: int,
+    device: torch.device,
+    rows: dict[str, dict[str, Any]],
+    progress: bool,
+) -> None:
+    """Interleaved timing: each repeat times one unit of every runner, in a rotating order."""
+    gc.collect()
+    active = list(runners)
+    for r in tqdm(range(repeats), desc="repeats", disable=not progress, leave=False, miniters=1, dynamic_ncols=True):
+        shift = r % max(len(active), 1)
+        for runner in active[shift:] + active[:shift]:
+            try:
+                _sync(device)
+                start = time.perf_counter()
+                _run_unit(runner, batch, unit)
+                _sync(device)
+                runner.times.append((time.perf_counter() - start) / unit)
+            except Exception as e:  # noqa: BLE001
+                if runner.name == BASELINE:
+                    raise ConfigError(f"the EW baseline step failed on these settings: {_message(e)}") from e
+                rows[runner.name] = {"method": runner.name, "mode": None, "status": "error", "error": _message(e)}
+        active = [r_ for r_ in active if rows[r_.name]["status"] == "ok"]
+    for runner in active:
+        rows[runner.name].update(
+            {
+                "step_ms": statistics.median(runner.times) * 1e3,
+                "times_ms": [round(t * 1e3, 3) for t in runner.times],
+                "recompute_every": runner.recompute_every,
+                "peak_mb": None if runner.peak_bytes is None else runner.peak_bytes / 2**20,
+            }
+        )
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b <= 0 else a / b
+
+
+def _summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Ratios to EW and to the naive loop, and the issue's targets for each row."""
+    by_name = {r["method"]: r for r in rows}
+    ew, naive = by_name[BASELINE], by_name.get(NAIVE, {})
+    for row in rows:
+        if row["status"] != "ok":
+            row.update({"step_ms": None, "ratio_to_ew": None, "mem_ratio": None})
+            continue
+        row["ratio_to_ew"] = _ratio(row["step_ms"], ew["step_ms"])
+        row["mem_ratio"] = _ratio(row["peak_mb"], ew["peak_mb"])
+        exact = row["mode"] != "loss" and row["recompute_every"] == 1 and row["method"] != NAIVE
+        row["ratio_to_naive"] = _ratio(row["step_ms"], naive.get("step_ms")) if exact else None
+        assess(row)
+    return rows
+
+
+def machine_info(device: str = "cpu") -> dict[str, Any]:
+    """Where the numbers were taken: processor, core count, torch threads and versions."""
+    dev = resolve_device(device)
+    name = platform.processor() or platform.machine()
+    if dev.type == "cuda":
+        name = torch.cuda.get_device_name(dev)
+    elif os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            models = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        name = models[0] if models else name
+    return {
+        "device": str(dev),
+        "device_name": name,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }

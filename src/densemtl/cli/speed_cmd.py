@@ -1,0 +1,133 @@
+"""``densemtl speed``: step time and peak memory of each method as ratios to EW, and the mode used."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from densemtl.errors import ConfigError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "speed",
+        help="time a training step of each method against EW (ratios, memory, gradient mode)",
+        description="Times one training step (engine + Adam) of each method and of EW on the same model and "
+        "synthetic batch, interleaved, and reports median step time, ratio to EW, peak memory ratio to EW and "
+        "the gradient mode; a naive per-task backward loop (as in LibMTL) is timed as a reference.",
+    )
+    p.add_argument("--methods", help="comma-separated methods (default: all registered); EW is always timed")
+    p.add_argument("--arch", default="segnet", help="architecture (default: segnet, width 0.25 unless --arch-arg)")
+    p.add_argument("--arch-arg", action="append", metavar="KEY=VALUE", help="an architecture knob (repeatable)")
+    p.add_argument("--size", default="96x128", help="HxW of the synthetic images (default: 96x128)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per step (default: 8)")
+    p.add_argument("--tasks", default="seg,depth,normal", help="comma-separated tasks (default: seg,depth,normal)")
+    p.add_argument("--recompute-every", type=int, default=1, help="reuse Gramian weightings' weights for k steps")
+    p.add_argument("--grad-mode", help="representation or parameters for gradient methods (default: their own)")
+    p.add_argument("--repeats", type=int, default=5, help="timed steps per method, interleaved (default: 5)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per method first (default: 2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    p.add_argument("--json", metavar="FILE", help="also write the results and settings as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A plain-text table: method, mode, median step ms, ratio to EW and to the naive loop, memory, target."""
+    header = ("method", "mode", "step ms", "x EW", "x naive", "mem x EW", "peak MB", "targets")
+    lines: list[tuple[str, ...]] = [header]
+    for r in rows:
+        if r["status"] != "ok":
+            lines.append((r["method"], r["status"], r.get("error") or ""))
+            continue
+        mode = r["mode"] + (f" /{r['recompute_every']}" if r.get("recompute_every", 1) > 1 else "")
+        if r.get("met") is None:
+            verdict = "baseline" if r["method"] == "ew" else "reference"
+        else:
+            verdict = "met" if r["met"] else "MISSED " + "+".join(r["missed"])
+        lines.append(
+            (
+                r["method"],
+                mode,
+                _fmt(r["step_ms"], ".1f"),
+                _fmt(r["ratio_to_ew"], ".2f"),
+                _fmt(r.get("ratio_to_naive"), ".2f"),
+                _fmt(r["mem_ratio"], ".2f"),
+                _fmt(r.get("peak_mb"), ".0f"),
+                verdict,
+            )
+        )
+    full = [ln for ln in lines if len(ln) == len(header)]
+    widths = [max(len(ln[i]) for ln in full) for i in range(len(header))]
+    out = []
+    for ln in lines:
+        if len(ln) != len(header):  # error rows: method, status, message
+            out.append(f"{ln[0]:<{widths[0]}}  {ln[1]:<{widths[1]}}  {ln[2]}")
+            continue
+        cells = [c.ljust(w) if i in (0, 1, 7) else c.rjust(w) for i, (c, w) in enumerate(zip(ln, widths, strict=True))]
+        out.append("  ".join(cells).rstrip())
+    return "\n".join(out)
+
+
+def run(args: argparse.Namespace) -> int:
+    from densemtl.bench.speed import DEFAULT_ARCH_ARGS, MEMORY_NOTE, machine_info, measure_speed
+    from densemtl.training.config import parse_kv, parse_size
+
+    size = parse_size(args.size)
+    methods = [m for m in args.methods.split(",") if m.strip()] if args.methods is not None else None
+    if methods is not None and not methods:
+        raise ConfigError("--methods is empty; give comma-separated method names (densemtl list)")
+    tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
+    arch_args = parse_kv(args.arch_arg, "--arch-arg") if args.arch_arg else None
+    out = Path(args.json) if args.json else None
+    if out is not None and not out.parent.is_dir():
+        raise ConfigError(f"--json {args.json}: directory {out.parent} does not exist")
+    rows = measure_speed(
+        methods,
+        arch=args.arch,
+        arch_args=arch_args,
+        size=size,
+        batch_size=args.batch_size,
+        tasks=tasks,
+        recompute_every=args.recompute_every,
+        grad_mode=args.grad_mode,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    settings = {
+        "arch": args.arch,
+        "arch_args": arch_args if arch_args is not None else DEFAULT_ARCH_ARGS.get(args.arch, {}),
+        "size": list(size),
+        "batch_size": args.batch_size,
+        "tasks": list(tasks),
+        "recompute_every": args.recompute_every,
+        "grad_mode": args.grad_mode,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "seed": args.seed,
+        "step": "optimizer.zero_grad + engine.step + Adam.step; median over interleaved repeats",
+        "memory": MEMORY_NOTE,
+        **machine_info(args.device),
+    }
+    m = settings
+    print(
+        f"densemtl speed: {args.arch} {m['arch_args']} {size[0]}x{size[1]} batch {args.batch_size}, "
+        f"tasks {','.join(tasks)}, "
+        f"{args.repeats} repeats after {args.warmup} warm-up, on {m['device']} ({m['device_name']}, "
+        f"{m['cpu_count']} cores, {m['torch_threads']} torch threads)"
+    )
+    print(format_table(rows))
+    if out is not None:
+        out.write_text(json.dumps({"results": rows, "settings": settings}, indent=2) + "\n")
+        print(f"densemtl: results written to {out}")
+    return 0

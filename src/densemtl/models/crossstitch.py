@@ -1,0 +1,228 @@
+"""Cross-stitch networks: one network per task, mixed linearly between stages.
+
+Misra, Shrivastava, Gupta and Hebert, "Cross-stitch Networks for Multi-task Learning", CVPR 2016
+(https://arxiv.org/abs/1604.03539). Each task has its own copy of the network (a "column");
+between consecutive stages a cross-stitch unit replaces every column's activation by a learned
+linear combination of all columns' activations at that point,
+
+    x̃_i = Σ_j α_ij x_j,
+
+with one α per pair of tasks and, in the paper's generalised form used here, per channel
+(α has shape T × T × C). The paper initialises α_ii = p_same and α_ij = 1 − p_same for two tasks
+and finds (0.9, 0.1) works well; for T tasks we keep the rows summing to one,
+α_ij = (1 − p_same) / (T − 1), so that the units start as a mild mixing that preserves scale.
+
+Columns:
+- ``segnet``: the SegNet encoder-decoder of ``densemtl.models.segnet``, a unit after every
+  stage but the last decoder stage (2·stages − 1 units; the encoder's after max-pooling, as
+  after Misra's pool layers and in the MTAN authors' SegNet baseline), MTAN heads;
+- ``resnet18/34/50``: the dilated ResNet of ``densemtl.models.hps`` (stem + layer1, layer2,
+  layer3, layer4), units after the first three stages, and the light head of ``mtan``.
+
+Which parameters are shared. A column's stages before the last unit feed every task's output
+through the units, so by the contract of ``MultiTaskModel`` (task parameters are those only that
+task uses) they are shared, together with the units; the last stage of task ``t``'s column and
+its head reach only task ``t`` and are ``task_parameters(t)``. This is LibMTL's division too,
+and it is what makes a gradient method see the whole conflict: were whole columns declared
+task-specific, the engine would give column ``t`` only ∇L_t and drop the ∇L_j that reach it
+through the units. ``column_parameters(t)`` lists a whole column. ``has_representation = False``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from densemtl.errors import ConfigError
+from densemtl.models import register
+from densemtl.models.base import MultiTaskModel
+from densemtl.models.hps import BACKBONES, DEFAULT_RATES, IMAGENET_MEAN, IMAGENET_STD, build_resnet
+from densemtl.models.mtan import light_head, xavier_init
+from densemtl.models.segnet import SegNetTrunk, segnet_filters, task_head
+
+CROSS_BACKBONES = ("segnet", *BACKBONES)
+
+
+def cross_stitch_init(n_tasks: int, channels: int, alpha_same: float) -> Tensor:
+    """α of shape (T, T, C): ``alpha_same`` on the diagonal, the rest of each row spread evenly."""
+    if n_tasks == 1:
+        return torch.ones(1, 1, channels)
+    other = (1.0 - alpha_same) / (n_tasks - 1)
+    alpha = torch.full((n_tasks, n_tasks), other)
+    alpha.fill_diagonal_(alpha_same)
+    return alpha.unsqueeze(-1).repeat(1, 1, channels)
+
+
+class CrossStitchUnit(nn.Module):
+    """x̃_i[:, c] = Σ_j α_ij[c] x_j[:, c] for the T columns' activations x_j (B, C, H, W)."""
+
+    def __init__(self, n_tasks: int, channels: int, alpha_same: float = 0.9) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(cross_stitch_init(n_tasks, channels, alpha_same))
+
+    def forward(self, xs: list[Tensor]) -> list[Tensor]:
+        mixed = torch.einsum("ijc,jbchw->ibchw", self.alpha, torch.stack(xs))
+        return list(mixed.unbind(0))
+
+
+class CrossStitchBase(MultiTaskModel):
+    """Columns in ``self.columns[task]`` whose last stage is ``self.columns[task].top``."""
+
+    has_representation = False
+    columns: nn.ModuleDict
+    heads: nn.ModuleDict
+
+    def _last_stage(self, task: str) -> nn.Module:
+        raise NotImplementedError
+
+    def task_parameters(self, task: str) -> list[nn.Parameter]:
+        """The last stage of ``task``'s column (after the last unit) and its head."""
+        if task not in self.heads:
+            return []
+        return [*self._last_stage(task).parameters(), *self.heads[task].parameters()]
+
+    def column_parameters(self, task: str) -> list[nn.Parameter]:
+        """``task``'s whole column and head (most of it shared through the units; see the module doc)."""
+        return [*self.columns[task].parameters(), *self.heads[task].parameters()]
+
+    def predict(self, feats: list[Tensor], size: tuple[int, int]) -> dict[str, Tensor]:
+        out = {}
+        for t, f in zip(self.tasks, feats, strict=True):
+            y = self.heads[t](f)
+            if tuple(y.shape[-2:]) != tuple(size):
+                y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+            out[t] = y
+        return out
+
+
+class SegNetCrossStitch(CrossStitchBase):
+    """One SegNet per task with cross-stitch units between all its stages."""
+
+    def __init__(self, task_channels: dict[str, int], filters: tuple[int, ...], alpha_same: float) -> None:
+        super().__init__(task_channels)
+        T, n = len(self.tasks), len(filters)
+        self.columns = nn.ModuleDict({t: SegNetTrunk(filters) for t in self.tasks})
+        dec_out = (filters[0], *filters[:-1])
+        self.encoder_units = nn.ModuleList(CrossStitchUnit(T, c, alpha_same) for c in filters)
+        # Decoder stage i runs from n-1 down to 0; a unit follows each but stage 0.
+        self.decoder_units = nn.ModuleList(CrossStitchUnit(T, dec_out[i], alpha_same) for i in range(1, n))
+        self.heads = nn.ModuleDict({t: task_head(filters[0], k) for t, k in self.task_channels.items()})
+        xavier_init(self.heads)
+
+    def _last_stage(self, task: str) -> nn.Module:
+        return self.columns[task].decoder[0]
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        cols = [self.columns[t] for t in self.tasks]
+        n = len(cols[0].filters)
+        if min(x.shape[-2:]) < 2**n:
+            raise ValueError(
+                f"crossstitch (segnet) with {n} stages needs inputs of at least {2**n}×{2**n}, "
+                f"got {tuple(x.shape[-2:])}; use fewer depth_stages"
+            )
+        hs = [x] * len(cols)
+        indices: list[list[Tensor]] = [[] for _ in cols]
+        sizes: list[tuple[int, ...]] = []
+        for i in range(n):
+            pooled = []
+            for k, col in enumerate(cols):
+                h = col.encoder[i](hs[k])
+                if k == 0:
+                    sizes.append(tuple(h.shape))
+                h, idx = col.pool(h)
+                indices[k].append(idx)
+                pooled.append(h)
+            hs = self.encoder_units[i](pooled)
+        for i in reversed(range(n)):
+            hs = [col.decoder[i](col.unpool(hs[k], indices[k][i], output_size=sizes[i])) for k, col in enumerate(cols)]
+            if i > 0:
+                hs = self.decoder_units[i - 1](hs)
+        return self.predict(hs, (x.shape[-2], x.shape[-1]))
+
+
+class ResNetCrossStitch(CrossStitchBase):
+    """One dilated ResNet per task with cross-stitch units after layer1, layer2 and layer3."""
+
+    def __init__(
+        self,
+        task_channels: dict[str, int],
+        backbone: str,
+        output_stride: int,
+        head_channels: int,
+        pretrained: bool,
+        alpha_same: float,
+    ) -> None:
+        super().__init__(task_channels)
+        self.backbone_name = backbone
+        self.columns = nn.ModuleDict({t: build_resnet(backbone, output_stride, pretrained) for t in self.tasks})
+        first = self.columns[self.tasks[0]]
+        last_blocks = (first.layer1[-1], first.layer2[-1], first.layer3[-1], first.layer4[-1])
+        ch = [(b.conv3 if hasattr(b, "conv3") else b.conv2).out_channels for b in last_blocks]
+        T = len(self.tasks)
+        self.units = nn.ModuleList(CrossStitchUnit(T, c, alpha_same) for c in ch[:3])
+        self.heads = nn.ModuleDict({t: light_head(ch[3], k, head_channels) for t, k in self.task_channels.items()})
+        xavier_init(self.heads)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def _last_stage(self, task: str) -> nn.Module:
+        return self.columns[task].layer4
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        cols = [self.columns[t] for t in self.tasks]
+        z = (x - self.mean) / self.std
+        hs = [col.layer1(col.maxpool(col.relu(col.bn1(col.conv1(z))))) for col in cols]
+        hs = self.units[0](hs)
+        for j, name in enumerate(("layer2", "layer3"), start=1):
+            hs = self.units[j]([getattr(col, name)(h) for col, h in zip(cols, hs, strict=True)])
+        hs = [col.layer4(h) for col, h in zip(cols, hs, strict=True)]
+        return self.predict(hs, (x.shape[-2], x.shape[-1]))
+
+
+@register("crossstitch")
+def crossstitch(
+    task_channels: dict[str, int],
+    backbone: str = "segnet",
+    width: float = 1.0,
+    depth_stages: int = 5,
+    alpha_same: float = 0.9,
+    head_channels: int = 256,
+    output_stride: int = 8,
+    pretrained: bool = False,
+) -> MultiTaskModel:
+    """Cross-stitch networks (Misra et al., CVPR 2016, https://arxiv.org/abs/1604.03539).
+
+    Args:
+        task_channels: output channels per task.
+        backbone: each column's network: ``"segnet"`` or a dilated ``"resnet18"``,
+            ``"resnet34"``, ``"resnet50"``.
+        width: segnet only: multiplier on the filters 64-128-256-512-512.
+        depth_stages: segnet only: encoder (and decoder) stages, 3 to 5.
+        alpha_same: initial α_ii in [0, 1] (the paper's 0.9); α_ij = (1 − alpha_same)/(T − 1).
+        head_channels: ResNet only: width of each task's 3×3 head layer.
+        output_stride: ResNet only: 8 or 16, as in hps.
+        pretrained: ResNet only: ImageNet weights in every column (the paper starts all columns
+            from the same pretrained network).
+    """
+    if backbone not in CROSS_BACKBONES:
+        raise ConfigError(f"crossstitch knob 'backbone' must be one of {', '.join(CROSS_BACKBONES)}, got {backbone!r}")
+    if isinstance(alpha_same, bool) or not isinstance(alpha_same, (int, float)) or not 0 <= alpha_same <= 1:
+        raise ConfigError(f"crossstitch knob 'alpha_same' must be a number in [0, 1], got {alpha_same!r}")
+    if backbone == "segnet":
+        for knob, value, default in (
+            ("head_channels", head_channels, 256),
+            ("output_stride", output_stride, 8),
+            ("pretrained", pretrained, False),
+        ):
+            if value != default:
+                raise ConfigError(f"crossstitch knob {knob!r} applies to the ResNet backbones, not segnet")
+        return SegNetCrossStitch(task_channels, segnet_filters(width, depth_stages), float(alpha_same))
+    for knob, value, default in (("width", width, 1.0), ("depth_stages", depth_stages, 5)):
+        if value != default:
+            raise ConfigError(f"crossstitch knob {knob!r} applies to backbone='segnet', not {backbone!r}")
+    if not isinstance(head_channels, int) or isinstance(head_channels, bool) or head_channels < 1:
+        raise ConfigError(f"crossstitch knob 'head_channels' must be a positive integer, got {head_channels!r}")
+    if output_stride not in DEFAULT_RATES:
+        raise ConfigError(f"crossstitch knob 'output_stride' must be 8 or 16, got {output_stride!r}")
+    return ResNetCrossStitch(task_channels, backbone, output_stride, head_channels, bool(pretrained), float(alpha_same))

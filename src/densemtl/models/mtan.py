@@ -1,0 +1,272 @@
+"""MTAN: a shared network with a soft-attention network per task.
+
+Liu, Johns and Davison, "End-to-End Multi-Task Learning with Attention", CVPR 2019
+(https://arxiv.org/abs/1803.10704). One shared network is a global feature pool; each task has
+an attention module at every level that reads the shared features there and the task's own
+attended features from the level before, and outputs a per-channel, per-pixel mask in (0, 1):
+
+    a_j = sigmoid(BN(1×1 conv(ReLU(BN(1×1 conv([u_j, f_{j-1}(â_{j-1})]))))))
+    â_j = a_j ⊙ p_j
+
+where ``u_j`` is the shared feature after the first layer of block ``j``, ``p_j`` the block's
+output, and ``f`` a 3×3 conv-BN-ReLU that maps the attended features to the next level's
+channels, followed by 2×2 max-pooling in the encoder or bilinear upsampling in the decoder. As
+in the authors' code, ``f`` is shared by the tasks (it is applied to each task's attended
+features in turn) and the masks ``g, h`` are task-specific. Each task's head reads its last
+attended features.
+
+Two shared networks:
+- ``segnet``: the SegNet of ``densemtl.models.segnet`` (attention at every encoder and decoder
+  stage, MTAN heads: 3×3 conv, ReLU, 1×1 conv);
+- ``resnet18/34/50``: the dilated ResNet of ``densemtl.models.hps`` with attention over its 4
+  stages, as in the authors' ``MTANDeepLabv3`` (``u_j`` = the stage without its last block,
+  ``p_j`` = the whole stage), with bottleneck-width masks (C/4 hidden channels) and ``f``
+  mapping to C_{j+1}/4 channels to keep it light, and per-task heads that are the tail of the
+  hps head without the ASPP: 3×3 conv-BN-ReLU of ``head_channels``, 1×1 conv.
+
+The masks read intermediate shared features, so there is no single shared representation:
+``has_representation = False`` and gradient methods use the ``parameters`` mode.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from densemtl.errors import ConfigError
+from densemtl.models import register
+from densemtl.models.base import MultiTaskModel
+from densemtl.models.hps import BACKBONES, DEFAULT_RATES, IMAGENET_MEAN, IMAGENET_STD, build_resnet
+from densemtl.models.segnet import SegNetTrunk, conv_bn_relu, segnet_filters, task_head
+
+MTAN_BACKBONES = ("segnet", *BACKBONES)
+
+
+def attention_mask(in_channels: int, hidden: int, out_channels: int) -> nn.Sequential:
+    """MTAN's mask ``h∘g``: 1×1 conv-BN-ReLU, 1×1 conv-BN, sigmoid (values in (0, 1))."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, hidden, 1, bias=False),
+        nn.BatchNorm2d(hidden),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(hidden, out_channels, 1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.Sigmoid(),
+    )
+
+
+def light_head(in_channels: int, out_channels: int, channels: int) -> nn.Sequential:
+    """The hps head without its ASPP: 3×3 conv-BN-ReLU of ``channels``, 1×1 conv to the outputs."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(channels),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(channels, out_channels, 1),
+    )
+
+
+def xavier_init(module: nn.Module) -> None:
+    """MTAN's initialisation: Xavier-normal convolutions, zero biases, unit-scale batch norms."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.xavier_normal_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def resize_to(x: Tensor, ref: Tensor, mode: str) -> Tensor:
+    """``x`` at ``ref``'s spatial size: max-pooled (``"pool"``) or bilinearly resized (``"up"``)."""
+    size = tuple(ref.shape[-2:])
+    if tuple(x.shape[-2:]) == size:
+        return x
+    if mode == "pool":
+        return F.adaptive_max_pool2d(x, size)
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+class MTANBase(MultiTaskModel):
+    """What both MTAN variants share: per-task ``attention`` and ``heads``, no representation."""
+
+    has_representation = False
+    attention: nn.ModuleDict
+    heads: nn.ModuleDict
+
+    def task_parameters(self, task: str) -> list[nn.Parameter]:
+        """Task ``task``'s attention masks and head."""
+        if task not in self.heads:
+            return []
+        return [*self.attention[task].parameters(), *self.heads[task].parameters()]
+
+    def predict(self, feats: dict[str, Tensor], size: tuple[int, int]) -> dict[str, Tensor]:
+        out = {}
+        for t in self.tasks:
+            y = self.heads[t](feats[t])
+            if tuple(y.shape[-2:]) != tuple(size):
+                y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+            out[t] = y
+        return out
+
+
+class SegNetMTAN(MTANBase):
+    """MTAN on SegNet: attention at each of the ``2 × stages`` encoder and decoder stages."""
+
+    def __init__(self, task_channels: dict[str, int], filters: tuple[int, ...]) -> None:
+        super().__init__(task_channels)
+        self.trunk = SegNetTrunk(filters)
+        n = len(filters)
+        dec_out = (filters[0], *filters[:-1])
+        # Encoder level j: mask from [u_j, previous] (u_j alone at level 0); f_j: filters[j] -> next.
+        enc_in = [filters[0]] + [2 * filters[j] for j in range(1, n)]
+        enc_next = [*filters[1:], filters[-1]]
+        # Decoder stage i (run from n-1 down to 0): f maps the incoming attended features
+        # (filters[i] channels) to dec_out[i] after upsampling; the mask reads [u_i, that].
+        self.encoder_blocks = nn.ModuleList(conv_bn_relu(filters[j], enc_next[j]) for j in range(n))
+        self.decoder_blocks = nn.ModuleList(conv_bn_relu(filters[i], dec_out[i]) for i in range(n))
+        self.attention = nn.ModuleDict(
+            {
+                t: nn.ModuleDict(
+                    {
+                        "encoder": nn.ModuleList(attention_mask(enc_in[j], filters[j], filters[j]) for j in range(n)),
+                        "decoder": nn.ModuleList(
+                            attention_mask(2 * dec_out[i], dec_out[i], dec_out[i]) for i in range(n)
+                        ),
+                    }
+                )
+                for t in self.tasks
+            }
+        )
+        c = filters[0]
+        self.heads = nn.ModuleDict({t: task_head(c, k) for t, k in self.task_channels.items()})
+        for part in (self.encoder_blocks, self.decoder_blocks, self.attention, self.heads):
+            xavier_init(part)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        trunk = self.trunk
+        min_side = 2 ** len(trunk.filters)
+        if min(x.shape[-2:]) < min_side:
+            raise ValueError(
+                f"mtan (segnet) with {len(trunk.filters)} stages needs inputs of at least "
+                f"{min_side}×{min_side}, got {tuple(x.shape[-2:])}; use fewer depth_stages"
+            )
+        att: dict[str, Tensor | None] = dict.fromkeys(self.tasks)
+        indices: list[Tensor] = []
+        sizes: list[tuple[int, ...]] = []
+        h = x
+        for j, stage in enumerate(trunk.encoder):
+            u = stage[0](h)
+            p = stage[1:](u)
+            for t in self.tasks:
+                prev = att[t]
+                inp = u if prev is None else torch.cat([u, resize_to(prev, u, "pool")], dim=1)
+                a = self.attention[t]["encoder"][j](inp) * p
+                att[t] = F.max_pool2d(self.encoder_blocks[j](a), 2)
+            sizes.append(tuple(p.shape))
+            h, idx = trunk.pool(p)
+            indices.append(idx)
+        for i in reversed(range(len(trunk.decoder))):
+            h = trunk.unpool(h, indices[i], output_size=sizes[i])
+            stage = trunk.decoder[i]
+            u = stage[0](h)
+            h = p = stage[1:](u)
+            for t in self.tasks:
+                prev = self.decoder_blocks[i](resize_to(att[t], u, "up"))  # type: ignore[arg-type]
+                att[t] = self.attention[t]["decoder"][i](torch.cat([u, prev], dim=1)) * p
+        return self.predict(att, (x.shape[-2], x.shape[-1]))  # type: ignore[arg-type]
+
+
+class ResNetMTAN(MTANBase):
+    """MTAN on the dilated ResNet: attention over the last block of each of the 4 stages."""
+
+    def __init__(
+        self,
+        task_channels: dict[str, int],
+        backbone: str,
+        output_stride: int,
+        head_channels: int,
+        pretrained: bool,
+    ) -> None:
+        super().__init__(task_channels)
+        self.backbone_name = backbone
+        net = build_resnet(backbone, output_stride, pretrained)
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.stages = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])
+        ch = [self._stage_channels(s) for s in self.stages]
+        # f_j: stage j's attended features -> C_{j+1}/4 channels (none after the last stage).
+        self.blocks = nn.ModuleList(conv_bn_relu(ch[j], ch[j + 1] // 4) for j in range(3))
+        mask_in = [ch[0]] + [ch[j] + ch[j] // 4 for j in range(1, 4)]
+        self.attention = nn.ModuleDict(
+            {
+                t: nn.ModuleList(attention_mask(mask_in[j], max(1, ch[j] // 4), ch[j]) for j in range(4))
+                for t in self.tasks
+            }
+        )
+        self.heads = nn.ModuleDict({t: light_head(ch[3], k, head_channels) for t, k in self.task_channels.items()})
+        for part in (self.blocks, self.attention, self.heads):
+            xavier_init(part)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    @staticmethod
+    def _stage_channels(stage: nn.Sequential) -> int:
+        last = stage[-1]
+        return (last.conv3 if hasattr(last, "conv3") else last.conv2).out_channels
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        h = self.stem((x - self.mean) / self.std)
+        att: dict[str, Tensor | None] = dict.fromkeys(self.tasks)
+        for j, stage in enumerate(self.stages):
+            u = stage[:-1](h)
+            h = stage[-1](u)
+            for t in self.tasks:
+                prev = att[t]
+                inp = u if prev is None else torch.cat([u, resize_to(prev, u, "pool")], dim=1)
+                a = self.attention[t][j](inp) * h
+                att[t] = self.blocks[j](a) if j < 3 else a
+        return self.predict(att, (x.shape[-2], x.shape[-1]))  # type: ignore[arg-type]
+
+
+@register("mtan")
+def mtan(
+    task_channels: dict[str, int],
+    backbone: str = "segnet",
+    width: float = 1.0,
+    depth_stages: int = 5,
+    head_channels: int = 256,
+    output_stride: int = 8,
+    pretrained: bool = False,
+) -> MultiTaskModel:
+    """Multi-Task Attention Network (Liu et al., CVPR 2019, https://arxiv.org/abs/1803.10704).
+
+    Args:
+        task_channels: output channels per task, e.g. ``{"seg": 13, "depth": 1, "normal": 3}``.
+        backbone: ``"segnet"`` (the paper's) or a dilated ``"resnet18"``, ``"resnet34"``,
+            ``"resnet50"`` (the authors' MTAN-DeepLabv3).
+        width: segnet only: multiplier on the filters 64-128-256-512-512 (0.125 for CPU demos).
+        depth_stages: segnet only: encoder (and decoder) stages, 3 to 5; inputs need sides of
+            at least ``2**depth_stages`` pixels.
+        head_channels: ResNet only: width of each task's 3×3 head layer.
+        output_stride: ResNet only: 8 or 16, as in hps.
+        pretrained: ResNet only: ImageNet weights for the shared backbone, as in hps.
+    """
+    if backbone not in MTAN_BACKBONES:
+        raise ConfigError(f"mtan knob 'backbone' must be one of {', '.join(MTAN_BACKBONES)}, got {backbone!r}")
+    if backbone == "segnet":
+        for knob, value, default in (
+            ("head_channels", head_channels, 256),
+            ("output_stride", output_stride, 8),
+            ("pretrained", pretrained, False),
+        ):
+            if value != default:
+                raise ConfigError(f"mtan knob {knob!r} applies to the ResNet backbones, not segnet")
+        return SegNetMTAN(task_channels, segnet_filters(width, depth_stages))
+    for knob, value, default in (("width", width, 1.0), ("depth_stages", depth_stages, 5)):
+        if value != default:
+            raise ConfigError(f"mtan knob {knob!r} applies to backbone='segnet', not {backbone!r}")
+    if not isinstance(head_channels, int) or isinstance(head_channels, bool) or head_channels < 1:
+        raise ConfigError(f"mtan knob 'head_channels' must be a positive integer, got {head_channels!r}")
+    if output_stride not in DEFAULT_RATES:
+        raise ConfigError(f"mtan knob 'output_stride' must be 8 or 16, got {output_stride!r}")
+    return ResNetMTAN(task_channels, backbone, output_stride, head_channels, bool(pretrained))

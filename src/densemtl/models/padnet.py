@@ -1,0 +1,128 @@
+"""PAD-Net: multi-tasks guided prediction-and-distillation.
+
+Xu, Ouyang, Wang and Sebe, "PAD-Net: Multi-Tasks Guided Prediction-and-Distillation Network for
+Simultaneous Depth Estimation and Scene Parsing", CVPR 2018 (https://arxiv.org/abs/1805.04409).
+
+1. A shared front-end: here the dilated ResNet of ``hps`` (output stride 8 by default).
+2. Intermediate predictions: per task, features ``F_t`` (two residual blocks to ``channels``)
+   and a 1×1 auxiliary prediction from them, supervised by the task's own loss (deep supervision).
+3. Multi-modal distillation, the paper's attention-guided variant (C): for every target task t,
+   ``F_t^o = F_t + Σ_{s≠t} σ(W_t F_t) ⊙ (W_s F_s)``.
+4. Final heads (3×3 conv-BN-ReLU, 1×1 conv) on ``F_t^o``, upsampled to the input size.
+
+Which parameters are whose: ``F_s`` feeds every target's distillation, so the intermediate
+feature blocks reach every task's loss and are *shared* together with the backbone. Each task
+owns (``heads[t]``) its auxiliary 1×1 prediction, its distillation branch (the gate ``W_t`` and
+the messages ``W_s`` into t) and its final head. The shared representation is therefore the
+concatenation of all tasks' intermediate features, (B, T·channels, H/8, W/8): ``encode`` computes
+it and ``decode`` uses task-owned parameters only, so the engine's representation mode is valid.
+
+Deep supervision: each forward keeps the auxiliary predictions on the model (``self._aux``) and
+``extra_losses(preds, batch)`` turns them into ``aux_weight`` × the task's loss, which the engine
+adds to that task's loss. The engine's predictions dict stays ``{task: prediction}``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from densemtl.errors import ConfigError
+from densemtl.models import register
+from densemtl.models._multiscale import (
+    DeepSupervision,
+    Distillation,
+    TaskFeatures,
+    check_common_knobs,
+    prediction_head,
+    pretrained_error_for,
+    upsample,
+)
+from densemtl.models.base import MultiTaskModel
+from densemtl.models.hps import DEFAULT_RATES, IMAGENET_MEAN, IMAGENET_STD, build_resnet
+
+
+class PadNetHead(nn.Module):
+    """Everything task ``t`` owns: auxiliary prediction, distillation into t, final head."""
+
+    def __init__(self, task: str, tasks: tuple[str, ...], channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.aux = nn.Conv2d(channels, out_channels, 1)
+        self.distill = Distillation(task, tasks, channels, gate="target")
+        self.final = prediction_head(channels, channels, out_channels)
+
+
+class PadNet(DeepSupervision, MultiTaskModel):
+    """PAD-Net on a dilated ResNet; ``encode`` gives the concatenated intermediate features."""
+
+    has_representation = True
+
+    def __init__(
+        self,
+        task_channels: dict[str, int],
+        *,
+        backbone: str = "resnet50",
+        output_stride: int = 8,
+        channels: int = 256,
+        aux_weight: float = 1.0,
+        pretrained: bool = False,
+    ) -> None:
+        super().__init__(task_channels)
+        self.channels = channels
+        self.aux_weight = float(aux_weight)
+        try:
+            self.backbone = build_resnet(backbone, output_stride, pretrained)
+        except ConfigError as e:
+            raise pretrained_error_for("padnet", e) from None
+        last = self.backbone.layer4[-1]
+        width = (last.conv3 if hasattr(last, "conv3") else last.conv2).out_channels
+        self.features = nn.ModuleDict({t: TaskFeatures(width, channels) for t in self.tasks})
+        self.heads = nn.ModuleDict({t: PadNetHead(t, self.tasks, channels, n) for t, n in self.task_channels.items()})
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Intermediate features of every task, concatenated in task order: (B, T·channels, h, w)."""
+        shared = self.backbone((x - self.mean) / self.std)
+        return torch.cat([self.features[t](shared) for t in self.tasks], dim=1)
+
+    def decode(self, rep: Tensor, size: tuple[int, int]) -> dict[str, Tensor]:
+        feats = dict(zip(self.tasks, rep.split(self.channels, dim=1), strict=True))
+        aux = {t: [self.heads[t].aux(feats[t])] for t in self.tasks}
+        preds = {t: upsample(self.heads[t].final(self.heads[t].distill(feats)), size) for t in self.tasks}
+        self._keep_aux(aux, preds)
+        return preds
+
+
+@register("padnet")
+def padnet(
+    task_channels: dict[str, int],
+    backbone: str = "resnet50",
+    output_stride: int = 8,
+    channels: int = 256,
+    aux_weight: float = 1.0,
+    pretrained: bool = False,
+) -> MultiTaskModel:
+    """PAD-Net (Xu et al., CVPR 2018): intermediate predictions, attention distillation, final heads.
+
+    Args:
+        task_channels: output channels per task.
+        backbone: ``"resnet18"``, ``"resnet34"`` or ``"resnet50"`` (default, as in the papers).
+        output_stride: 8 (layer3 and layer4 dilated) or 16 (layer4 dilated).
+        channels: width of the per-task intermediate features and heads (256; 8-32 for CPU runs).
+        aux_weight: weight of the auxiliary (intermediate-prediction) losses; 0 turns them off.
+        pretrained: ImageNet weights for the backbone from torch's cache (see ``hps``).
+
+    Training needs batches of at least 2 images (batch norm).
+    """
+    check_common_knobs("padnet", backbone, channels, aux_weight)
+    if output_stride not in DEFAULT_RATES:
+        raise ConfigError(f"padnet knob 'output_stride' must be 8 or 16, got {output_stride!r}")
+    return PadNet(
+        task_channels,
+        backbone=backbone,
+        output_stride=output_stride,
+        channels=channels,
+        aux_weight=aux_weight,
+        pretrained=bool(pretrained),
+    )

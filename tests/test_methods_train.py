@@ -1,0 +1,129 @@
+"""Every registered method trains through ``densemtl train``; modes and knobs are checked at the door.
+
+The method list is discovered from the registry, so a new method joins by being registered.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from densemtl.cli.main import main
+from densemtl.methods import available
+
+TINY = [
+    "--size",
+    "32x40",
+    "--n-train",
+    "4",
+    "--n-val",
+    "2",
+    "--batch-size",
+    "2",
+    "--epochs",
+    "1",
+    "--quiet",
+]
+SEGNET = ["--arch-arg", "width=0.125", "--arch-arg", "depth_stages=3"]
+SINGLE = ["--arch", "single", "--arch-arg", "base_args={width: 0.125, depth_stages: 3}"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    # Tiny convolutions on a shared machine: one intra-op thread is far faster than two that
+    # spin-wait for a core.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def train(run: Path, *args: str, arch: list[str] = SEGNET) -> int:
+    return main(["train", *TINY, *arch, *args, "--out", str(run)])
+
+
+def finite(values: Any) -> bool:
+    if isinstance(values, dict):
+        return all(finite(v) for v in values.values())
+    return isinstance(values, int | float) and math.isfinite(values)
+
+
+def check_run(run: Path) -> dict[str, Any]:
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    assert [r["epoch"] for r in records] == [0, 1]
+    last = records[-1]
+    assert set(last["train_loss"]) == {"seg", "depth", "normal"} and finite(last["train_loss"]), last
+    assert finite(last["weights"]), last
+    summary = json.loads((run / "summary.json").read_text())
+    for task in ("seg", "depth"):
+        assert finite(summary["metrics"][task]), summary["metrics"]
+    return last
+
+
+def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("densemtl: error:") and "\n" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("name", available())
+def test_every_method_trains(name: str, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert train(run, "--method", name) == 0
+    check_run(run)
+
+
+def test_representation_mode_on_request(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert train(run, "--method", "pcgrad", "--grad-mode", "representation") == 0
+    check_run(run)
+
+
+def test_recompute_every_with_a_gramian_method(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert train(run, "--method", "imtl", "--recompute-every", "4") == 0
+    last = check_run(run)
+    assert abs(sum(last["weights"].values()) - 1.0) < 1e-5  # IMTL-G's weights sum to 1
+
+
+def test_gradient_method_on_the_single_task_baseline(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert train(run, "--method", "mgda", arch=SINGLE) == 0
+    check_run(run)
+
+
+def test_gradnorm_layer_knob(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    assert train(run, "--method", "gradnorm", "--method-arg", "layer=trunk.encoder.0.0.0.weight") == 0
+    check_run(run)
+    bad = tmp_path / "bad"
+    assert train(bad, "--method", "gradnorm", "--method-arg", "layer=nope") == 2
+    assert "'nope'" in one_line_error(capsys) and not bad.exists()
+
+
+@pytest.mark.parametrize(
+    "args, arch, expected",
+    [
+        (["--method", "ew", "--method-arg", "foo=1"], SEGNET, "no knob 'foo'"),
+        (["--method", "cagrad", "--method-arg", "c=abc"], SEGNET, "knob 'c' must be a float"),
+        (["--method", "pcgrad", "--grad-mode", "representation"], SINGLE, "no single shared representation"),
+        (["--method", "mgda", "--grad-mode", "loss"], SEGNET, "needs per-task gradients"),
+        (["--method", "ew", "--grad-mode", "parameters"], SEGNET, "loss weighting"),
+        (["--method", "graddrop", "--recompute-every", "2"], SEGNET, "cannot be reused"),
+        (["--method", "dbmtl", "--recompute-every", "2"], SEGNET, "cannot be reused"),
+        (["--method", "nosuch"], SEGNET, "valid: "),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    args: list[str], arch: list[str], expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    assert train(run, *args, arch=arch) == 2
+    assert expected in one_line_error(capsys)
+    assert not run.exists()
