@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # tiny tensors: threads only add contention
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -32,7 +32,7 @@ def round_trip(method: BalancingMethod, fresh: BalancingMethod) -> BalancingMeth
 def test_dbmtl_kind_and_log_transform() -> None:
     method = create("dbmtl")
     assert isinstance(method, Aggregator) and not isinstance(method, GramianWeighting)
-    assert not method.supports_representation
+    assert not method.supports_representation and not method.allows_representation
     losses = torch.tensor([1.0, math.e, 0.5])
     torch.testing.assert_close(method.loss_transform(losses), torch.log(losses + 1e-8))
 

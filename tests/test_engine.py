@@ -320,6 +320,10 @@ def test_refusals() -> None:
         Engine(segnet, create("ew"), TASKS, mode="parameters")
     with pytest.raises(ConfigError, match="cannot be reused"):
         Engine(segnet, create("graddrop"), TASKS, recompute_every=2)
+    with pytest.raises(ConfigError, match="parameters mode only"):
+        Engine(segnet, create("dbmtl"), TASKS, mode="representation")
+    with pytest.raises(ConfigError, match="parameters mode only"):
+        Engine(segnet, create("mao"), TASKS, mode="representation")
     with pytest.raises(ConfigError, match="not a mode"):
         Engine(segnet, create("mgda"), TASKS, mode="gradients")
     with pytest.raises(ConfigError, match=">= 1"):

@@ -117,6 +117,8 @@ def test_gradnorm_layer_knob(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         (["--method", "ew", "--grad-mode", "parameters"], SEGNET, "loss weighting"),
         (["--method", "graddrop", "--recompute-every", "2"], SEGNET, "cannot be reused"),
         (["--method", "dbmtl", "--recompute-every", "2"], SEGNET, "cannot be reused"),
+        (["--method", "dbmtl", "--grad-mode", "representation"], SEGNET, "parameters mode only"),
+        (["--method", "mao", "--grad-mode", "representation"], SEGNET, "parameters mode only"),
         (["--method", "nosuch"], SEGNET, "valid: "),
     ],
 )

@@ -28,6 +28,9 @@ class BalancingMethod:
     kind: ClassVar[str] = "abstract"
     #: whether the method's weights may be computed at the shared representation
     supports_representation: ClassVar[bool] = False
+    #: whether ``--grad-mode representation`` may be forced at all: False for methods whose state
+    #: follows each coordinate of J across steps, which the representation of another batch lacks
+    allows_representation: ClassVar[bool] = True
     #: how the trainer steps the shared parameters with the update left in ``.grad``: "adam" (the
     #: default optimizer for every parameter) or "sgd" (plain SGD at the learning rate, for
     #: methods whose update already is the step, like MAO's; see ``build_optimizer``)
@@ -126,6 +129,7 @@ class OptimizerMethod(Aggregator):
 
     kind: ClassVar[str] = "optimizer"
     shared_optimizer: ClassVar[str] = "sgd"
+    allows_representation: ClassVar[bool] = False
 
     def optimizer_options(self) -> dict[str, Any]:
         """Keyword arguments (betas, eps, weight_decay) of the AdamW for the non-shared parameters."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -38,10 +38,14 @@ class DBMTL(Aggregator):
     task's gradient and homogeneous of degree 1 in J at every scale.
 
     The average needs whole rows of J, so this is an ``Aggregator`` and not a Gramian weighting
-    (its weights cannot be reused with ``--recompute-every``); the paper and LibMTL apply it to
-    the shared parameters only (representation gradients change from batch to batch). The state
-    (ĝ, as large as J) is restarted if the shape of J changes, and is saved by ``state_dict``.
+    (its weights cannot be reused with ``--recompute-every``). The average follows each shared
+    parameter across steps, so it runs in parameters mode only (``allows_representation`` is
+    False; LibMTL refuses representation gradients too): a representation gradient belongs to one
+    batch's images. The state (ĝ, as large as J) is restarted if the shape of J changes, and is
+    saved by ``state_dict``.
     """
+
+    allows_representation: ClassVar[bool] = False
 
     def __init__(self, beta: float = 0.9, beta_sigma: float = 0.0, eps: float = 1e-8) -> None:
         super().__init__()

@@ -66,6 +66,11 @@ def check_mode(method: BalancingMethod, model: MultiTaskModel, mode: str | None)
         raise ConfigError(
             f"--grad-mode loss: {name} needs per-task gradients; use representation or parameters"
         )
+    if mode == "representation" and not method.allows_representation:
+        raise ConfigError(
+            f"--grad-mode representation: {name} keeps state for each shared parameter across steps "
+            "and runs in parameters mode only"
+        )
     if mode == "representation" and not model.has_representation:
         raise ConfigError(
             f"--grad-mode representation: {type(model).__name__} has no single shared representation"
