@@ -38,6 +38,17 @@ class NonFiniteGradientError(DenseMTLError):
 
 
 @dataclass
+class Forward:
+    """One forward pass: predictions, task losses (T,), and in representation mode the shared
+    representation (``rep``) and its detached, grad-requiring copy the heads read (``rep_in``)."""
+
+    preds: dict[str, Tensor]
+    losses: Tensor
+    rep: Tensor | None = None
+    rep_in: Tensor | None = None
+
+
+@dataclass
 class StepResult:
     """Detached task losses (T,) and the task weights the method used (T,)."""
 
@@ -158,28 +169,53 @@ class Engine:
     # -- steps ------------------------------------------------------------------------------------
     def step(self, batch: dict[str, Tensor]) -> StepResult:
         """Forward, losses, backward; leaves the update in ``.grad`` (zeroed first)."""
+        return self.backward(self.forward(batch))
+
+    def _amortising(self) -> bool:
+        return self.recompute_every > 1 and self.coefficients is not None and bool(
+            self.step_count % self.recompute_every
+        )
+
+    def forward(self, batch: dict[str, Tensor]) -> Forward:
+        """The forward pass and the task losses, shaped for this engine's mode (grads zeroed)."""
         self.model.zero_grad(set_to_none=True)
+        x = batch["image"]
+        if self.mode == "representation" and not self._amortising():
+            rep = self.model.encode(x)
+            rep_in = rep.detach().requires_grad_(True)
+            preds = self.model.decode(rep_in, (x.shape[-2], x.shape[-1]))
+            return Forward(preds, self.task_losses(preds, batch), rep, rep_in)
+        preds = self.model(x)
+        return Forward(preds, self.task_losses(preds, batch))
+
+    def backward(self, fwd: Forward, extra: Tensor | None = None) -> StepResult:
+        """Balance ``fwd``'s task losses into ``.grad``.
+
+        ``extra`` (T,) are further per-task losses (MDML's mimicry): a loss weighting adds their
+        sum to its combined loss unweighted; a gradient method sees L_t + extra_t as task t's loss.
+        """
         if self.mode == "loss":
-            result = self._loss_step(batch)
-        elif (
-            self.recompute_every > 1
-            and self.coefficients is not None
-            and self.step_count % self.recompute_every
-        ):
-            result = self._amortised_step(batch)
-        elif self.mode == "representation":
-            result = self._representation_step(batch)
+            result = self._loss_step(fwd, extra)
         else:
-            result = self._parameters_step(batch)
+            total = fwd.losses if extra is None else fwd.losses + extra
+            objective = self.method.loss_transform(total)  # type: ignore[attr-defined]
+            if self._amortising():
+                result = self._amortised_step(fwd, objective)
+            elif self.mode == "representation":
+                result = self._representation_step(fwd, objective)
+            else:
+                result = self._parameters_step(fwd, objective)
         self.step_count += 1
         return result
 
-    def _loss_step(self, batch: dict[str, Tensor]) -> StepResult:
+    def _loss_step(self, fwd: Forward, extra: Tensor | None) -> StepResult:
         assert isinstance(self.method, LossWeighting)
-        losses = self.task_losses(self.model(batch["image"]), batch)
+        losses = fwd.losses
         if self._norm_layer is not None:
             self.method.observe_grad_norms(self._layer_grad_norms(losses, self._norm_layer))
         scalar, weights = self.method.combine(losses)
+        if extra is not None:
+            scalar = scalar + extra.sum()
         if not torch.isfinite(scalar):
             self._check(scalar.detach().reshape(1))
         scalar.backward()
@@ -194,16 +230,13 @@ class Engine:
                 norms[t] = torch.linalg.vector_norm(g)
         return norms.detach()
 
-    def _amortised_step(self, batch: dict[str, Tensor]) -> StepResult:
+    def _amortised_step(self, fwd: Forward, objective: Tensor) -> StepResult:
         assert self.coefficients is not None
-        losses = self.task_losses(self.model(batch["image"]), batch)
-        objective = self.method.loss_transform(losses)  # type: ignore[attr-defined]
         (self.coefficients * objective).sum().backward()
-        return StepResult(losses.detach(), self.coefficients.detach().clone())
+        return StepResult(fwd.losses.detach(), self.coefficients.detach().clone())
 
-    def _parameters_step(self, batch: dict[str, Tensor]) -> StepResult:
-        losses = self.task_losses(self.model(batch["image"]), batch)
-        objective = self.method.loss_transform(losses)  # type: ignore[attr-defined]
+    def _parameters_step(self, fwd: Forward, objective: Tensor) -> StepResult:
+        losses = fwd.losses
         T = len(self.tasks)
         if not self._shared:
             return self._unshared_step(losses, objective)
@@ -220,10 +253,13 @@ class Engine:
         vec, c = self._combine(self._jac.matrix)
         self._check(vec)
         self._jac.set_grads(vec)
-        for t in range(T):
+        return self._finish(losses, head_grads, c)
+
+    def _finish(self, losses: Tensor, head_grads: list[tuple[Tensor | None, ...]], c: Tensor | None) -> StepResult:
+        for t in range(len(self.tasks)):
             self._set_head_grads(t, head_grads[t], float(c[t]) if c is not None else 1.0)
         self.coefficients = c
-        weights = c if c is not None else torch.ones(T)
+        weights = c if c is not None else torch.ones(len(self.tasks))
         return StepResult(losses.detach(), weights.detach())
 
     def _unshared_step(self, losses: Tensor, objective: Tensor) -> StepResult:
@@ -234,13 +270,9 @@ class Engine:
         total.backward()
         return StepResult(losses.detach(), torch.ones_like(losses).detach())
 
-    def _representation_step(self, batch: dict[str, Tensor]) -> StepResult:
-        x = batch["image"]
-        rep = self.model.encode(x)
-        rep_in = rep.detach().requires_grad_(True)
-        preds = self.model.decode(rep_in, (x.shape[-2], x.shape[-1]))
-        losses = self.task_losses(preds, batch)
-        objective = self.method.loss_transform(losses)  # type: ignore[attr-defined]
+    def _representation_step(self, fwd: Forward, objective: Tensor) -> StepResult:
+        rep, rep_in = fwd.rep, fwd.rep_in
+        assert rep is not None and rep_in is not None
         T = len(self.tasks)
         J = torch.empty(T, rep.numel(), dtype=rep.dtype, device=rep.device)
         head_grads = []
@@ -253,8 +285,4 @@ class Engine:
         vec, c = self._combine(J)
         self._check(vec)
         rep.backward(vec.view_as(rep))
-        for t in range(T):
-            self._set_head_grads(t, head_grads[t], float(c[t]) if c is not None else 1.0)
-        self.coefficients = c
-        weights = c if c is not None else torch.ones(T)
-        return StepResult(losses.detach(), weights.detach())
+        return self._finish(fwd.losses, head_grads, c)

@@ -112,9 +112,7 @@ def _coerce(name: str, value: Any) -> Any:
     if name == "size":
         return parse_size(value, "size")
     base = (
-        next((a for a in args if a is not type(None)), hint)
-        if optional or isinstance(hint, types.UnionType)
-        else hint
+        next((a for a in args if a is not type(None)), hint) if optional or isinstance(hint, types.UnionType) else hint
     )
     origin = typing.get_origin(base) or base
     if origin is dict:

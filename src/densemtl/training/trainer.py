@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from densemtl.engine import Engine
+from densemtl.engine import StepResult
 from densemtl.errors import ConfigError
 from densemtl.models import count_parameters
 from densemtl.report.console import metrics_header, metrics_row
@@ -27,14 +28,13 @@ from densemtl.report.plots import plot_run
 from densemtl.report.visualize import prediction_grid, save_panel
 from densemtl.training.builders import (
     build_datasets,
-    build_method,
-    build_model,
-    build_optimizer,
     resolve_device,
 )
 from densemtl.training.checkpoint import load_checkpoint, save_checkpoint
 from densemtl.training.config import TrainConfig, build_config, load_yaml, save_yaml
 from densemtl.training.evaluation import evaluate_model, move
+from densemtl.training.member import Ensemble, Member
+from densemtl.training.mimicry import mimicry_losses
 
 
 def is_run_dir(path: Path) -> bool:
@@ -69,12 +69,20 @@ class Trainer:
         self.train_set, self.val_set = build_datasets(cfg)
         self.tasks: tuple[str, ...] = tuple(self.train_set.tasks)  # type: ignore[attr-defined]
         self.num_classes: int = int(self.train_set.num_classes)  # type: ignore[attr-defined]
-        self.model = build_model(cfg, self.tasks, self.num_classes).to(self.device)
-        self.method = build_method(cfg, len(self.tasks))
-        self.engine = Engine(
-            self.model, self.method, self.tasks, mode=cfg.grad_mode, recompute_every=cfg.recompute_every
-        )
-        self.optimizer, self.scheduler = build_optimizer(cfg, self.model, self.method)
+        self.main = Member(cfg, self.tasks, self.num_classes, self.device)
+        self.peer: Member | None = None
+        if cfg.peer_arch:
+            self.peer = Member(
+                cfg,
+                self.tasks,
+                self.num_classes,
+                self.device,
+                arch=cfg.peer_arch,
+                arch_args=cfg.peer_args,
+                seed_offset=1,
+            )
+        self.model, self.method, self.engine = self.main.model, self.main.method, self.main.engine
+        self.optimizer, self.scheduler = self.main.optimizer, self.main.scheduler
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
         if resume:
@@ -96,32 +104,21 @@ class Trainer:
 
     # -- state ------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        gen = self.method.generator
         return {
             "config": self.cfg.to_dict(),
             "tasks": list(self.tasks),
             "num_classes": self.num_classes,
             "size": list(getattr(self.train_set, "size", ())),
             "epoch": self.epoch,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "method": self.method.state_dict(),
-            "method_generator": gen.get_state() if gen is not None else None,
-            "engine_step": self.engine.step_count,
-            "engine_coefficients": self.engine.coefficients,
+            **self.main.state(),
+            "peer": self.peer.state() if self.peer is not None else None,
         }
 
     def _restore(self) -> None:
         state = load_checkpoint(self.out / "checkpoints" / "last.pt")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.method.load_state_dict(state["method"])
-        if state.get("method_generator") is not None and self.method.generator is not None:
-            self.method.generator.set_state(state["method_generator"])
-        self.engine.step_count = int(state.get("engine_step", 0))
-        self.engine.coefficients = state.get("engine_coefficients")
+        self.main.restore(state)
+        if self.peer is not None:
+            self.peer.restore(state["peer"])
         self.epoch = int(state["epoch"])
         lines = (self.out / "metrics.jsonl").read_text().splitlines()
         self.history = [r for r in (json.loads(x) for x in lines if x.strip()) if r["epoch"] <= self.epoch]
@@ -138,24 +135,46 @@ class Trainer:
             f.write(dumps(record) + "\n")
         self.log(metrics_row(record["epoch"], record["val"], self.tasks))
 
-    def validate(self) -> dict[str, dict[str, float]]:
+    def validate(self) -> dict[str, Any]:
+        """Validation metrics under "val" (main network), plus "peer_val" and "ensemble_val" in MDML."""
         loader = self._loader(self.val_set, shuffle=False)
-        return evaluate_model(
-            self.model,
-            loader,
-            self.tasks,
-            self.num_classes,
-            self.device,
-            progress=self.progress,
-            desc="validate",
-        )
+        nets: list[tuple[str, nn.Module]] = [("val", self.model)]
+        if self.peer is not None:
+            nets += [("peer_val", self.peer.model), ("ensemble_val", Ensemble(self.model, self.peer.model))]
+        return {
+            key: evaluate_model(
+                net, loader, self.tasks, self.num_classes, self.device, progress=self.progress, desc="validate"
+            )
+            for key, net in nets
+        }
+
+    def mimicry_weight(self, epoch: int) -> float:
+        """MDML's alpha, ramped linearly from 0 over ``alpha_warmup_epochs`` epochs."""
+        warm = self.cfg.alpha_warmup_epochs
+        return self.cfg.mimicry_weight * (min(1.0, (epoch - 1) / warm) if warm > 0 else 1.0)
+
+    def _mutual_step(self, batch: dict[str, Tensor], alpha: float) -> tuple[StepResult, StepResult]:
+        """Both networks forward, each backward with its supervised + alpha * mimicry losses."""
+        assert self.peer is not None
+        tau = self.cfg.mimicry_temperature
+        self.peer.optimizer.zero_grad(set_to_none=True)
+        fa, fb = self.main.engine.forward(batch), self.peer.engine.forward(batch)
+        ma = alpha * mimicry_losses(fa.preds, fb.preds, batch, self.tasks, tau)
+        mb = alpha * mimicry_losses(fb.preds, fa.preds, batch, self.tasks, tau)
+        ra = self.main.engine.backward(fa, ma)
+        rb = self.peer.engine.backward(fb, mb)
+        self.peer.optimizer.step()
+        return ra, rb
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
-        self.model.train()
+        members = [self.main] + ([self.peer] if self.peer is not None else [])
+        for m in members:
+            m.model.train()
         loader = self._loader(self.train_set, shuffle=True, epoch=epoch)
-        sums = torch.zeros(len(self.tasks), dtype=torch.float64)
-        wsums = torch.zeros(len(self.tasks), dtype=torch.float64)
+        T = len(self.tasks)
+        sums = torch.zeros(len(members), 2, T, dtype=torch.float64)  # (member, losses/weights, task)
         n = 0
+        alpha = self.mimicry_weight(epoch)
         bar = tqdm(
             loader,
             desc=f"epoch {epoch}/{self.cfg.epochs}",
@@ -166,19 +185,24 @@ class Trainer:
         for batch in bar:
             batch = move(batch, self.device)
             self.optimizer.zero_grad(set_to_none=True)
-            result = self.engine.step(batch)
+            results = self._mutual_step(batch, alpha) if self.peer is not None else (self.engine.step(batch),)
             self.optimizer.step()
-            sums += result.losses.double().cpu()
-            wsums += result.weights.double().cpu()
+            for i, r in enumerate(results):
+                sums[i, 0] += r.losses.double().cpu()
+                sums[i, 1] += r.weights.double().cpu()
             n += 1
-            bar.set_postfix({t: f"{v:.3f}" for t, v in zip(self.tasks, (sums / n).tolist(), strict=True)})
-        self.scheduler.step()
-        mean = (sums / max(n, 1)).float()
-        self.method.end_epoch(epoch, mean)
-        return {
-            "train_loss": dict(zip(self.tasks, mean.tolist(), strict=True)),
-            "weights": dict(zip(self.tasks, (wsums / max(n, 1)).tolist(), strict=True)),
-        }
+            bar.set_postfix({t: f"{v:.3f}" for t, v in zip(self.tasks, (sums[0, 0] / n).tolist(), strict=True)})
+        means = sums / max(n, 1)
+        record: dict[str, Any] = {}
+        for i, m in enumerate(members):
+            m.scheduler.step()
+            m.method.end_epoch(epoch, means[i, 0].float())
+            prefix = "" if i == 0 else "peer_"
+            record[prefix + "train_loss"] = dict(zip(self.tasks, means[i, 0].tolist(), strict=True))
+            record[prefix + "weights"] = dict(zip(self.tasks, means[i, 1].tolist(), strict=True))
+        if self.peer is not None:
+            record["mimicry_weight"] = alpha
+        return record
 
     def run(self) -> dict[str, Any]:
         """Train to ``cfg.epochs`` and return the summary (also written to summary.json)."""
@@ -194,7 +218,7 @@ class Trainer:
                     "epoch": 0,
                     "train_loss": None,
                     "weights": None,
-                    "val": self.validate(),
+                    **self.validate(),
                     "lr": self.cfg.lr,
                     "time_s": round(time.perf_counter() - t0, 3),
                 }
@@ -207,9 +231,7 @@ class Trainer:
             train = self.train_epoch(epoch)
             val = self.validate()
             self.epoch = epoch
-            self._record(
-                {"epoch": epoch, **train, "val": val, "lr": lr, "time_s": round(time.perf_counter() - t0, 3)}
-            )
+            self._record({"epoch": epoch, **train, **val, "lr": lr, "time_s": round(time.perf_counter() - t0, 3)})
             save_checkpoint(self.out / "checkpoints" / "last.pt", self.state())
         if self.epoch == 0:
             save_checkpoint(self.out / "checkpoints" / "last.pt", self.state())
@@ -221,6 +243,7 @@ class Trainer:
         return summary
 
     def summary(self, elapsed: float) -> dict[str, Any]:
+        """Final, initial and best metrics (and in MDML the peer's and the ensemble's)."""
         from densemtl.metrics import LOWER_IS_BETTER
 
         best: dict[str, dict[str, dict[str, float]]] = {}
@@ -233,7 +256,7 @@ class Trainer:
                     cur = best.setdefault(task, {}).get(name)
                     if cur is None or (value < cur["value"] if lower else value > cur["value"]):
                         best[task][name] = {"value": value, "epoch": rec["epoch"]}
-        return {
+        out = {
             "metrics": self.history[-1]["val"],
             "initial_metrics": self.history[0]["val"],
             "best": best,
@@ -246,6 +269,12 @@ class Trainer:
             "parameters": count_parameters(self.model),
             "time_s": round(elapsed, 2),
         }
+        if self.peer is not None:
+            out["peer_arch"] = self.cfg.peer_arch
+            out["peer_metrics"] = self.history[-1]["peer_val"]
+            out["ensemble_metrics"] = self.history[-1]["ensemble_val"]
+            out["peer_parameters"] = count_parameters(self.peer.model)
+        return out
 
 
 def resume_config(out: Path, overrides: dict[str, Any]) -> TrainConfig:
