@@ -7,7 +7,7 @@ linear combination of all columns' activations at that point,
 
     x̃_i = Σ_j α_ij x_j,
 
-with one α per pair of tasks and, in the paper's generalised form used here, per channel
+with one α per pair of tasks in the paper and, generalised here, per channel as well
 (α has shape T × T × C). The paper initialises α_ii = p_same and α_ij = 1 − p_same for two tasks
 and finds (0.9, 0.1) works well; for T tasks we keep the rows summing to one,
 α_ij = (1 − p_same) / (T − 1), so that the units start as a mild mixing that preserves scale.
