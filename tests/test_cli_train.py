@@ -34,6 +34,8 @@ def test_train_writes_the_run_directory(tmp_path: Path, tiny_args: list[str]) ->
         "weights.png",
         "metrics.png",
         "predictions.png",
+        "grad_cosine.png",
+        "layer_balance.png",
     }
 
 

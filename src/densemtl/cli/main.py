@@ -22,7 +22,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from densemtl.cli import data_cmd, inspect_cmd, list_cmd, speed_cmd, train_cmd
+    from densemtl.cli import bench_cmd, data_cmd, inspect_cmd, list_cmd, speed_cmd, train_cmd
 
     parser = Parser(
         prog="densemtl",
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_cmd.add_parser(sub)
     list_cmd.add_parser(sub)
     speed_cmd.add_parser(sub)
+    bench_cmd.add_parser(sub)
     return parser
 
 

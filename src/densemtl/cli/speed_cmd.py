@@ -41,7 +41,7 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """A plain-text table: method, mode, median step ms, ratio to EW and to the naive loop, memory, target."""
-    header = ("method", "mode", "step ms", "x EW", "x naive", "mem x EW", "peak MB", "targets")
+    header = ("method", "mode", "step ms", "x EW", "min x EW", "x naive", "mem x EW", "peak MB", "targets")
     lines: list[tuple[str, ...]] = [header]
     for r in rows:
         if r["status"] != "ok":
@@ -58,9 +58,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                 mode,
                 _fmt(r["step_ms"], ".1f"),
                 _fmt(r["ratio_to_ew"], ".2f"),
+                _fmt(r.get("ratio_to_ew_min"), ".2f"),
                 _fmt(r.get("ratio_to_naive"), ".2f"),
                 _fmt(r["mem_ratio"], ".2f"),
-                _fmt(r.get("peak_mb"), ".0f"),
+                _fmt(r.get("peak_mb"), ".1f"),
                 verdict,
             )
         )
@@ -71,7 +72,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         if len(ln) != len(header):  # error rows: method, status, message
             out.append(f"{ln[0]:<{widths[0]}}  {ln[1]:<{widths[1]}}  {ln[2]}")
             continue
-        cells = [c.ljust(w) if i in (0, 1, 7) else c.rjust(w) for i, (c, w) in enumerate(zip(ln, widths, strict=True))]
+        cells = [c.ljust(w) if i in (0, 1, 8) else c.rjust(w) for i, (c, w) in enumerate(zip(ln, widths, strict=True))]
         out.append("  ".join(cells).rstrip())
     return "\n".join(out)
 

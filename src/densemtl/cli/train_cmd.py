@@ -49,6 +49,10 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--seed", {"type": int}),
     ("--device", {"help": "cpu, cuda, cuda:N or auto"}),
     ("--workers", {"type": int, "help": "data loader processes"}),
+    (
+        "--diagnostics-every",
+        {"type": int, "help": "sample task-gradient cosines and per-block balance every K steps (0 = off)"},
+    ),
 ]
 
 
@@ -68,6 +72,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="RUN", help="run directory (default: a fresh one under ./runs)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--tensorboard", action="store_true", help="also write RUN/tensorboard/ event files")
     p.set_defaults(func=run)
 
 
@@ -84,6 +89,8 @@ def gather(args: argparse.Namespace) -> dict[str, Any]:
         values["size"] = parse_size(values["size"])
     if getattr(args, "augment", False):
         values["augment"] = True
+    if getattr(args, "tensorboard", False):
+        values["tensorboard"] = True
     for attr, key, flag in (
         ("arch_arg", "arch_args", "--arch-arg"),
         ("method_arg", "method_args", "--method-arg"),

@@ -49,6 +49,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     workers: int = 0
+    diagnostics_every: int = 10
+    tensorboard: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -177,6 +179,8 @@ def check_ranges(cfg: TrainConfig) -> None:
         raise ConfigError(f"alpha_warmup_epochs must be >= 0, got {cfg.alpha_warmup_epochs}")
     if cfg.workers < 0:
         raise ConfigError(f"workers must be >= 0, got {cfg.workers}")
+    if cfg.diagnostics_every < 0:
+        raise ConfigError(f"diagnostics_every must be >= 0 (0 = off), got {cfg.diagnostics_every}")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from densemtl.engine import StepResult
 from densemtl.errors import ConfigError
 from densemtl.models import count_parameters
 from densemtl.report.console import metrics_header, metrics_row
+from densemtl.report.diagnostic_plots import plot_diagnostics
 from densemtl.report.jsonio import dumps
 from densemtl.report.plots import plot_run
 from densemtl.report.visualize import prediction_grid, save_panel
@@ -32,6 +33,7 @@ from densemtl.training.builders import (
 )
 from densemtl.training.checkpoint import load_checkpoint, save_checkpoint
 from densemtl.training.config import TrainConfig, build_config, load_yaml, save_yaml
+from densemtl.training.diagnostics import Diagnostics, TensorBoardLog, require_tensorboard
 from densemtl.training.evaluation import evaluate_model, move
 from densemtl.training.member import Ensemble, Member
 from densemtl.training.mimicry import mimicry_losses
@@ -65,6 +67,9 @@ class Trainer:
                 "or choose another directory (runs are never overwritten)"
             )
         self.cfg = cfg
+        if cfg.tensorboard:
+            require_tensorboard()
+        self.tb: TensorBoardLog | None = None
         self.device = resolve_device(cfg.device)
         self.train_set, self.val_set = build_datasets(cfg)
         self.tasks: tuple[str, ...] = tuple(self.train_set.tasks)  # type: ignore[attr-defined]
@@ -83,6 +88,13 @@ class Trainer:
             )
         self.model, self.method, self.engine = self.main.model, self.main.method, self.main.engine
         self.optimizer, self.scheduler = self.main.optimizer, self.main.scheduler
+        self.diagnostics = Diagnostics(
+            self.model,
+            self.tasks,
+            lambda model, batch: self.engine.task_losses(model(batch["image"]), batch),
+            self.model.named_shared_parameters(),
+            every=cfg.diagnostics_every,
+        )
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
         if resume:
@@ -133,6 +145,8 @@ class Trainer:
         self.history.append(record)
         with (self.out / "metrics.jsonl").open("a") as f:
             f.write(dumps(record) + "\n")
+        if self.tb is not None:
+            self.tb.log(record)
         self.log(metrics_row(record["epoch"], record["val"], self.tasks))
 
     def validate(self) -> dict[str, Any]:
@@ -175,6 +189,7 @@ class Trainer:
         sums = torch.zeros(len(members), 2, T, dtype=torch.float64)  # (member, losses/weights, task)
         n = 0
         alpha = self.mimicry_weight(epoch)
+        self.diagnostics.reset()
         bar = tqdm(
             loader,
             desc=f"epoch {epoch}/{self.cfg.epochs}",
@@ -186,6 +201,7 @@ class Trainer:
             batch = move(batch, self.device)
             self.optimizer.zero_grad(set_to_none=True)
             results = self._mutual_step(batch, alpha) if self.peer is not None else (self.engine.step(batch),)
+            self.diagnostics.observe(batch, self.engine.step_count - 1)  # same weights as the step, before the update
             self.optimizer.step()
             for i, r in enumerate(results):
                 sums[i, 0] += r.losses.double().cpu()
@@ -202,6 +218,7 @@ class Trainer:
             record[prefix + "weights"] = dict(zip(self.tasks, means[i, 1].tolist(), strict=True))
         if self.peer is not None:
             record["mimicry_weight"] = alpha
+        record.update(self.diagnostics.summary())
         return record
 
     def run(self) -> dict[str, Any]:
@@ -209,6 +226,8 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "checkpoints").mkdir(exist_ok=True)
         save_yaml(self.cfg, self.out / "config.yaml")
+        if self.cfg.tensorboard:
+            self.tb = TensorBoardLog(self.out / "tensorboard")
         started = time.perf_counter()
         if not self.history:
             self.log(metrics_header(self.tasks))
@@ -238,6 +257,10 @@ class Trainer:
         summary = self.summary(time.perf_counter() - started)
         (self.out / "summary.json").write_text(dumps(summary, indent=2) + "\n")
         plot_run(self.history, self.tasks, self.out / "plots")
+        plot_diagnostics(self.history, self.tasks, self.out / "plots")
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
         grid = prediction_grid(self.model, self.val_set, self.num_classes)
         save_panel(grid, self.out / "plots" / "predictions.png")
         return summary
@@ -281,7 +304,7 @@ def resume_config(out: Path, overrides: dict[str, Any]) -> TrainConfig:
     """The config of the run in ``out``, with the few keys that may change when resuming."""
     import dataclasses
 
-    allowed = {"epochs", "device", "workers"}
+    allowed = {"epochs", "device", "workers", "diagnostics_every", "tensorboard"}
     path = out / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"--resume: {out} holds no run to resume (no config.yaml)")

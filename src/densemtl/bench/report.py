@@ -1,0 +1,234 @@
+"""Aggregating a bench: Δm% per cell against the single-task baseline, tables, CSV, Markdown, HTML.
+
+Δm% of a cell (arch, method, seed) is :func:`densemtl.metrics.delta_m` of its test metrics against
+the single-task baseline of the same architecture, averaged over the baseline's seeds (the mean
+of each metric). Metrics whose baseline value is 0 or NaN are left out of Δm% (their relative
+change is undefined). Over seeds, a cell's numbers are given as mean ± sample std (n − 1; 0 for a
+single seed). Within one architecture, methods are ranked by mean Δm%, 1 = best.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from densemtl.metrics import LOWER_IS_BETTER, Metrics, delta_m, flatten
+
+
+@dataclass(frozen=True)
+class Result:
+    """The test metrics of one finished run (a cell, or a baseline when ``method`` is 'single-task')."""
+
+    arch: str
+    method: str
+    seed: int
+    metrics: Metrics
+    selected_epoch: int = 0
+    time_s: float = 0.0
+
+
+def mean_metrics(runs: Sequence[Metrics]) -> Metrics:
+    """The mean of every metric over ``runs`` (NaNs ignored; NaN where every run is NaN)."""
+    out: Metrics = {}
+    for task, ms in runs[0].items():
+        out[task] = {}
+        for name in ms:
+            vals = [r[task][name] for r in runs if not math.isnan(r[task][name])]
+            out[task][name] = math.fsum(vals) / len(vals) if vals else float("nan")
+    return out
+
+
+def safe_delta_m(metrics: Metrics, baseline: Metrics) -> float:
+    """``delta_m`` over the metrics whose baseline is finite and non-zero and whose value is not NaN."""
+    keep_base: Metrics = {}
+    keep: Metrics = {}
+    for task, ms in metrics.items():
+        for name, value in ms.items():
+            b = baseline.get(task, {}).get(name)
+            if b is None or b == 0 or math.isnan(b) or math.isnan(value):
+                continue
+            keep.setdefault(task, {})[name] = value
+            keep_base.setdefault(task, {})[name] = b
+    return delta_m(keep, keep_base) if keep else float("nan")
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n − 1; 0 for one value)."""
+    vals = [v for v in values if not math.isnan(v)]
+    if not vals:
+        return float("nan"), float("nan")
+    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
+
+
+def cell_rows(cells: Sequence[Result], baselines: Sequence[Result]) -> list[dict[str, Any]]:
+    """One flat row per run: arch, method, seed, every test metric, delta_m (vs the arch's baseline).
+
+    Baseline runs come first, with their own Δm% against their mean (so their spread is visible).
+    """
+    base_mean = {
+        arch: mean_metrics([b.metrics for b in baselines if b.arch == arch]) for arch in {b.arch for b in baselines}
+    }
+    rows = []
+    for r in [*baselines, *cells]:
+        ref = base_mean.get(r.arch)
+        dm = safe_delta_m(r.metrics, ref) if ref is not None else float("nan")
+        rows.append(
+            {
+                "arch": r.arch,
+                "method": r.method,
+                "seed": r.seed,
+                "selected_epoch": r.selected_epoch,
+                **flatten(r.metrics),
+                "delta_m": dm,
+                "time_s": r.time_s,
+            }
+        )
+    return rows
+
+
+def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (arch, method): n seeds, (mean, std) of every metric and of delta_m, and the rank by Δm%.
+
+    Ranks are within an architecture over the methods (the single-task baseline is not ranked).
+    """
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["arch"], row["method"]), []).append(row)
+    metric_keys = [k for k in rows[0] if "/" in k] if rows else []
+    out = []
+    for (arch, method), rs in groups.items():
+        entry: dict[str, Any] = {"arch": arch, "method": method, "n": len(rs)}
+        for key in [*metric_keys, "delta_m"]:
+            entry[key] = mean_std([float(r[key]) for r in rs])
+        out.append(entry)
+    for arch in {e["arch"] for e in out}:
+        ranked = [e for e in out if e["arch"] == arch and e["method"] != "single-task"]
+        ranked.sort(key=lambda e: -e["delta_m"][0] if not math.isnan(e["delta_m"][0]) else math.inf)
+        for i, e in enumerate(ranked, 1):
+            e["rank"] = i
+    out.sort(key=lambda e: (e["arch"], e.get("rank", 0)))
+    return out
+
+
+def _fmt(ms: tuple[float, float], digits: int = 4) -> str:
+    m, s = ms
+    return "n/a" if math.isnan(m) else f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def _arrow(key: str) -> str:
+    task, _, name = key.partition("/")
+    lower = LOWER_IS_BETTER.get(task, {}).get(name)
+    return "" if lower is None else (" ↓" if lower else " ↑")
+
+
+def table(summary: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Header and body of the results table (one row per arch × method)."""
+    metric_keys = [k for k in summary[0] if "/" in k] if summary else []
+    header = ["arch", "method", "seeds", *(k + _arrow(k) for k in metric_keys), "Δm% ↑", "rank"]
+    body = [
+        [
+            e["arch"],
+            e["method"],
+            str(e["n"]),
+            *(_fmt(e[k]) for k in metric_keys),
+            _fmt(e["delta_m"], 2),
+            str(e.get("rank", "–")),
+        ]
+        for e in summary
+    ]
+    return header, body
+
+
+NOTE = (
+    "Test metrics are those of the dataset's own validation split, used here as the test split. "
+    "Model selection never looks at it: {rule}. Δm% is against the single-task baseline of the same "
+    "architecture (one network of that architecture per task, equal weighting, same data, epochs, "
+    "seeds and selection rule), averaged over its seeds; metrics whose baseline value is 0 are left "
+    "out of Δm%. Values are mean ± sample std over seeds; rank is by mean Δm% within an architecture."
+)
+
+
+def markdown(summary: Sequence[dict[str, Any]], rule: str, title: str = "densemtl bench") -> str:
+    header, body = table(summary)
+    lines = [f"# {title}", "", NOTE.format(rule=rule), ""]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "|".join(" --- " for _ in header) + "|")
+    lines += ["| " + " | ".join(r) + " |" for r in body]
+    return "\n".join(lines) + "\n"
+
+
+def delta_plot_png(summary: Sequence[dict[str, Any]]) -> bytes:
+    """A bar chart of mean Δm% (± std) per arch/method, as PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    entries = [e for e in summary if e["method"] != "single-task"]
+    labels = [f"{e['arch']}/{e['method']}" for e in entries]
+    means = [0.0 if math.isnan(e["delta_m"][0]) else e["delta_m"][0] for e in entries]
+    stds = [0.0 if math.isnan(e["delta_m"][1]) else e["delta_m"][1] for e in entries]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(entries) + 2), 3.5))
+    colors = ["tab:green" if m >= 0 else "tab:red" for m in means]
+    ax.bar(range(len(entries)), means, yerr=stds, color=colors, capsize=3)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(entries)), labels, rotation=45, ha="right")
+    ax.set_ylabel("Δm% vs single-task")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def html_report(summary: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]], rule: str) -> str:
+    """A self-contained page: the note, the summary table, the Δm% plot and the per-run table."""
+
+    def html_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+        trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body)
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{trs}</tbody></table>"
+
+    header, body = table(summary)
+    png = base64.b64encode(delta_plot_png(summary)).decode()
+    run_header = list(rows[0]) if rows else []
+    run_body = [[_cell(r[k]) for k in run_header] for r in rows]
+    style = (
+        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#eee}"
+    )
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>densemtl bench</title><style>{style}</style>"
+        f"</head><body><h1>densemtl bench</h1><p>{html.escape(NOTE.format(rule=rule))}</p>"
+        f"<h2>Summary</h2>{html_table(header, body)}"
+        f"<h2>Δm% per method</h2><img alt='delta m per method' src='data:image/png;base64,{png}'>"
+        f"<h2>Every run</h2>{html_table(run_header, run_body)}</body></html>\n"
+    )
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.6g}"
+    return str(value)
+
+
+def write_reports(out: Path, cells: Sequence[Result], baselines: Sequence[Result], rule: str) -> list[dict[str, Any]]:
+    """Write ``results.csv``, ``results.md`` and ``report.html`` into ``out``; return the summary."""
+    rows = cell_rows(cells, baselines)
+    summary = summarize(rows)
+    fields = list(rows[0]) if rows else ["arch", "method", "seed"]
+    with (out / "results.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows({k: _cell(v) for k, v in r.items()} for r in rows)
+    (out / "results.md").write_text(markdown(summary, rule))
+    (out / "report.html").write_text(html_report(summary, rows, rule))
+    return summary

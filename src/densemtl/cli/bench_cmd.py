@@ -1,0 +1,83 @@
+"""``densemtl bench``: every (arch, method, seed) cell plus single-task baselines, and the Δm% report."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from densemtl.cli.train_cmd import FLAGS
+from densemtl.training.config import DEMO_OVERRIDES, load_yaml, parse_kv, parse_size
+
+#: train flags that a bench sets per cell (or does not support): not offered by ``bench``
+EXCLUDED = {
+    "--arch",
+    "--method",
+    "--seed",
+    "--peer-arch",
+    "--mimicry-weight",
+    "--mimicry-temperature",
+    "--alpha-warmup-epochs",
+}
+BENCH_FLAGS = [(flag, kw) for flag, kw in FLAGS if flag not in EXCLUDED]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="compare methods × architectures over seeds, with Δm% against single-task baselines",
+        argument_default=argparse.SUPPRESS,
+    )
+    p.add_argument("--grid", metavar="FILE", help="YAML grid file (the same keys as the flags); flags override it")
+    p.add_argument("--archs", help="comma-separated architectures (default segnet)")
+    p.add_argument("--methods", help="comma-separated balancing methods (default ew)")
+    p.add_argument("--seeds", type=int, help="number of seeds per cell: 0..N-1 (default 1)")
+    p.add_argument("--jobs", type=int, help="runs in parallel processes (default 1)")
+    p.add_argument(
+        "--val-fraction", type=float, help="share of the train split carved out for model selection (default 0.2)"
+    )
+    for flag, kw in BENCH_FLAGS:
+        p.add_argument(flag, **kw)
+    p.add_argument("--augment", action="store_true", help="MTAN random scale-crop and flip")
+    p.add_argument("--arch-arg", action="append", metavar="KEY=VALUE", help="a knob of every architecture (repeatable)")
+    p.add_argument("--out", metavar="DIR", help="bench directory (default: a fresh one under ./benches)")
+    p.set_defaults(func=run)
+
+
+def gather(args: argparse.Namespace) -> dict[str, Any]:
+    """The grid values: the YAML file first, then flags over it, then the small synthetic defaults."""
+    values: dict[str, Any] = {}
+    if getattr(args, "grid", None):
+        values.update({str(k).replace("-", "_"): v for k, v in load_yaml(args.grid).items()})
+    for flag in ["--archs", "--methods", "--seeds", "--jobs", "--val-fraction", "--out", *(f for f, _ in BENCH_FLAGS)]:
+        key = flag[2:].replace("-", "_")
+        if hasattr(args, key):
+            values[key] = getattr(args, key)
+    if isinstance(values.get("size"), str):
+        values["size"] = parse_size(values["size"])
+    if getattr(args, "augment", False):
+        values["augment"] = True
+    if hasattr(args, "arch_arg"):
+        values["arch_args"] = {**(values.get("arch_args") or {}), **parse_kv(args.arch_arg, "--arch-arg")}
+    if values.get("dataset", "synthetic") == "synthetic":
+        for key, value in DEMO_OVERRIDES.items():
+            if key != "arch_args":
+                values.setdefault(key, value)
+    return values
+
+
+def run(args: argparse.Namespace) -> int:
+    from densemtl.bench.grid import grid_from_values
+    from densemtl.bench.runner import run_bench
+
+    grid = grid_from_values(gather(args))
+    if grid.out:
+        out = Path(grid.out)
+    else:
+        out = Path("benches") / f"{time.strftime('%Y%m%d-%H%M%S')}-{grid.base.get('dataset', 'synthetic')}"
+    summary = run_bench(grid, out)
+    best = [e for e in summary if e.get("rank") == 1]
+    for e in best:
+        print(f"  best on {e['arch']}: {e['method']} (Δm% {e['delta_m'][0]:+.2f} ± {e['delta_m'][1]:.2f})")
+    return 0
