@@ -12,7 +12,7 @@ PY=${PY:-.venv/bin/python}
 OUT=${OUT:-benchmarks/results}
 mkdir -p "$OUT"
 
-SMALL=(--arch segnet --arch-arg width=0.25 --size 96x128 --batch-size 8 --warmup 2 --repeats 5)
+SMALL=(--arch segnet --arch-arg width=0.25 --size 96x128 --batch-size 8 --warmup 2 --repeats 9)
 RESNET=(--arch hps --arch-arg backbone=resnet50 --arch-arg head_channels=64 --size 144x192 --batch-size 8
         --warmup 1 --repeats 3)
 RESNET_METHODS=mgda,pcgrad,imtl,upgrad,cagrad,nashmtl,famo,uw
@@ -55,17 +55,17 @@ for stem, title in TABLES:
         f"{s['arch']} {s['arch_args']}, {s['size'][0]}×{s['size'][1]}, batch {s['batch_size']}, "
         f"tasks {','.join(s['tasks'])}, {s['warmup']} warm-up + {s['repeats']} timed steps per method "
         f"(median); {s['device_name']}, {s['cpu_count']} cores, {s['torch_threads']} torch threads, "
-        f"torch {s['torch']}.\n"
+        f"torch {s['torch']}; 1-min load average {s['load_avg_1min'][0]} before, {s['load_avg_1min'][1]} after.\n"
     )
-    print("| method | mode | step ms | × EW | × naive | mem × EW | peak MB | target (issue) | met |")
-    print("|---|---|--:|--:|--:|--:|--:|---|---|")
+    print("| method | mode | step ms | × EW | min × EW | × naive | mem × EW | peak MB | target (issue) | met |")
+    print("|---|---|--:|--:|--:|--:|--:|--:|---|---|")
     skipped = []
     for r in data["results"]:
         if r["status"] == "n/a":
             skipped.append(r["method"])
             continue
         if r["status"] != "ok":
-            print(f"| {r['method']} | error | | | | | | {r['error']} | |")
+            print(f"| {r['method']} | error | | | | | | | {r['error']} | |")
             continue
         mode = r["mode"] + (f" ÷{r['recompute_every']}" if r.get("recompute_every", 1) > 1 else "")
         met = {None: "baseline" if r["method"] == "ew" else "reference", True: "yes"}.get(r["met"])
@@ -73,6 +73,7 @@ for stem, title in TABLES:
         target = (r["target"] or "").replace("<=", "≤").replace("xEW", "×EW").replace("xnaive", "×naive")
         print(
             f"| {r['method']} | {mode} | {num(r['step_ms'], '.0f')} | {num(r['ratio_to_ew'])} | "
+            f"{num(r.get('ratio_to_ew_min'))} | "
             f"{num(r.get('ratio_to_naive'))} | {num(r['mem_ratio'])} | {num(r.get('peak_mb'), '.0f')} | "
             f"{target} | {met} |"
         )

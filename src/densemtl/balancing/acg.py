@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
 
 from densemtl.balancing import register
-from densemtl.balancing.base import GramianWeighting
-from densemtl.balancing.gradvac import vaccine_coefficients
+from densemtl.balancing.gradvac import VaccineWeighting
 from densemtl.balancing.imtl import IMTLG
 
 
 @register("acg")
-class ACG(GramianWeighting):
+class ACG(VaccineWeighting):
     r"""Adaptive correcting gradient (ACG): conflict correction, then dominance correction.
 
     1. *Conflict correction* (GradVac). An EMA target φ̂_ij (start 0) is kept for every ordered
@@ -67,17 +64,10 @@ class ACG(GramianWeighting):
         self.correction: Tensor | None = None
         self._imtl = IMTLG()
 
-    def _rng(self) -> torch.Generator:
-        if self.generator is None:
-            self.generator = torch.Generator().manual_seed(0)
-        return self.generator
-
     def weights_from_gramian(self, G: Tensor) -> Tensor:
         T = G.shape[0]
         if self.correct_conflicts:
-            if self.phi_hat is None or self.phi_hat.shape != (T, T):
-                self.phi_hat = torch.zeros(T, T, dtype=torch.float64)
-            C = vaccine_coefficients(G, self.phi_hat, beta=self.beta, eps=self.eps, generator=self._rng())
+            C = self.vaccine(G)
         else:
             C = torch.eye(T, dtype=torch.float64)
         self.correction = C
@@ -90,13 +80,6 @@ class ACG(GramianWeighting):
         # G' is handed over in G's dtype so that IMTL-G's rank tolerance matches G's precision.
         alpha = self._imtl.weights_from_gramian((C @ A @ C.T).to(G.dtype)).to(torch.float64)
         return (C.T @ alpha).to(G)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"phi_hat": None if self.phi_hat is None else self.phi_hat.clone()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        phi_hat = state.get("phi_hat")
-        self.phi_hat = None if phi_hat is None else phi_hat.detach().to("cpu", torch.float64).clone()
 
     def __repr__(self) -> str:
         return (

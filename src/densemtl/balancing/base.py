@@ -42,6 +42,12 @@ class BalancingMethod:
     def set_generator(self, generator: torch.Generator) -> None:
         self.generator = generator
 
+    def rng(self) -> torch.Generator:
+        """``self.generator``, created on first use as a CPU ``torch.Generator`` seeded with 0."""
+        if self.generator is None:
+            self.generator = torch.Generator().manual_seed(0)
+        return self.generator
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 

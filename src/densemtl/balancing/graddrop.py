@@ -44,11 +44,6 @@ class GradDrop(Aggregator):
             raise ValueError(f"leak must lie in [0, 1], got {leak!r}")
         self.leak = leak if isinstance(leak, (int, float)) else tuple(values)
 
-    def _rng(self) -> torch.Generator:
-        if self.generator is None:
-            self.generator = torch.Generator().manual_seed(0)
-        return self.generator
-
     def aggregate(self, J: Tensor) -> Tensor:
         T, P = J.shape
         if T == 0 or P == 0:
@@ -62,7 +57,7 @@ class GradDrop(Aggregator):
         magnitude = J.abs().sum(dim=0)
         ratio = torch.where(magnitude > 0, J.sum(dim=0) / torch.where(magnitude > 0, magnitude, 1), 0)
         purity = 0.5 * (1.0 + ratio)
-        rng = self._rng()
+        rng = self.rng()
         u = torch.rand(P, generator=rng, dtype=J.dtype, device=rng.device).to(J.device)
         mask = ((purity > u) & (J > 0)) | ((purity < u) & (J < 0))
         return ((leak + (1.0 - leak) * mask.to(J.dtype)) * J).sum(dim=0)

@@ -43,8 +43,31 @@ def vaccine_coefficients(G: Tensor, phi_hat: Tensor, *, beta: float, eps: float,
     return C
 
 
+class VaccineWeighting(GramianWeighting):
+    """Common part of GradVac and ACG: the EMA cosine targets φ̂ (T x T, float64) kept across
+    calls and in ``state_dict()``, reset when the number of tasks changes."""
+
+    beta: float
+    eps: float
+    phi_hat: Tensor | None
+
+    def vaccine(self, G: Tensor) -> Tensor:
+        """GradVac's coefficients C for the Gramian ``G``, updating φ̂ (see ``vaccine_coefficients``)."""
+        T = G.shape[0]
+        if self.phi_hat is None or self.phi_hat.shape != (T, T):
+            self.phi_hat = torch.zeros(T, T, dtype=torch.float64)
+        return vaccine_coefficients(G, self.phi_hat, beta=self.beta, eps=self.eps, generator=self.rng())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"phi_hat": None if self.phi_hat is None else self.phi_hat.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        phi_hat = state.get("phi_hat")
+        self.phi_hat = None if phi_hat is None else phi_hat.detach().to("cpu", torch.float64).clone()
+
+
 @register("gradvac")
-class GradVac(GramianWeighting):
+class GradVac(VaccineWeighting):
     r"""Gradient Vaccine (GradVac, Algorithm 1 of the paper), stateful.
 
     An EMA target φ̂_ij (start 0) is kept for every ordered pair of tasks. For each task i,
@@ -77,24 +100,8 @@ class GradVac(GramianWeighting):
         self.eps = eps
         self.phi_hat: Tensor | None = None
 
-    def _rng(self) -> torch.Generator:
-        if self.generator is None:
-            self.generator = torch.Generator().manual_seed(0)
-        return self.generator
-
     def weights_from_gramian(self, G: Tensor) -> Tensor:
-        T = G.shape[0]
-        if self.phi_hat is None or self.phi_hat.shape != (T, T):
-            self.phi_hat = torch.zeros(T, T, dtype=torch.float64)
-        C = vaccine_coefficients(G, self.phi_hat, beta=self.beta, eps=self.eps, generator=self._rng())
-        return C.sum(dim=0).to(G)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"phi_hat": None if self.phi_hat is None else self.phi_hat.clone()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        phi_hat = state.get("phi_hat")
-        self.phi_hat = None if phi_hat is None else phi_hat.detach().to("cpu", torch.float64).clone()
+        return self.vaccine(G).sum(dim=0).to(G)
 
     def __repr__(self) -> str:
         return f"GradVac(beta={self.beta}, eps={self.eps})"

@@ -30,11 +30,6 @@ class PCGrad(GramianWeighting):
     NeurIPS 2020, https://arxiv.org/abs/2001.06782
     """
 
-    def _rng(self) -> torch.Generator:
-        if self.generator is None:
-            self.generator = torch.Generator().manual_seed(0)
-        return self.generator
-
     def weights_from_gramian(self, G: Tensor) -> Tensor:
         T = G.shape[0]
         A = G.detach().to("cpu", torch.float64)
@@ -42,7 +37,7 @@ class PCGrad(GramianWeighting):
         if bool(scale > 0) and bool(torch.isfinite(scale)):
             A = A / scale  # ratios only: keeps every intermediate O(1) at any gradient scale
         weights = torch.zeros(T, dtype=torch.float64)
-        rng = self._rng()
+        rng = self.rng()
         for i in range(T):
             coef = torch.zeros(T, dtype=torch.float64)
             coef[i] = 1.0

@@ -46,15 +46,14 @@ class RandomLossWeighting(LossWeighting):
         super().set_generator(generator)
         self._owns_generator = False
 
-    def _generator(self) -> torch.Generator:
+    def rng(self) -> torch.Generator:
         if self.generator is None:
-            self.generator = torch.Generator().manual_seed(0)
-            self._owns_generator = True
-        return self.generator
+            self._owns_generator = True  # the default generator is ours to save
+        return super().rng()
 
     def sample(self, num_tasks: int) -> Tensor:
         """One draw of the T weights (summing to T), on the generator's device."""
-        g = self._generator()
+        g = self.rng()
         if self.distribution == "normal":
             lam = torch.softmax(torch.randn(num_tasks, generator=g, device=g.device), dim=0)
         elif self.distribution == "uniform":
@@ -84,7 +83,7 @@ class RandomLossWeighting(LossWeighting):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.num_tasks = state.get("num_tasks", self.num_tasks)
         if "generator" in state and (self.generator is None or self._owns_generator):
-            self._generator().set_state(state["generator"])
+            self.rng().set_state(state["generator"])
 
     def __repr__(self) -> str:
         return f"RandomLossWeighting(distribution={self.distribution!r})"

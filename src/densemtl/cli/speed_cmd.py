@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,14 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def _load() -> float | None:
+    """The 1-minute load average (how busy the machine was), where the OS reports one."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def run(args: argparse.Namespace) -> int:
     from densemtl.bench.speed import DEFAULT_ARCH_ARGS, MEMORY_NOTE, machine_info, measure_speed
     from densemtl.training.config import parse_kv, parse_size
@@ -90,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.json) if args.json else None
     if out is not None and not out.parent.is_dir():
         raise ConfigError(f"--json {args.json}: directory {out.parent} does not exist")
+    load_before = _load()
     rows = measure_speed(
         methods,
         arch=args.arch,
@@ -118,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "step": "optimizer.zero_grad + engine.step + Adam.step; median over interleaved repeats",
         "memory": MEMORY_NOTE,
+        "load_avg_1min": [load_before, _load()],  # other work on the machine, before and after
         **machine_info(args.device),
     }
     m = settings

@@ -11,13 +11,17 @@ from __future__ import annotations
 from torch import nn
 
 
-def attention_mask(in_channels: int, out_channels: int) -> nn.Sequential:
-    """MTAN's attention module: 1×1 conv-BN-ReLU, 1×1 conv-BN-sigmoid (hidden width = ``out_channels``)."""
+def attention_mask(in_channels: int, out_channels: int, hidden: int | None = None) -> nn.Sequential:
+    """MTAN's mask ``h∘g``: 1×1 conv-BN-ReLU to ``hidden`` (default ``out_channels``), 1×1 conv-BN, sigmoid.
+
+    Its values lie in (0, 1).
+    """
+    hidden = out_channels if hidden is None else hidden
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 1, bias=False),
-        nn.BatchNorm2d(out_channels),
+        nn.Conv2d(in_channels, hidden, 1, bias=False),
+        nn.BatchNorm2d(hidden),
         nn.ReLU(inplace=True),
-        nn.Conv2d(out_channels, out_channels, 1, bias=False),
+        nn.Conv2d(hidden, out_channels, 1, bias=False),
         nn.BatchNorm2d(out_channels),
         nn.Sigmoid(),
     )

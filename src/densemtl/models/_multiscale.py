@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock
 
 from densemtl.errors import ConfigError
-from densemtl.models.hps import BACKBONES, load_imagenet_weights
+from densemtl.models.hps import BACKBONES, load_imagenet_weights, stage_width
 from densemtl.tasks import LOSSES
 
 GATES = ("target", "source")
@@ -191,8 +191,3 @@ def resnet_stages(backbone: str, pretrained: bool, arch: str) -> tuple[nn.Sequen
     widths = [stage_width(s) for s in stages]
     return stem, stages, widths
 
-
-def stage_width(stage: nn.Module) -> int:
-    """Output channels of a ResNet stage (its last block's last convolution)."""
-    last = stage[-1]  # type: ignore[index]
-    return (last.conv3 if hasattr(last, "conv3") else last.conv2).out_channels

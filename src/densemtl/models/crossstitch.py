@@ -37,9 +37,9 @@ from torch import Tensor, nn
 from densemtl.errors import ConfigError
 from densemtl.models import register
 from densemtl.models.base import MultiTaskModel
-from densemtl.models.hps import BACKBONES, DEFAULT_RATES, IMAGENET_MEAN, IMAGENET_STD, build_resnet
-from densemtl.models.mtan import light_head, xavier_init
-from densemtl.models.segnet import SegNetTrunk, segnet_filters, task_head
+from densemtl.models.hps import BACKBONES, build_resnet, register_imagenet_stats, stage_width
+from densemtl.models.mtan import check_backbone_knobs, light_head
+from densemtl.models.segnet import SegNetTrunk, segnet_filters, task_head, xavier_init
 
 CROSS_BACKBONES = ("segnet", *BACKBONES)
 
@@ -157,14 +157,12 @@ class ResNetCrossStitch(CrossStitchBase):
         self.backbone_name = backbone
         self.columns = nn.ModuleDict({t: build_resnet(backbone, output_stride, pretrained) for t in self.tasks})
         first = self.columns[self.tasks[0]]
-        last_blocks = (first.layer1[-1], first.layer2[-1], first.layer3[-1], first.layer4[-1])
-        ch = [(b.conv3 if hasattr(b, "conv3") else b.conv2).out_channels for b in last_blocks]
+        ch = [stage_width(stage) for stage in (first.layer1, first.layer2, first.layer3, first.layer4)]
         T = len(self.tasks)
         self.units = nn.ModuleList(CrossStitchUnit(T, c, alpha_same) for c in ch[:3])
         self.heads = nn.ModuleDict({t: light_head(ch[3], k, head_channels) for t, k in self.task_channels.items()})
         xavier_init(self.heads)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        register_imagenet_stats(self)
 
     def _last_stage(self, task: str) -> nn.Module:
         return self.columns[task].layer4
@@ -209,20 +207,7 @@ def crossstitch(
         raise ConfigError(f"crossstitch knob 'backbone' must be one of {', '.join(CROSS_BACKBONES)}, got {backbone!r}")
     if isinstance(alpha_same, bool) or not isinstance(alpha_same, (int, float)) or not 0 <= alpha_same <= 1:
         raise ConfigError(f"crossstitch knob 'alpha_same' must be a number in [0, 1], got {alpha_same!r}")
+    check_backbone_knobs("crossstitch", backbone, width, depth_stages, head_channels, output_stride, pretrained)
     if backbone == "segnet":
-        for knob, value, default in (
-            ("head_channels", head_channels, 256),
-            ("output_stride", output_stride, 8),
-            ("pretrained", pretrained, False),
-        ):
-            if value != default:
-                raise ConfigError(f"crossstitch knob {knob!r} applies to the ResNet backbones, not segnet")
         return SegNetCrossStitch(task_channels, segnet_filters(width, depth_stages), float(alpha_same))
-    for knob, value, default in (("width", width, 1.0), ("depth_stages", depth_stages, 5)):
-        if value != default:
-            raise ConfigError(f"crossstitch knob {knob!r} applies to backbone='segnet', not {backbone!r}")
-    if not isinstance(head_channels, int) or isinstance(head_channels, bool) or head_channels < 1:
-        raise ConfigError(f"crossstitch knob 'head_channels' must be a positive integer, got {head_channels!r}")
-    if output_stride not in DEFAULT_RATES:
-        raise ConfigError(f"crossstitch knob 'output_stride' must be 8 or 16, got {output_stride!r}")
     return ResNetCrossStitch(task_channels, backbone, output_stride, head_channels, bool(pretrained), float(alpha_same))

@@ -31,7 +31,7 @@ from torchvision.models.resnet import BasicBlock
 from densemtl.errors import ConfigError
 from densemtl.models import register
 from densemtl.models.base import MultiTaskModel
-from densemtl.models.hps import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, load_imagenet_weights
+from densemtl.models.hps import BACKBONES, load_imagenet_weights, register_imagenet_stats
 from densemtl.models.segnet import conv_bn_relu, task_head
 
 N_SCALES = 4
@@ -119,8 +119,7 @@ class HirMTL(MultiTaskModel):
         peers = self.tasks if len(self.tasks) > 1 else ()
         self.aicm = nn.ModuleDict({t: AsymmetricComparison(channels) for t in peers})
         self.heads = nn.ModuleDict({t: task_head(channels, n) for t, n in self.task_channels.items()})
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        register_imagenet_stats(self)
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         """Task ``task``'s head and AICM; also its residual blocks and TAF when no other task reads them."""

@@ -40,6 +40,28 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def stage_width(stage: nn.Module) -> int:
+    """Output channels of a ResNet stage (its last block's last convolution)."""
+    last = stage[-1]  # type: ignore[index]
+    return (last.conv3 if hasattr(last, "conv3") else last.conv2).out_channels
+
+
+def register_imagenet_stats(module: nn.Module) -> None:
+    """Give ``module`` non-persistent ``mean``/``std`` buffers (1, 3, 1, 1) of ImageNet's statistics."""
+    module.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+    module.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+
+def check_output_stride(arch: str, output_stride: object) -> None:
+    if output_stride not in DEFAULT_RATES:
+        raise ConfigError(f"{arch} knob 'output_stride' must be 8 or 16, got {output_stride!r}")
+
+
+def check_head_channels(arch: str, head_channels: object) -> None:
+    if not isinstance(head_channels, int) or isinstance(head_channels, bool) or head_channels < 1:
+        raise ConfigError(f"{arch} knob 'head_channels' must be a positive integer, got {head_channels!r}")
+
+
 def dilate_layer(layer: nn.Sequential, previous_dilation: int, dilation: int) -> None:
     """Turn a stride-2 ResNet stage into a stride-1 stage with dilated 3×3 convolutions, in place.
 
@@ -126,13 +148,11 @@ class HardSharingResNet(MultiTaskModel):
         self.backbone_name = backbone
         self.output_stride = output_stride
         self.backbone = build_resnet(backbone, output_stride, pretrained)
-        feat = self.backbone.layer4[-1]
-        in_channels = (feat.conv3 if hasattr(feat, "conv3") else feat.conv2).out_channels
+        in_channels = stage_width(self.backbone.layer4)
         self.heads = nn.ModuleDict(
             {t: aspp_head(in_channels, n, atrous_rates, head_channels) for t, n in self.task_channels.items()}
         )
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        register_imagenet_stats(self)
 
     def encode(self, x: Tensor) -> Tensor:
         """layer4 features at 1/``output_stride`` of the input size."""
@@ -170,10 +190,8 @@ def hps(
     """
     if backbone not in BACKBONES:
         raise ConfigError(f"hps knob 'backbone' must be one of {', '.join(BACKBONES)}, got {backbone!r}")
-    if output_stride not in DEFAULT_RATES:
-        raise ConfigError(f"hps knob 'output_stride' must be 8 or 16, got {output_stride!r}")
-    if not isinstance(head_channels, int) or isinstance(head_channels, bool) or head_channels < 1:
-        raise ConfigError(f"hps knob 'head_channels' must be a positive integer, got {head_channels!r}")
+    check_output_stride("hps", output_stride)
+    check_head_channels("hps", head_channels)
     rates = DEFAULT_RATES[output_stride] if atrous_rates is None else atrous_rates
     if (
         not isinstance(rates, (list, tuple))

@@ -36,23 +36,19 @@ from torch import Tensor, nn
 
 from densemtl.errors import ConfigError
 from densemtl.models import register
+from densemtl.models._attention import attention_mask
 from densemtl.models.base import MultiTaskModel
-from densemtl.models.hps import BACKBONES, DEFAULT_RATES, IMAGENET_MEAN, IMAGENET_STD, build_resnet
-from densemtl.models.segnet import SegNetTrunk, conv_bn_relu, segnet_filters, task_head
+from densemtl.models.hps import (
+    BACKBONES,
+    build_resnet,
+    check_head_channels,
+    check_output_stride,
+    register_imagenet_stats,
+    stage_width,
+)
+from densemtl.models.segnet import SegNetTrunk, conv_bn_relu, segnet_filters, task_head, xavier_init
 
 MTAN_BACKBONES = ("segnet", *BACKBONES)
-
-
-def attention_mask(in_channels: int, hidden: int, out_channels: int) -> nn.Sequential:
-    """MTAN's mask ``h∘g``: 1×1 conv-BN-ReLU, 1×1 conv-BN, sigmoid (values in (0, 1))."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, hidden, 1, bias=False),
-        nn.BatchNorm2d(hidden),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(hidden, out_channels, 1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.Sigmoid(),
-    )
 
 
 def light_head(in_channels: int, out_channels: int, channels: int) -> nn.Sequential:
@@ -65,18 +61,6 @@ def light_head(in_channels: int, out_channels: int, channels: int) -> nn.Sequent
     )
 
 
-def xavier_init(module: nn.Module) -> None:
-    """MTAN's initialisation: Xavier-normal convolutions, zero biases, unit-scale batch norms."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.xavier_normal_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-
 def resize_to(x: Tensor, ref: Tensor, mode: str) -> Tensor:
     """``x`` at ``ref``'s spatial size: max-pooled (``"pool"``) or bilinearly resized (``"up"``)."""
     size = tuple(ref.shape[-2:])
@@ -85,6 +69,36 @@ def resize_to(x: Tensor, ref: Tensor, mode: str) -> Tensor:
     if mode == "pool":
         return F.adaptive_max_pool2d(x, size)
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def check_backbone_knobs(
+    arch: str,
+    backbone: str,
+    width: float,
+    depth_stages: int,
+    head_channels: int,
+    output_stride: int,
+    pretrained: bool,
+) -> None:
+    """Check the knobs of a model on ``"segnet"`` or a dilated ResNet (mtan, crossstitch).
+
+    The SegNet knobs (``width``, ``depth_stages``) must keep their defaults on a ResNet and the
+    ResNet knobs (``head_channels``, ``output_stride``, ``pretrained``) on SegNet.
+    """
+    if backbone == "segnet":
+        for knob, value, default in (
+            ("head_channels", head_channels, 256),
+            ("output_stride", output_stride, 8),
+            ("pretrained", pretrained, False),
+        ):
+            if value != default:
+                raise ConfigError(f"{arch} knob {knob!r} applies to the ResNet backbones, not segnet")
+        return
+    for knob, value, default in (("width", width, 1.0), ("depth_stages", depth_stages, 5)):
+        if value != default:
+            raise ConfigError(f"{arch} knob {knob!r} applies to backbone='segnet', not {backbone!r}")
+    check_head_channels(arch, head_channels)
+    check_output_stride(arch, output_stride)
 
 
 class MTANBase(MultiTaskModel):
@@ -129,9 +143,9 @@ class SegNetMTAN(MTANBase):
             {
                 t: nn.ModuleDict(
                     {
-                        "encoder": nn.ModuleList(attention_mask(enc_in[j], filters[j], filters[j]) for j in range(n)),
+                        "encoder": nn.ModuleList(attention_mask(enc_in[j], filters[j]) for j in range(n)),
                         "decoder": nn.ModuleList(
-                            attention_mask(2 * dec_out[i], dec_out[i], dec_out[i]) for i in range(n)
+                            attention_mask(2 * dec_out[i], dec_out[i]) for i in range(n)
                         ),
                     }
                 )
@@ -193,26 +207,20 @@ class ResNetMTAN(MTANBase):
         net = build_resnet(backbone, output_stride, pretrained)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.stages = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])
-        ch = [self._stage_channels(s) for s in self.stages]
+        ch = [stage_width(s) for s in self.stages]
         # f_j: stage j's attended features -> C_{j+1}/4 channels (none after the last stage).
         self.blocks = nn.ModuleList(conv_bn_relu(ch[j], ch[j + 1] // 4) for j in range(3))
         mask_in = [ch[0]] + [ch[j] + ch[j] // 4 for j in range(1, 4)]
         self.attention = nn.ModuleDict(
             {
-                t: nn.ModuleList(attention_mask(mask_in[j], max(1, ch[j] // 4), ch[j]) for j in range(4))
+                t: nn.ModuleList(attention_mask(mask_in[j], ch[j], hidden=max(1, ch[j] // 4)) for j in range(4))
                 for t in self.tasks
             }
         )
         self.heads = nn.ModuleDict({t: light_head(ch[3], k, head_channels) for t, k in self.task_channels.items()})
         for part in (self.blocks, self.attention, self.heads):
             xavier_init(part)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-
-    @staticmethod
-    def _stage_channels(stage: nn.Sequential) -> int:
-        last = stage[-1]
-        return (last.conv3 if hasattr(last, "conv3") else last.conv2).out_channels
+        register_imagenet_stats(self)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         h = self.stem((x - self.mean) / self.std)
@@ -253,20 +261,7 @@ def mtan(
     """
     if backbone not in MTAN_BACKBONES:
         raise ConfigError(f"mtan knob 'backbone' must be one of {', '.join(MTAN_BACKBONES)}, got {backbone!r}")
+    check_backbone_knobs("mtan", backbone, width, depth_stages, head_channels, output_stride, pretrained)
     if backbone == "segnet":
-        for knob, value, default in (
-            ("head_channels", head_channels, 256),
-            ("output_stride", output_stride, 8),
-            ("pretrained", pretrained, False),
-        ):
-            if value != default:
-                raise ConfigError(f"mtan knob {knob!r} applies to the ResNet backbones, not segnet")
         return SegNetMTAN(task_channels, segnet_filters(width, depth_stages))
-    for knob, value, default in (("width", width, 1.0), ("depth_stages", depth_stages, 5)):
-        if value != default:
-            raise ConfigError(f"mtan knob {knob!r} applies to backbone='segnet', not {backbone!r}")
-    if not isinstance(head_channels, int) or isinstance(head_channels, bool) or head_channels < 1:
-        raise ConfigError(f"mtan knob 'head_channels' must be a positive integer, got {head_channels!r}")
-    if output_stride not in DEFAULT_RATES:
-        raise ConfigError(f"mtan knob 'output_stride' must be 8 or 16, got {output_stride!r}")
     return ResNetMTAN(task_channels, backbone, output_stride, head_channels, bool(pretrained))

@@ -48,7 +48,7 @@ from densemtl.models._multiscale import (
     upsample,
 )
 from densemtl.models.base import MultiTaskModel
-from densemtl.models.hps import IMAGENET_MEAN, IMAGENET_STD
+from densemtl.models.hps import register_imagenet_stats
 
 N_SCALES = 4
 
@@ -140,8 +140,7 @@ class MtiNet(DeepSupervision, MultiTaskModel):
             [nn.Identity()] + [FeaturePropagation(self.tasks, channels) for _ in range(1, N_SCALES)]
         )
         self.heads = nn.ModuleDict({t: MtiNetHead(t, self.tasks, channels, n) for t, n in self.task_channels.items()})
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        register_imagenet_stats(self)
 
     def backbone_features(self, x: Tensor) -> list[Tensor]:
         """ResNet features at 1/4, 1/8, 1/16 and 1/32 of the input size."""

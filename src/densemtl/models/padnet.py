@@ -39,7 +39,7 @@ from densemtl.models._multiscale import (
     upsample,
 )
 from densemtl.models.base import MultiTaskModel
-from densemtl.models.hps import DEFAULT_RATES, IMAGENET_MEAN, IMAGENET_STD, build_resnet
+from densemtl.models.hps import build_resnet, check_output_stride, register_imagenet_stats, stage_width
 
 
 class PadNetHead(nn.Module):
@@ -74,12 +74,10 @@ class PadNet(DeepSupervision, MultiTaskModel):
             self.backbone = build_resnet(backbone, output_stride, pretrained)
         except ConfigError as e:
             raise pretrained_error_for("padnet", e) from None
-        last = self.backbone.layer4[-1]
-        width = (last.conv3 if hasattr(last, "conv3") else last.conv2).out_channels
+        width = stage_width(self.backbone.layer4)
         self.features = nn.ModuleDict({t: TaskFeatures(width, channels) for t in self.tasks})
         self.heads = nn.ModuleDict({t: PadNetHead(t, self.tasks, channels, n) for t, n in self.task_channels.items()})
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        register_imagenet_stats(self)
 
     def encode(self, x: Tensor) -> Tensor:
         """Intermediate features of every task, concatenated in task order: (B, T·channels, h, w)."""
@@ -116,8 +114,7 @@ def padnet(
     Training needs batches of at least 2 images (batch norm).
     """
     check_common_knobs("padnet", backbone, channels, aux_weight)
-    if output_stride not in DEFAULT_RATES:
-        raise ConfigError(f"padnet knob 'output_stride' must be 8 or 16, got {output_stride!r}")
+    check_output_stride("padnet", output_stride)
     return PadNet(
         task_channels,
         backbone=backbone,

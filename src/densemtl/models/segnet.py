@@ -24,6 +24,18 @@ BASE_FILTERS: tuple[int, ...] = (64, 128, 256, 512, 512)
 MIN_CHANNELS = 4
 
 
+def xavier_init(module: nn.Module) -> None:
+    """MTAN's initialisation: Xavier-normal convolutions, zero biases, unit-scale batch norms."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.xavier_normal_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
     """3×3 convolution (no bias: the batch norm has one), batch norm, ReLU."""
     return nn.Sequential(
@@ -75,14 +87,7 @@ class SegNetTrunk(nn.Module):
 
     def reset_parameters(self) -> None:
         """MTAN's initialisation: Xavier-normal convolutions, unit-scale batch norms."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.xavier_normal_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        xavier_init(self)
 
     @property
     def out_channels(self) -> int:
