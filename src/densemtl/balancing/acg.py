@@ -50,16 +50,9 @@ class ACG(VaccineWeighting):
         correct_dominance: bool = True,
         eps: float = 1e-8,
     ) -> None:
-        super().__init__()
-        if not 0.0 <= beta <= 1.0:
-            raise ValueError(f"beta must lie in [0, 1], got {beta}")
-        if eps < 0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
-        self.beta = beta
+        super().__init__(beta, eps)
         self.correct_conflicts = correct_conflicts
         self.correct_dominance = correct_dominance
-        self.eps = eps
-        self.phi_hat: Tensor | None = None
         #: C of the last call (T x T, float64): the corrected rows are ``correction @ J``
         self.correction: Tensor | None = None
         self._imtl = IMTLG()

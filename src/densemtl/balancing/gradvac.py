@@ -44,12 +44,21 @@ def vaccine_coefficients(G: Tensor, phi_hat: Tensor, *, beta: float, eps: float,
 
 
 class VaccineWeighting(GramianWeighting):
-    """Common part of GradVac and ACG: the EMA cosine targets φ̂ (T x T, float64) kept across
-    calls and in ``state_dict()``, reset when the number of tasks changes."""
+    """What GradVac and ACG share: ``beta``, ``eps`` and the EMA cosine targets φ̂.
 
-    beta: float
-    eps: float
-    phi_hat: Tensor | None
+    φ̂ (T x T, float64) is kept across calls and in ``state_dict()``, and is reset when the
+    number of tasks changes.
+    """
+
+    def __init__(self, beta: float, eps: float) -> None:
+        super().__init__()
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"beta must lie in [0, 1], got {beta}")
+        if eps < 0:
+            raise ValueError(f"eps must be >= 0, got {eps}")
+        self.beta = beta
+        self.eps = eps
+        self.phi_hat: Tensor | None = None
 
     def vaccine(self, G: Tensor) -> Tensor:
         """GradVac's coefficients C for the Gramian ``G``, updating φ̂ (see ``vaccine_coefficients``)."""
@@ -91,14 +100,7 @@ class GradVac(VaccineWeighting):
     """
 
     def __init__(self, beta: float = 0.01, eps: float = 1e-8) -> None:
-        super().__init__()
-        if not 0.0 <= beta <= 1.0:
-            raise ValueError(f"beta must lie in [0, 1], got {beta}")
-        if eps < 0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
-        self.beta = beta
-        self.eps = eps
-        self.phi_hat: Tensor | None = None
+        super().__init__(beta, eps)
 
     def weights_from_gramian(self, G: Tensor) -> Tensor:
         return self.vaccine(G).sum(dim=0).to(G)

@@ -190,4 +190,3 @@ def resnet_stages(backbone: str, pretrained: bool, arch: str) -> tuple[nn.Sequen
     stages = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])
     widths = [stage_width(s) for s in stages]
     return stem, stages, widths
-

@@ -24,31 +24,27 @@ from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock
 
 from densemtl.errors import ConfigError
 from densemtl.models import register
+from densemtl.models._multiscale import resnet_stages as multiscale_resnet_stages
 from densemtl.models.base import MultiTaskModel
-from densemtl.models.hps import BACKBONES, load_imagenet_weights, register_imagenet_stats
+from densemtl.models.hps import BACKBONES, register_imagenet_stats
 from densemtl.models.segnet import conv_bn_relu, task_head
 
 N_SCALES = 4
 
 
 def resnet_stages(backbone: str, pretrained: bool) -> tuple[nn.Sequential, nn.ModuleList, list[int]]:
-    """A torchvision ResNet (no dilation) as (stem, [layer1..layer4], their output channels)."""
-    net = getattr(torchvision.models, BACKBONES[backbone][0])(weights=None)
-    if pretrained:
-        try:
-            load_imagenet_weights(net, backbone)
-        except ConfigError as exc:
-            raise ConfigError(str(exc).replace("hps knob", "hirmtl knob", 1)) from None
-    stem = nn.Sequential(OrderedDict((k, getattr(net, k)) for k in ("conv1", "bn1", "relu", "maxpool")))
-    layers = [net.layer1, net.layer2, net.layer3, net.layer4]
-    widths = [(layer[-1].bn3 if hasattr(layer[-1], "bn3") else layer[-1].bn2).num_features for layer in layers]
-    return stem, nn.ModuleList(layers), widths
+    """A torchvision ResNet (no dilation) as (stem, [layer1..layer4], their output channels).
+
+    The stem's modules keep their torchvision names (``stem.conv1``, ...), unlike ``_multiscale``'s.
+    """
+    stem, stages, widths = multiscale_resnet_stages(backbone, pretrained, "hirmtl")
+    names = ("conv1", "bn1", "relu", "maxpool")
+    return nn.Sequential(OrderedDict(zip(names, stem, strict=True))), stages, widths
 
 
 class TaskAdaptiveFusion(nn.Module):

@@ -144,9 +144,7 @@ class SegNetMTAN(MTANBase):
                 t: nn.ModuleDict(
                     {
                         "encoder": nn.ModuleList(attention_mask(enc_in[j], filters[j]) for j in range(n)),
-                        "decoder": nn.ModuleList(
-                            attention_mask(2 * dec_out[i], dec_out[i]) for i in range(n)
-                        ),
+                        "decoder": nn.ModuleList(attention_mask(2 * dec_out[i], dec_out[i]) for i in range(n)),
                     }
                 )
                 for t in self.tasks
