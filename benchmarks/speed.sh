@@ -3,6 +3,9 @@
 #
 # Run from the repository root on an otherwise idle machine: every table times its methods
 # interleaved in one process, but a machine shared with other jobs still makes medians noisy.
+# The docs' numbers were taken with `nice -n -10 bash benchmarks/speed.sh` on a 2-core machine
+# that other jobs shared; a table whose EW median a burst of other work had visibly inflated was
+# re-run alone with its command below (docs/speed.md says which).
 # JSON results go to $OUT (default benchmarks/results); the markdown tables are printed and
 # written to $OUT/speed-tables.md.
 set -euo pipefail
