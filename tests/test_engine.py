@@ -287,9 +287,20 @@ def test_gradnorm_observes_the_norms_of_the_last_shared_weight(batch: dict[str, 
     observe = method.observe_grad_norms
     method.observe_grad_norms = lambda norms: (seen.append(norms.clone()), observe(norms))[-1]  # type: ignore[method-assign]
     engine = Engine(model, method, TASKS)
-    name, W = [(n, p) for n, p in model.named_shared_parameters() if p.dim() >= 2][-1]
-    assert engine.norm_layer_name == name
+    assert engine.norm_layer_name is None  # found in the first step's graph
+    # The last shared convolution to run, by forward hooks (registration order would give the
+    # decoder stage that runs first).
+    shared = {id(p) for p in model.shared_parameters()}
+    ran: list[torch.nn.Module] = []
+    hooks = [m.register_forward_hook(lambda m, i, o: ran.append(m)) for m in model.modules()
+             if isinstance(m, torch.nn.Conv2d) and id(m.weight) in shared]
     result = step(engine, batch)
+    for h in hooks:
+        h.remove()
+    W = ran[-1].weight
+    name = next(n for n, p in model.named_parameters() if p is W)
+    assert engine.norm_layer_name == name
+    assert name != [n for n, p in model.named_shared_parameters() if p.dim() >= 2][-1]
     losses = reference_losses(model, batch)
     expected = torch.stack([torch.autograd.grad(losses[t], W, retain_graph=True)[0].norm() for t in range(3)])
     torch.testing.assert_close(seen[0], expected, rtol=1e-4, atol=1e-7)

@@ -11,8 +11,9 @@ from torch import Tensor, nn
 class JacobianBuffer:
     """Rows are tasks; row t's slice for parameter k is a view shaped like that parameter.
 
-    Allocated once per (T, parameters, dtype, device): writing a task's gradients is one
-    ``torch.cat(..., out=row)`` and writing the update back is one ``_foreach_copy_``.
+    Allocated once per (T, parameters, dtype, device): a backward pass fills row t in place
+    (:meth:`bind_row`) and the update is written into one persistent vector whose views become
+    the parameters' ``.grad`` (:meth:`set_grads`).
     """
 
     def __init__(self, params: Sequence[nn.Parameter], num_tasks: int) -> None:
@@ -23,12 +24,13 @@ class JacobianBuffer:
         self.matrix = torch.zeros(num_tasks, self.numel, dtype=first.dtype, device=first.device)
         self.update = torch.zeros(self.numel, dtype=first.dtype, device=first.device)
 
-    def write_row(self, t: int, grads: Sequence[Tensor | None]) -> None:
-        flat = [
-            (g if g is not None else torch.zeros_like(p)).reshape(-1)
-            for g, p in zip(grads, self.params, strict=True)
-        ]
-        torch.cat(flat, out=self.matrix[t])
+    def bind_row(self, t: int) -> None:
+        """Zero row t and make each parameter's ``.grad`` a view of it, so that a backward pass
+        accumulates the parameter gradients into the row in place."""
+        row = self.matrix[t]
+        row.zero_()
+        for p, v in zip(self.params, self.views(row), strict=True):
+            p.grad = v
 
     def views(self, flat: Tensor) -> list[Tensor]:
         return [v.view_as(p) for v, p in zip(flat.split(self.sizes), self.params, strict=True)]

@@ -14,11 +14,13 @@ every task then gets its own gradient of the (transformed) loss, with weight 1.
 
 A loss weighting that sets ``needs_layer_grad_norms`` (GradNorm) is given ‖∇_W L_t‖ for one
 shared layer W before each ``combine``: the parameter its ``layer`` attribute names, else the
-last shared parameter with at least two dimensions (the last shared weight matrix or kernel).
+last shared weight matrix or kernel in computation order (found in the first step's graph).
 """
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -39,13 +41,23 @@ class NonFiniteGradientError(DenseMTLError):
 
 @dataclass
 class Forward:
-    """One forward pass: predictions, task losses (T,), and in representation mode the shared
-    representation (``rep``) and its detached, grad-requiring copy the heads read (``rep_in``)."""
+    """One forward pass: predictions, each task's loss (``parts``, T scalars), and in representation
+    mode the shared representation (``rep``) and its detached, grad-requiring copy the heads read
+    (``rep_in``).
+
+    Per-task gradients are taken of ``parts[t]``, never of ``losses[t]``: indexing the stacked
+    vector would send zero cotangents back through every other task's head.
+    """
 
     preds: dict[str, Tensor]
-    losses: Tensor
+    parts: list[Tensor]
     rep: Tensor | None = None
     rep_in: Tensor | None = None
+
+    @property
+    def losses(self) -> Tensor:
+        """The task losses as one (T,) vector."""
+        return torch.stack(self.parts)
 
 
 @dataclass
@@ -120,42 +132,73 @@ class Engine:
         self._own = [model.task_parameters(t) for t in tasks]
         self.norm_layer_name: str | None = None
         self._norm_layer: nn.Parameter | None = None
+        self._norm_searched = False
         if isinstance(method, LossWeighting) and method.needs_layer_grad_norms:
             self.norm_layer_name, self._norm_layer = self._pick_norm_layer()
 
     def _pick_norm_layer(self) -> tuple[str | None, nn.Parameter | None]:
-        """The shared layer W whose per-task gradient norms the method observes (None: no shared layer)."""
-        named = list(self.model.named_shared_parameters())
+        """The layer the method's ``layer`` knob names (checked now); otherwise chosen at the first
+        step, from the autograd graph (:meth:`_last_shared_weight`)."""
         wanted = getattr(self.method, "layer", None)
-        if wanted:
-            for name, p in named:
-                if name == wanted:
-                    return name, p
-            some = ", ".join([n for n, p in named if p.dim() >= 2][-5:]) or "none"
-            raise ConfigError(
-                f"{type(self.method).__name__} knob 'layer': {wanted!r} is not a shared parameter of "
-                f"{type(self.model).__name__}; the last shared weights are: {some}"
-            )
-        candidates = [(n, p) for n, p in named if p.dim() >= 2]
-        return candidates[-1] if candidates else (None, None)
+        if not wanted:
+            return None, None
+        named = list(self.model.named_shared_parameters())
+        for name, p in named:
+            if name == wanted:
+                return name, p
+        some = ", ".join([n for n, p in named if p.dim() >= 2][-5:]) or "none"
+        raise ConfigError(
+            f"{type(self.method).__name__} knob 'layer': {wanted!r} is not a shared parameter of "
+            f"{type(self.model).__name__}; the last shared weights are: {some}"
+        )
+
+    def _last_shared_weight(self, parts: list[Tensor]) -> tuple[str | None, nn.Parameter | None]:
+        """The last shared layer in computation order: of the shared convolution and linear weights
+        (any shared parameter with two or more dimensions if there are none), the one fewest
+        autograd nodes away from the
+        losses (breadth-first search of the graph). Registration order is no guide: a decoder
+        may be registered before the layers that run after it."""
+        layers = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d)
+        kernels = {id(m.weight) for m in self.model.modules() if isinstance(m, layers)}
+        shared = [(n, p) for n, p in self.model.named_shared_parameters() if p.dim() >= 2]
+        candidates = {id(p): (n, p) for n, p in shared if id(p) in kernels} or {id(p): (n, p) for n, p in shared}
+        frontier = deque(loss.grad_fn for loss in parts if loss.grad_fn is not None)
+        seen: set[object] = set()
+        while frontier:
+            node = frontier.popleft()
+            if node in seen:
+                continue
+            seen.add(node)
+            variable = getattr(node, "variable", None)
+            if variable is not None and id(variable) in candidates:
+                return candidates[id(variable)]
+            frontier.extend(nxt for nxt, _ in node.next_functions if nxt is not None)
+        return None, None
 
     # -- pieces -----------------------------------------------------------------------------------
-    def task_losses(self, preds: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
+    def task_loss_parts(self, preds: dict[str, Tensor], batch: dict[str, Tensor]) -> list[Tensor]:
+        """Each task's scalar loss (the model's extra losses included), in task order."""
         losses = compute_losses(preds, batch, self.tasks)
         for task, extra in self.model.extra_losses(preds, batch).items():
             losses[task] = losses[task] + extra
-        return torch.stack([losses[t] for t in self.tasks])
+        return [losses[t] for t in self.tasks]
 
-    def _combine(self, J: Tensor) -> tuple[Tensor, Tensor | None]:
-        """The update vector and, for Gramian weightings, the task coefficients c."""
+    def task_losses(self, preds: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
+        return torch.stack(self.task_loss_parts(preds, batch))
+
+    def _combine(self, J: Tensor, out: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """The update vector (into ``out`` when given and the method is a Gramian weighting) and,
+        for Gramian weightings, the task coefficients c."""
         assert isinstance(self.method, Aggregator)
         if isinstance(self.method, GramianWeighting):
             c = self.method.weights_from_gramian(J @ J.T).to(J)
-            return c @ J, c
+            return (torch.mv(J.T, c, out=out) if out is not None else c @ J), c
         return self.method(J), None
 
     def _check(self, vec: Tensor) -> None:
+        """Refuse a non-finite update: every ``.grad`` is cleared, so an optimizer step does nothing."""
         if not torch.isfinite(vec).all():
+            self.model.zero_grad(set_to_none=True)
             raise NonFiniteGradientError(
                 f"method {type(self.method).__name__} gave a non-finite update at step {self.step_count}; "
                 "the step was not applied (try a lower --lr)"
@@ -184,21 +227,23 @@ class Engine:
             rep = self.model.encode(x)
             rep_in = rep.detach().requires_grad_(True)
             preds = self.model.decode(rep_in, (x.shape[-2], x.shape[-1]))
-            return Forward(preds, self.task_losses(preds, batch), rep, rep_in)
+            return Forward(preds, self.task_loss_parts(preds, batch), rep, rep_in)
         preds = self.model(x)
-        return Forward(preds, self.task_losses(preds, batch))
+        return Forward(preds, self.task_loss_parts(preds, batch))
 
-    def backward(self, fwd: Forward, extra: Tensor | None = None) -> StepResult:
+    def backward(self, fwd: Forward, extra: Sequence[Tensor] | None = None) -> StepResult:
         """Balance ``fwd``'s task losses into ``.grad``.
 
-        ``extra`` (T,) are further per-task losses (MDML's mimicry): a loss weighting adds their
-        sum to its combined loss unweighted; a gradient method sees L_t + extra_t as task t's loss.
+        ``extra`` (T scalars) are further per-task losses (MDML's mimicry): a loss weighting adds
+        their sum to its combined loss unweighted; a gradient method sees L_t + extra_t as task t's
+        loss. Pass a list rather than a stacked vector, for the reason given in :class:`Forward`.
         """
         if self.mode == "loss":
             result = self._loss_step(fwd, extra)
         else:
-            total = fwd.losses if extra is None else fwd.losses + extra
-            objective = self.method.loss_transform(total)  # type: ignore[attr-defined]
+            parts = fwd.parts if extra is None else [p + e for p, e in zip(fwd.parts, extra, strict=True)]
+            transform = self.method.loss_transform  # type: ignore[attr-defined]
+            objective = [transform(p.reshape(1)).reshape(()) for p in parts]
             if self._amortising():
                 result = self._amortised_step(fwd, objective)
             elif self.mode == "representation":
@@ -208,69 +253,72 @@ class Engine:
         self.step_count += 1
         return result
 
-    def _loss_step(self, fwd: Forward, extra: Tensor | None) -> StepResult:
+    def _loss_step(self, fwd: Forward, extra: Sequence[Tensor] | None) -> StepResult:
         assert isinstance(self.method, LossWeighting)
         losses = fwd.losses
+        if self.method.needs_layer_grad_norms and self._norm_layer is None and not self._norm_searched:
+            self.norm_layer_name, self._norm_layer = self._last_shared_weight(fwd.parts)
+            self._norm_searched = True
         if self._norm_layer is not None:
-            self.method.observe_grad_norms(self._layer_grad_norms(losses, self._norm_layer))
+            self.method.observe_grad_norms(self._layer_grad_norms(fwd.parts, self._norm_layer))
         scalar, weights = self.method.combine(losses)
         if extra is not None:
-            scalar = scalar + extra.sum()
+            scalar = scalar + torch.stack(list(extra)).sum()
         if not torch.isfinite(scalar):
             self._check(scalar.detach().reshape(1))
         scalar.backward()
         return StepResult(losses.detach(), weights.detach())
 
-    def _layer_grad_norms(self, losses: Tensor, W: nn.Parameter) -> Tensor:
+    def _layer_grad_norms(self, parts: list[Tensor], W: nn.Parameter) -> Tensor:
         """‖∂L_t/∂W‖ for each task: T backward passes through the graph above W only."""
-        norms = losses.new_zeros(len(self.tasks))
-        for t in range(len(self.tasks)):
-            (g,) = torch.autograd.grad(losses[t], W, retain_graph=True, allow_unused=True)
+        norms = torch.zeros(len(parts), dtype=parts[0].dtype, device=parts[0].device)
+        for t, loss in enumerate(parts):
+            (g,) = torch.autograd.grad(loss, W, retain_graph=True, allow_unused=True)
             if g is not None:
                 norms[t] = torch.linalg.vector_norm(g)
         return norms.detach()
 
-    def _amortised_step(self, fwd: Forward, objective: Tensor) -> StepResult:
+    def _amortised_step(self, fwd: Forward, objective: list[Tensor]) -> StepResult:
         assert self.coefficients is not None
-        (self.coefficients * objective).sum().backward()
+        (self.coefficients * torch.stack(objective)).sum().backward()
         return StepResult(fwd.losses.detach(), self.coefficients.detach().clone())
 
-    def _parameters_step(self, fwd: Forward, objective: Tensor) -> StepResult:
-        losses = fwd.losses
+    def _parameters_step(self, fwd: Forward, objective: list[Tensor]) -> StepResult:
+        """T backward passes; autograd accumulates task t's shared gradients straight into row t
+        of the Jacobian buffer (each parameter's ``.grad`` is a view of it), so no gradient
+        vector is allocated or copied, and task t's head gets its gradient in its ``.grad``."""
         T = len(self.tasks)
         if not self._shared:
-            return self._unshared_step(losses, objective)
+            return self._unshared_step(fwd.losses, objective)
         if self._jac is None:
             self._jac = JacobianBuffer(self._shared, T)
-        n_shared = len(self._shared)
-        head_grads = []
         for t in range(T):
-            grads = torch.autograd.grad(
-                objective[t], self._shared + self._own[t], retain_graph=t < T - 1, allow_unused=True
-            )
-            self._jac.write_row(t, grads[:n_shared])
-            head_grads.append(grads[n_shared:])
-        vec, c = self._combine(self._jac.matrix)
+            self._jac.bind_row(t)
+            torch.autograd.backward(objective[t], inputs=self._shared + self._own[t], retain_graph=t < T - 1)
+        vec, c = self._combine(self._jac.matrix, out=self._jac.update)
         self._check(vec)
         self._jac.set_grads(vec)
-        return self._finish(losses, head_grads, c)
+        for t in range(T):
+            if c is not None and float(c[t]) != 1.0:
+                for p in self._own[t]:
+                    if p.grad is not None:
+                        p.grad.mul_(float(c[t]))
+        return self._result(fwd.losses, c)
 
-    def _finish(self, losses: Tensor, head_grads: list[tuple[Tensor | None, ...]], c: Tensor | None) -> StepResult:
-        for t in range(len(self.tasks)):
-            self._set_head_grads(t, head_grads[t], float(c[t]) if c is not None else 1.0)
+    def _result(self, losses: Tensor, c: Tensor | None) -> StepResult:
         self.coefficients = c
         weights = c if c is not None else torch.ones(len(self.tasks))
         return StepResult(losses.detach(), weights.detach())
 
-    def _unshared_step(self, losses: Tensor, objective: Tensor) -> StepResult:
+    def _unshared_step(self, losses: Tensor, objective: list[Tensor]) -> StepResult:
         """No shared parameter: nothing to balance, each task's parameters get its own gradient."""
-        total = objective.sum()
+        total = torch.stack(objective).sum()
         if not torch.isfinite(total):
             self._check(total.detach().reshape(1))
         total.backward()
         return StepResult(losses.detach(), torch.ones_like(losses).detach())
 
-    def _representation_step(self, fwd: Forward, objective: Tensor) -> StepResult:
+    def _representation_step(self, fwd: Forward, objective: list[Tensor]) -> StepResult:
         rep, rep_in = fwd.rep, fwd.rep_in
         assert rep is not None and rep_in is not None
         T = len(self.tasks)
@@ -285,4 +333,6 @@ class Engine:
         vec, c = self._combine(J)
         self._check(vec)
         rep.backward(vec.view_as(rep))
-        return self._finish(fwd.losses, head_grads, c)
+        for t in range(T):
+            self._set_head_grads(t, head_grads[t], float(c[t]) if c is not None else 1.0)
+        return self._result(fwd.losses, c)

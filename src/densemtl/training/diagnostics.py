@@ -22,7 +22,7 @@ Both are averaged over the sampled steps of an epoch and recorded in ``metrics.j
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,15 +65,22 @@ class GradStats:
         return out
 
 
-def task_gradient_stats(losses: Tensor, named_params: list[tuple[str, nn.Parameter]]) -> GradStats:
-    """Cosines and block norms of the gradients of ``losses`` (T,) w.r.t. ``named_params``.
+def task_gradient_stats(
+    losses: Tensor | Sequence[Tensor], named_params: list[tuple[str, nn.Parameter]]
+) -> GradStats:
+    """Cosines and block norms of the gradients of ``losses`` (T scalars) w.r.t. ``named_params``.
+
+    Pass the T losses as a list where possible: a task's gradient of a stacked vector's entry
+    also runs zero cotangents back through every other task's head.
 
     Per-task gradients are never concatenated: for each parameter the T gradients give a T×T
     Gramian, summed per block and overall, from which norms and cosines follow.
     """
-    T = losses.numel()
+    parts = list(losses.unbind()) if isinstance(losses, Tensor) else list(losses)
+    T = len(parts)
+    device = parts[0].device
     params = [p for _, p in named_params]
-    grads = [torch.autograd.grad(losses[t], params, retain_graph=t < T - 1, allow_unused=True) for t in range(T)]
+    grads = [torch.autograd.grad(parts[t], params, retain_graph=t < T - 1, allow_unused=True) for t in range(T)]
     gram_blocks: dict[str, Tensor] = {}
     for j, (name, p) in enumerate(named_params):
         rows = [g[j] if g[j] is not None else torch.zeros_like(p) for g in grads]
@@ -81,7 +88,7 @@ def task_gradient_stats(losses: Tensor, named_params: list[tuple[str, nn.Paramet
         G = M @ M.T
         block = block_of(name)
         gram_blocks[block] = gram_blocks[block] + G if block in gram_blocks else G
-    total = sum(gram_blocks.values(), torch.zeros(T, T, dtype=torch.float64, device=losses.device))
+    total = sum(gram_blocks.values(), torch.zeros(T, T, dtype=torch.float64, device=device))
     norms = total.diagonal().clamp_min(0).sqrt()
     denom = torch.outer(norms, norms)
     cosine = torch.where(denom > 0, total / denom.clamp_min(1e-300), torch.zeros_like(total))
@@ -92,8 +99,8 @@ def task_gradient_stats(losses: Tensor, named_params: list[tuple[str, nn.Paramet
 class Diagnostics:
     """Samples :func:`task_gradient_stats` every ``every`` steps and averages it per epoch.
 
-    ``loss_fn(model, batch) -> (T,)`` gives the task losses of a fresh forward (the engine's
-    ``task_losses`` of the model's predictions, in the trainer). Inactive when ``every`` is 0 or
+    ``loss_fn(model, batch)`` gives the T task losses of a fresh forward (the engine's
+    ``task_loss_parts`` of the model's predictions, in the trainer). Inactive when ``every`` is 0 or
     the model has no shared parameters; then :meth:`summary` is empty.
     """
 
@@ -101,7 +108,7 @@ class Diagnostics:
         self,
         model: nn.Module,
         tasks: tuple[str, ...],
-        loss_fn: Callable[[nn.Module, dict[str, Tensor]], Tensor],
+        loss_fn: Callable[[nn.Module, dict[str, Tensor]], Tensor | Sequence[Tensor]],
         named_shared: Iterable[tuple[str, nn.Parameter]],
         *,
         every: int,

@@ -11,7 +11,6 @@ Xiao et al., J. Zhejiang Univ. (Eng. Sci.) 2026 (MDML), built as deep mutual lea
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -56,8 +55,9 @@ def mimicry_losses(
     batch: dict[str, Tensor],
     tasks: tuple[str, ...],
     temperature: float = 1.0,
-) -> Tensor:
-    """The (T,) vector of mimicry losses of ``preds`` towards the (detached) ``peer_preds``."""
+) -> list[Tensor]:
+    """The T mimicry losses of ``preds`` towards the (detached) ``peer_preds``, one scalar per task
+    (a list, not a stacked vector, so that each task's gradient reaches only its own head)."""
     out = []
     for t in tasks:
         if t == "seg":
@@ -68,4 +68,4 @@ def mimicry_losses(
             out.append(normal_mimicry(preds[t], peer_preds[t], batch[t]))
         else:
             raise ValueError(f"no mimicry loss for task {t!r}")
-    return torch.stack(out)
+    return out

@@ -91,7 +91,7 @@ class Trainer:
         self.diagnostics = Diagnostics(
             self.model,
             self.tasks,
-            lambda model, batch: self.engine.task_losses(model(batch["image"]), batch),
+            lambda model, batch: self.engine.task_loss_parts(model(batch["image"]), batch),
             self.model.named_shared_parameters(),
             every=cfg.diagnostics_every,
         )
@@ -173,8 +173,8 @@ class Trainer:
         tau = self.cfg.mimicry_temperature
         self.peer.optimizer.zero_grad(set_to_none=True)
         fa, fb = self.main.engine.forward(batch), self.peer.engine.forward(batch)
-        ma = alpha * mimicry_losses(fa.preds, fb.preds, batch, self.tasks, tau)
-        mb = alpha * mimicry_losses(fb.preds, fa.preds, batch, self.tasks, tau)
+        ma = [alpha * m for m in mimicry_losses(fa.preds, fb.preds, batch, self.tasks, tau)]
+        mb = [alpha * m for m in mimicry_losses(fb.preds, fa.preds, batch, self.tasks, tau)]
         ra = self.main.engine.backward(fa, ma)
         rb = self.peer.engine.backward(fb, mb)
         self.peer.optimizer.step()
