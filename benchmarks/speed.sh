@@ -19,14 +19,17 @@ SMALL=(--arch segnet --arch-arg width=0.25 --size 96x128 --batch-size 8 --warmup
 RESNET=(--arch hps --arch-arg backbone=resnet50 --arch-arg head_channels=64 --size 144x192 --batch-size 8
         --warmup 1 --repeats 3)
 RESNET_METHODS=mgda,pcgrad,imtl,upgrad,cagrad,nashmtl,famo,uw
+RESNET_GRAMIAN=mgda,imtl,upgrad,cagrad
 
 # (a) small default model, all registered methods
 "$DENSEMTL" speed "${SMALL[@]}" --json "$OUT/small-default.json"
 "$DENSEMTL" speed "${SMALL[@]}" --grad-mode parameters --json "$OUT/small-parameters.json"
 "$DENSEMTL" speed "${SMALL[@]}" --grad-mode representation --json "$OUT/small-representation.json"
+"$DENSEMTL" speed "${SMALL[@]}" --grad-mode gramian --json "$OUT/small-gramian.json"
 "$DENSEMTL" speed "${SMALL[@]}" --recompute-every 4 --json "$OUT/small-recompute4.json"
 # (b) HPS ResNet-50 (dilated, output stride 8), a handful of representative methods
 "$DENSEMTL" speed "${RESNET[@]}" --methods "$RESNET_METHODS" --json "$OUT/resnet50-default.json"
+"$DENSEMTL" speed "${RESNET[@]}" --methods "$RESNET_GRAMIAN" --grad-mode gramian --json "$OUT/resnet50-gramian.json"
 
 "$PY" - "$OUT" <<'PYEOF' | tee "$OUT/speed-tables.md"
 import json
@@ -38,8 +41,10 @@ TABLES = [
     ("small-default", "segnet width 0.25, each method in its own mode"),
     ("small-parameters", "segnet width 0.25, --grad-mode parameters"),
     ("small-representation", "segnet width 0.25, --grad-mode representation"),
+    ("small-gramian", "segnet width 0.25, --grad-mode gramian"),
     ("small-recompute4", "segnet width 0.25, --recompute-every 4"),
     ("resnet50-default", "HPS ResNet-50, each method in its own mode"),
+    ("resnet50-gramian", "HPS ResNet-50, --grad-mode gramian"),
 ]
 
 

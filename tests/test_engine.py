@@ -88,6 +88,7 @@ class Fixed(GramianWeighting):
 
     def weights_from_gramian(self, G: Tensor) -> Tensor:
         self.calls += 1
+        self.last_gramian = G.clone()
         return torch.tensor(self.values, dtype=G.dtype) * (self.calls if self.grow else 1)
 
 
@@ -103,6 +104,18 @@ class NaNAfter(Aggregator):
     def aggregate(self, J: Tensor) -> Tensor:
         self.good -= 1
         return J.mean(dim=0) if self.good >= 0 else torch.full_like(J[0], float("nan"))
+
+
+class NaNGramianAfter(GramianWeighting):
+    """Equal weights for ``good`` calls, then NaN."""
+
+    def __init__(self, good: int) -> None:
+        super().__init__()
+        self.good = good
+
+    def weights_from_gramian(self, G: Tensor) -> Tensor:
+        self.good -= 1
+        return torch.ones(len(G), dtype=G.dtype) if self.good >= 0 else torch.full((len(G),), float("nan"))
 
 
 class NaNWeights(LossWeighting):
@@ -185,7 +198,7 @@ def test_parameters_mode_jacobian_and_mean_update(arch: str, batch: dict[str, Te
     assert result.losses.shape == (3,) and not result.losses.requires_grad
 
 
-@pytest.mark.parametrize("mode", ["parameters", "representation"])
+@pytest.mark.parametrize("mode", ["parameters", "representation", "gramian"])
 @pytest.mark.parametrize("arch", ["segnet", "hps"])
 def test_gramian_weighting_equals_weighted_backward(arch: str, mode: str, batch: dict[str, Tensor]) -> None:
     model = make_model(arch)
@@ -194,6 +207,35 @@ def test_gramian_weighting_equals_weighted_backward(arch: str, mode: str, batch:
     got = engine_grads(model)
     torch.testing.assert_close(result.weights, torch.tensor(FIXED))
     assert_grads_close(got, reference_grads(model, batch, torch.tensor(FIXED)))
+
+
+@pytest.mark.parametrize("log", [False, True])
+@pytest.mark.parametrize("arch", ["segnet", "hps"])
+def test_gramian_mode_gramian_is_j_jt(arch: str, log: bool, batch: dict[str, Tensor]) -> None:
+    model = make_model(arch)
+    method = Fixed(log=log)
+    step(Engine(model, method, TASKS, mode="gramian"), batch)
+    J = reference_jacobian(model, batch, log=log).double()  # float32 J @ J.T is off by 0.3 % here
+    torch.testing.assert_close(method.last_gramian.double(), J @ J.T, rtol=1e-4, atol=1e-6)
+    assert_grads_close(engine_grads(model), reference_grads(model, batch, torch.tensor(FIXED), log=log))
+
+
+def test_gramian_mode_with_a_real_method_matches_parameters_mode(batch: dict[str, Tensor]) -> None:
+    grads, weights = [], []
+    for mode in ("parameters", "gramian"):
+        model = make_model("segnet")
+        weights.append(step(Engine(model, create("upgrad"), TASKS, mode=mode), batch).weights)
+        grads.append(engine_grads(model))
+    torch.testing.assert_close(weights[0], weights[1], rtol=1e-4, atol=1e-6)
+    assert_grads_close(grads[1], grads[0])
+
+
+def test_parameters_mode_gramian_is_accurate(batch: dict[str, Tensor]) -> None:
+    model = make_model("hps")  # 11 M shared parameters
+    method = Fixed()
+    step(Engine(model, method, TASKS, mode="parameters"), batch)
+    J = reference_jacobian(model, batch).double()
+    torch.testing.assert_close(method.last_gramian.double(), J @ J.T, rtol=1e-5, atol=1e-6)
 
 
 def test_representation_mode_mgda_weights_on_the_simplex(batch: dict[str, Tensor]) -> None:
@@ -219,7 +261,7 @@ def test_representation_mode_jacobian_is_the_representation_gradient(batch: dict
 
 
 # --------------------------------------------------------------------------- amortised weights
-@pytest.mark.parametrize("mode", ["parameters", "representation"])
+@pytest.mark.parametrize("mode", ["parameters", "representation", "gramian"])
 def test_recompute_every_reuses_the_last_weights(mode: str, batch: dict[str, Tensor]) -> None:
     model = make_model("segnet")
     method = Fixed(grow=True)
@@ -335,16 +377,20 @@ def test_refusals() -> None:
         Engine(segnet, create("dbmtl"), TASKS, mode="representation")
     with pytest.raises(ConfigError, match="parameters mode only"):
         Engine(segnet, create("mao"), TASKS, mode="representation")
+    with pytest.raises(ConfigError, match="gramian: GradDrop needs the per-task gradients"):
+        Engine(segnet, create("graddrop"), TASKS, mode="gramian")
     with pytest.raises(ConfigError, match="not a mode"):
         Engine(segnet, create("mgda"), TASKS, mode="gradients")
     with pytest.raises(ConfigError, match=">= 1"):
         Engine(segnet, create("mgda"), TASKS, recompute_every=0)
 
 
-@pytest.mark.parametrize("mode", ["parameters", "representation", "loss"])
+@pytest.mark.parametrize("mode", ["parameters", "representation", "gramian", "loss"])
 def test_non_finite_update_is_refused_and_nothing_changes(mode: str, batch: dict[str, Tensor]) -> None:
     model = make_model("segnet")
-    method: Aggregator | LossWeighting = NaNWeights() if mode == "loss" else NaNAfter(good=1)
+    method: Aggregator | LossWeighting = (
+        NaNWeights() if mode == "loss" else NaNGramianAfter(good=1) if mode == "gramian" else NaNAfter(good=1)
+    )
     engine = Engine(model, method, TASKS, mode=mode)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
     done = 0

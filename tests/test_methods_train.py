@@ -85,6 +85,13 @@ def test_representation_mode_on_request(tmp_path: Path) -> None:
     check_run(run)
 
 
+@pytest.mark.parametrize("name", ["imtl", "nashmtl"])
+def test_gramian_mode_on_request(name: str, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert train(run, "--method", name, "--grad-mode", "gramian") == 0
+    check_run(run)
+
+
 def test_recompute_every_with_a_gramian_method(tmp_path: Path) -> None:
     run = tmp_path / "run"
     assert train(run, "--method", "imtl", "--recompute-every", "4") == 0
@@ -115,6 +122,7 @@ def test_gradnorm_layer_knob(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         (["--method", "pcgrad", "--grad-mode", "representation"], SINGLE, "no single shared representation"),
         (["--method", "mgda", "--grad-mode", "loss"], SEGNET, "needs per-task gradients"),
         (["--method", "ew", "--grad-mode", "parameters"], SEGNET, "loss weighting"),
+        (["--method", "graddrop", "--grad-mode", "gramian"], SEGNET, "not only their Gramian"),
         (["--method", "graddrop", "--recompute-every", "2"], SEGNET, "cannot be reused"),
         (["--method", "dbmtl", "--recompute-every", "2"], SEGNET, "cannot be reused"),
         (["--method", "dbmtl", "--grad-mode", "representation"], SEGNET, "parameters mode only"),

@@ -66,6 +66,15 @@ def test_cli_prints_a_table(capsys: pytest.CaptureFixture) -> None:
     assert any(line.startswith("upgrad") and "representation" in line for line in out.splitlines())
 
 
+def test_gramian_mode_rows(capsys: pytest.CaptureFixture) -> None:
+    assert main(["speed", *TINY, "--methods", "imtl", "--grad-mode", "gramian"]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert rows["imtl"][1] == "gramian" and rows["naive-loop"][1] == "parameters"
+    # A method named on the command line that cannot use the mode is an error, not a row.
+    assert main(["speed", *TINY, "--methods", "imtl,graddrop", "--grad-mode", "gramian"]) == 2
+    assert "GradDrop needs the per-task gradients" in capsys.readouterr().err
+
+
 def test_all_methods_by_default_and_na_rows(monkeypatch: pytest.MonkeyPatch) -> None:
     # Only a few names registered, to stay fast; the default is "every registered method".
     keep = {n: method_registry.METHODS._factories[n] for n in ("ew", "uw", "imtl", "graddrop")}

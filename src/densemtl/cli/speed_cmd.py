@@ -26,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="images per step (default: 8)")
     p.add_argument("--tasks", default="seg,depth,normal", help="comma-separated tasks (default: seg,depth,normal)")
     p.add_argument("--recompute-every", type=int, default=1, help="reuse Gramian weightings' weights for k steps")
-    p.add_argument("--grad-mode", help="representation or parameters for gradient methods (default: their own)")
+    p.add_argument("--grad-mode", help="representation, gramian or parameters (default: each method's own)")
     p.add_argument("--repeats", type=int, default=5, help="timed steps per method, interleaved (default: 5)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per method first (default: 2)")
     p.add_argument("--seed", type=int, default=0)

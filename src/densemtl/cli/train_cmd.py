@@ -31,7 +31,7 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
     (
         "--grad-mode",
         {
-            "help": "how per-task gradients are taken: representation or parameters "
+            "help": "how per-task gradients are taken: representation, gramian or parameters "
             "(default: the method's choice)"
         },
     ),

@@ -4,6 +4,8 @@ Modes, cheapest first:
 - ``loss``: loss weightings; one backward of the combined scalar.
 - ``representation``: per-task gradients with respect to the shared representation (heads
   only), aggregated there, then one backward through the encoder (the MGDA-UB idea).
+- ``gramian``: for methods of the form c(G) @ J, G = J Jᵀ from one vectorised backward pass,
+  parameter by parameter, without assembling J (:mod:`densemtl.engine.gramian`).
 - ``parameters``: the Jacobian J (T x P) of the shared parameters by T backward passes into one
   preallocated buffer; the method's vector is written into ``.grad``.
 With ``recompute_every=k`` a method whose update is sum_t c_t g_t (a ``GramianWeighting``)
@@ -28,11 +30,12 @@ from torch import Tensor, nn
 
 from densemtl.balancing.base import Aggregator, BalancingMethod, GramianWeighting, LossWeighting
 from densemtl.engine.buffers import JacobianBuffer
+from densemtl.engine.gramian import gramian, gramian_and_grads
 from densemtl.errors import ConfigError, DenseMTLError
 from densemtl.models.base import MultiTaskModel
 from densemtl.tasks import compute_losses
 
-MODES = ("loss", "representation", "parameters")
+MODES = ("loss", "representation", "gramian", "parameters")
 
 
 class NonFiniteGradientError(DenseMTLError):
@@ -93,6 +96,11 @@ def check_mode(method: BalancingMethod, model: MultiTaskModel, mode: str | None)
         raise ConfigError(
             f"--grad-mode representation: {name} keeps state for each shared parameter across steps "
             "and runs in parameters mode only"
+        )
+    if mode == "gramian" and not isinstance(method, GramianWeighting):
+        raise ConfigError(
+            f"--grad-mode gramian: {name} needs the per-task gradients themselves, not only their "
+            "Gramian; use parameters (or representation)"
         )
     if mode == "representation" and not model.has_representation:
         raise ConfigError(
@@ -191,7 +199,7 @@ class Engine:
         for Gramian weightings, the task coefficients c."""
         assert isinstance(self.method, Aggregator)
         if isinstance(self.method, GramianWeighting):
-            c = self.method.weights_from_gramian(J @ J.T).to(J)
+            c = self.method.weights_from_gramian(gramian(J)).to(J)
             return (torch.mv(J.T, c, out=out) if out is not None else c @ J), c
         return self.method(J), None
 
@@ -248,6 +256,8 @@ class Engine:
                 result = self._amortised_step(fwd, objective)
             elif self.mode == "representation":
                 result = self._representation_step(fwd, objective)
+            elif self.mode == "gramian":
+                result = self._gramian_step(fwd, objective)
             else:
                 result = self._parameters_step(fwd, objective)
         self.step_count += 1
@@ -303,6 +313,22 @@ class Engine:
                 for p in self._own[t]:
                     if p.grad is not None:
                         p.grad.mul_(float(c[t]))
+        return self._result(fwd.losses, c)
+
+    def _gramian_step(self, fwd: Forward, objective: list[Tensor]) -> StepResult:
+        """G from one vectorised backward (:mod:`densemtl.engine.gramian`), then the heads."""
+        assert isinstance(self.method, GramianWeighting)
+        if not self._shared:
+            return self._unshared_step(fwd.losses, objective)
+        _, c, grads = gramian_and_grads(objective, self._shared, self.method.weights_from_gramian)
+        present = [g for g in grads if g is not None]
+        if present:
+            self._check(torch.stack(torch._foreach_norm(present)))
+        for p, g in zip(self._shared, grads, strict=True):
+            p.grad = g
+        heads = [p for own in self._own for p in own]
+        if heads:
+            torch.autograd.backward((c.detach() * torch.stack(objective)).sum(), inputs=heads)
         return self._result(fwd.losses, c)
 
     def _result(self, losses: Tensor, c: Tensor | None) -> StepResult:
