@@ -354,6 +354,28 @@ def test_gradnorm_observes_the_norms_of_the_last_shared_weight(batch: dict[str, 
     assert not torch.allclose(w, torch.ones(3)) and torch.isclose(w.sum(), torch.tensor(3.0))
 
 
+@pytest.mark.parametrize("arch", ["segnet", "mtan"])  # shared representation (split path) or not
+def test_gradnorm_steps_equal_the_weighted_backward(arch: str, batch: dict[str, Tensor]) -> None:
+    torch.manual_seed(0)
+    model = make_model("segnet") if arch == "segnet" else models.create("mtan", channels(), width=0.125, depth_stages=3)
+    method = create("gradnorm", num_tasks=3)
+    engine = Engine(model, method, TASKS)
+    seen: list[Tensor] = []
+    observe = method.observe_grad_norms
+    method.observe_grad_norms = lambda norms: (seen.append(norms.clone()), observe(norms))[-1]  # type: ignore[method-assign]
+    for i in range(3):
+        w = method.weights(torch.ones(3)).float().clone()  # the weights this step will use
+        result = step(engine, batch)
+        torch.testing.assert_close(result.weights, w)
+        if i:
+            assert not torch.allclose(w, torch.ones(3))
+        assert_grads_close(engine_grads(model), reference_grads(model, batch, w))
+        W = dict(model.named_parameters())[engine.norm_layer_name]
+        losses = reference_losses(model, batch)
+        expected = torch.stack([torch.autograd.grad(losses[t], W, retain_graph=True)[0].norm() for t in range(3)])
+        torch.testing.assert_close(seen[-1], expected, rtol=1e-4, atol=1e-7)
+
+
 def test_gradnorm_layer_knob(batch: dict[str, Tensor]) -> None:
     model = make_model("segnet")
     first = next(n for n, p in model.named_shared_parameters() if p.dim() >= 2)

@@ -72,6 +72,10 @@ class LossWeighting(BalancingMethod):
     kind: ClassVar[str] = "loss"
     #: whether the engine should call ``observe_grad_norms`` before each ``combine`` (GradNorm)
     needs_layer_grad_norms: ClassVar[bool] = False
+    #: set by a subclass whose own ``combine`` still returns exactly sum_t w_t L_t with the w it
+    #: returns (as this base class's does), so that the engine may build the update from per-task
+    #: pieces
+    weighted_sum_combine: ClassVar[bool] = False
 
     def observe_grad_norms(self, norms: Tensor) -> None:
         """Receive ‖∇_W L_t‖ (T,) for one shared layer W, chosen by the engine, before ``combine``."""

@@ -55,6 +55,7 @@ class GradNorm(LossWeighting):
     """
 
     needs_layer_grad_norms: ClassVar[bool] = True
+    weighted_sum_combine: ClassVar[bool] = True  # combine's scalar is Σ w_t L_t with the w it returns
 
     def __init__(
         self,

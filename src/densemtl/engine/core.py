@@ -16,12 +16,12 @@ every task then gets its own gradient of the (transformed) loss, with weight 1.
 
 A loss weighting that sets ``needs_layer_grad_norms`` (GradNorm) is given ‖∇_W L_t‖ for one
 shared layer W before each ``combine``: the parameter its ``layer`` attribute names, else the
-last shared weight matrix or kernel in computation order (found in the first step's graph).
+last shared weight matrix or kernel in computation order (found in the first step's graph);
+see :mod:`densemtl.engine.layer_norms` for how the T norms cost little more than an EW step.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,6 +31,13 @@ from torch import Tensor, nn
 from densemtl.balancing.base import Aggregator, BalancingMethod, GramianWeighting, LossWeighting
 from densemtl.engine.buffers import JacobianBuffer
 from densemtl.engine.gramian import gramian, gramian_and_grads
+from densemtl.engine.layer_norms import (
+    head_passes,
+    last_shared_kernel,
+    layer_grad_norms,
+    split_layer_norms,
+    split_weighted_backward,
+)
 from densemtl.errors import ConfigError, DenseMTLError
 from densemtl.models.base import MultiTaskModel
 from densemtl.tasks import compute_losses
@@ -141,12 +148,14 @@ class Engine:
         self.norm_layer_name: str | None = None
         self._norm_layer: nn.Parameter | None = None
         self._norm_searched = False
+        self._split_loss_mode = False
         if isinstance(method, LossWeighting) and method.needs_layer_grad_norms:
             self.norm_layer_name, self._norm_layer = self._pick_norm_layer()
+            self._split_loss_mode = model.has_representation and bool(self._shared)
 
     def _pick_norm_layer(self) -> tuple[str | None, nn.Parameter | None]:
         """The layer the method's ``layer`` knob names (checked now); otherwise chosen at the first
-        step, from the autograd graph (:meth:`_last_shared_weight`)."""
+        step, from the autograd graph (:func:`~densemtl.engine.layer_norms.last_shared_kernel`)."""
         wanted = getattr(self.method, "layer", None)
         if not wanted:
             return None, None
@@ -159,29 +168,6 @@ class Engine:
             f"{type(self.method).__name__} knob 'layer': {wanted!r} is not a shared parameter of "
             f"{type(self.model).__name__}; the last shared weights are: {some}"
         )
-
-    def _last_shared_weight(self, parts: list[Tensor]) -> tuple[str | None, nn.Parameter | None]:
-        """The last shared layer in computation order: of the shared convolution and linear weights
-        (any shared parameter with two or more dimensions if there are none), the one fewest
-        autograd nodes away from the
-        losses (breadth-first search of the graph). Registration order is no guide: a decoder
-        may be registered before the layers that run after it."""
-        layers = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d)
-        kernels = {id(m.weight) for m in self.model.modules() if isinstance(m, layers)}
-        shared = [(n, p) for n, p in self.model.named_shared_parameters() if p.dim() >= 2]
-        candidates = {id(p): (n, p) for n, p in shared if id(p) in kernels} or {id(p): (n, p) for n, p in shared}
-        frontier = deque(loss.grad_fn for loss in parts if loss.grad_fn is not None)
-        seen: set[object] = set()
-        while frontier:
-            node = frontier.popleft()
-            if node in seen:
-                continue
-            seen.add(node)
-            variable = getattr(node, "variable", None)
-            if variable is not None and id(variable) in candidates:
-                return candidates[id(variable)]
-            frontier.extend(nxt for nxt, _ in node.next_functions if nxt is not None)
-        return None, None
 
     # -- pieces -----------------------------------------------------------------------------------
     def task_loss_parts(self, preds: dict[str, Tensor], batch: dict[str, Tensor]) -> list[Tensor]:
@@ -231,7 +217,7 @@ class Engine:
         """The forward pass and the task losses, shaped for this engine's mode (grads zeroed)."""
         self.model.zero_grad(set_to_none=True)
         x = batch["image"]
-        if self.mode == "representation" and not self._amortising():
+        if (self.mode == "representation" and not self._amortising()) or self._split_loss_mode:
             rep = self.model.encode(x)
             rep_in = rep.detach().requires_grad_(True)
             preds = self.model.decode(rep_in, (x.shape[-2], x.shape[-1]))
@@ -264,29 +250,37 @@ class Engine:
         return result
 
     def _loss_step(self, fwd: Forward, extra: Sequence[Tensor] | None) -> StepResult:
+        """One backward of the method's combined loss; for GradNorm, the layer norms first (on a
+        model with a shared representation, from per-task head passes that the update reuses:
+        :mod:`densemtl.engine.layer_norms`)."""
         assert isinstance(self.method, LossWeighting)
         losses = fwd.losses
+        rep, rep_in = fwd.rep, fwd.rep_in
         if self.method.needs_layer_grad_norms and self._norm_layer is None and not self._norm_searched:
-            self.norm_layer_name, self._norm_layer = self._last_shared_weight(fwd.parts)
+            roots = [rep] if rep is not None else fwd.parts
+            self.norm_layer_name, self._norm_layer = last_shared_kernel(self.model, roots)
             self._norm_searched = True
+        pieces = None
         if self._norm_layer is not None:
-            self.method.observe_grad_norms(self._layer_grad_norms(fwd.parts, self._norm_layer))
+            if rep is not None and rep_in is not None:
+                pieces = head_passes(fwd.parts, rep_in, self._own)
+                norms = split_layer_norms(rep, pieces[0], self._norm_layer)
+            else:
+                norms = layer_grad_norms(fwd.parts, self._norm_layer)
+            self.method.observe_grad_norms(norms)
         scalar, weights = self.method.combine(losses)
         if extra is not None:
             scalar = scalar + torch.stack(list(extra)).sum()
         if not torch.isfinite(scalar):
             self._check(scalar.detach().reshape(1))
-        scalar.backward()
+        weighted_sum = self.method.weighted_sum_combine or type(self.method).combine is LossWeighting.combine
+        if pieces is not None and extra is None and weighted_sum:
+            split_weighted_backward(rep, pieces[0], pieces[1], self._own, weights)  # type: ignore[arg-type]
+        else:
+            scalar.backward()
+            if rep is not None and rep_in is not None:
+                rep.backward(rep_in.grad if rep_in.grad is not None else torch.zeros_like(rep))
         return StepResult(losses.detach(), weights.detach())
-
-    def _layer_grad_norms(self, parts: list[Tensor], W: nn.Parameter) -> Tensor:
-        """‖∂L_t/∂W‖ for each task: T backward passes through the graph above W only."""
-        norms = torch.zeros(len(parts), dtype=parts[0].dtype, device=parts[0].device)
-        for t, loss in enumerate(parts):
-            (g,) = torch.autograd.grad(loss, W, retain_graph=True, allow_unused=True)
-            if g is not None:
-                norms[t] = torch.linalg.vector_norm(g)
-        return norms.detach()
 
     def _amortised_step(self, fwd: Forward, objective: list[Tensor]) -> StepResult:
         assert self.coefficients is not None
