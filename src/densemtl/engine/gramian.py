@@ -1,4 +1,4 @@
-"""The ``gramian`` mode: G = J Jᵀ from one vectorised backward pass, J never concatenated.
+"""The ``gramian`` mode: G = J Jᵀ from one vectorised backward pass, J never assembled.
 
 For a method whose update is ``c(G) @ J`` (a :class:`~densemtl.balancing.base.GramianWeighting`)
 only the T×T Gramian is needed to choose the coefficients. Following the way torchjd's autogram
@@ -8,8 +8,10 @@ J_p (T × |p|). Then
 
     G = Σ_p J_p J_pᵀ,   c = w(G),   ∇_p = c @ J_p,
 
-parameter by parameter: no (T × P) matrix is ever assembled, and no Python loop over tasks runs
-through the network. Task-specific parameters are left out of the vectorised pass (only their
+parameter by parameter: no (T × P) matrix is assembled or copied, and no Python loop over tasks
+runs through the network. (The per-parameter blocks J_p are all alive when the vectorised pass
+returns, so the saving against ``parameters`` mode is the concatenated copy and the T sets of
+``.grad``, not J's size: 1.18 × EW peak memory against 1.28 × on ResNet-50.) Task-specific parameters are left out of the vectorised pass (only their
 inputs' gradients flow through it) and get their gradient, already scaled by c_t, from one
 ordinary backward of Σ_t c_t L_t restricted to them, which only visits the heads.
 
