@@ -5,5 +5,5 @@ DENSEMTL=${DENSEMTL:-.venv/bin/densemtl}
 OUT=${OUT:-/tmp/bench-synth}
 DENSEMTL_CACHE=${DENSEMTL_CACHE:-/tmp/bench-home/cache} "$DENSEMTL" bench --dataset synthetic --size 64x80 \
   --n-train 240 --n-val 96 --archs segnet --arch-arg width=0.25 --arch-arg depth_stages=4 \
-  --methods ew,uw,famo,mgda,pcgrad,imtl,cagrad,upgrad,acg,mao \
-  --seeds 3 --epochs 10 --batch-size 16 --lr 2e-3 --diagnostics-every 0 --jobs 2 --out "$OUT"
+  --methods ew,uw,dwa,rlw,famo,gradnorm,mgda,pcgrad,gradvac,imtl,cagrad,nashmtl,alignedmtl,upgrad,acg,mao \
+  --seeds 3 --epochs 12 --batch-size 16 --lr 2e-3 --diagnostics-every 0 --jobs 2 --out "$OUT"

@@ -182,6 +182,7 @@ def test_trainer_steps_match_direct_mao_and_adam_heads(weight_decay: float) -> N
             # the heads' trajectories are torch's AdamW (Adam when weight_decay = 0) on their own task
             assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), f"step {k}: {name}"
     assert isinstance(opt.optimizers["shared"], torch.optim.SGD)
+    assert engine._jac is not None and engine._jac.matrix.shape[0] == 1  # J streamed row by row
     sched.step()
     assert all(g["lr"] == pytest.approx(lr) for g in opt.param_groups)
     for _ in range(2):

@@ -100,6 +100,22 @@ class Aggregator(BalancingMethod):
     #: whether the output is sum_t c_t g_t with c computed from the Gramian alone
     is_linear_in_rows: ClassVar[bool] = False
 
+    #: whether the method can also take J one row at a time (``start_rows``, ``add_row`` per
+    #: task, ``finish_rows``), so that the engine holds one row of J instead of T
+    streams_rows: ClassVar[bool] = False
+
+    def start_rows(self, num_tasks: int, like: Tensor) -> None:
+        """Begin a step of ``num_tasks`` rows shaped, typed and placed like ``like``."""
+        raise NotImplementedError
+
+    def add_row(self, t: int, g: Tensor) -> None:
+        """Take row t of J (the engine reuses ``g``'s storage for the next row)."""
+        raise NotImplementedError
+
+    def finish_rows(self) -> Tensor:
+        """The update, as ``aggregate`` of the rows given would return it."""
+        raise NotImplementedError
+
     def loss_transform(self, losses: Tensor) -> Tensor:
         """The losses whose Jacobian is aggregated (identity; DB-MTL uses their logarithm)."""
         return losses

@@ -34,16 +34,19 @@ class MAO(OptimizerMethod):
     ``torch.optim.SGD(weight_decay=wd)``, which for plain SGD is exactly that (the decay is not
     normalised by any moment), and from ``AdamW(weight_decay=wd)`` for the task parameters.
 
-    Memory: 2·T moments per shared parameter (m and v, T×P each, in at least float32) on top of
-    the T×P Jacobian. The moments are per parameter, so MAO runs in parameters mode only
-    (``supports_representation`` is False and the trainer refuses ``--grad-mode representation``),
-    and a J of another shape than the moments' is an error.
+    Memory: 2·T moments per shared parameter (m and v, T×P each, in at least float32); the engine
+    hands MAO the Jacobian one row at a time (``streams_rows``), so J itself takes one row. The
+    moments are per parameter, so MAO runs in parameters mode only (``supports_representation``
+    is False and the trainer refuses ``--grad-mode representation``), and a J of another shape
+    than the moments' is an error.
 
     Hervella, Rouco, Novo & Ortega, "Multi-Adaptive Optimization for multi-task learning with deep
     neural networks", Neural Networks 170 (2024) 254–265, https://doi.org/10.1016/j.neunet.2023.11.038
     (closest twin with code: AdaTask, Yang et al., AAAI 2023). No code or equations are public:
     the update above is our reading of the abstract (per-task Adam moments, summed), not a copy.
     """
+
+    streams_rows = True  # the engine gives J row by row and keeps one row, not T
 
     def __init__(
         self,
@@ -69,39 +72,65 @@ class MAO(OptimizerMethod):
         self.num_steps = 0
         self.exp_avg: Tensor | None = None
         self.exp_avg_sq: Tensor | None = None
+        # the step being built by start_rows / add_row / finish_rows
+        self._out: Tensor | None = None
+        self._scratch: Tensor | None = None
+        self._num_rows = 0
+        self._out_dtype = torch.float32
 
     def optimizer_options(self) -> dict[str, Any]:
         return {"betas": self.betas, "eps": self.eps, "weight_decay": self.weight_decay}
 
-    def _moments(self, J: Tensor) -> tuple[Tensor, Tensor]:
-        dtype = torch.promote_types(J.dtype, torch.float32)
+    def _moments(self, shape: tuple[int, int], like: Tensor) -> tuple[Tensor, Tensor]:
+        dtype = torch.promote_types(like.dtype, torch.float32)
         if self.exp_avg is None or self.exp_avg_sq is None:
-            self.exp_avg = torch.zeros(J.shape, dtype=dtype, device=J.device)
-            self.exp_avg_sq = torch.zeros(J.shape, dtype=dtype, device=J.device)
-        if self.exp_avg.shape != J.shape:
+            self.exp_avg = torch.zeros(shape, dtype=dtype, device=like.device)
+            self.exp_avg_sq = torch.zeros(shape, dtype=dtype, device=like.device)
+        if tuple(self.exp_avg.shape) != tuple(shape):
             raise ValueError(
-                f"MAO keeps moments for a Jacobian of shape {tuple(self.exp_avg.shape)}, got {tuple(J.shape)}: "
+                f"MAO keeps moments for a Jacobian of shape {tuple(self.exp_avg.shape)}, got {tuple(shape)}: "
                 "it must see the same tasks and shared parameters at every step (parameters mode)"
             )
-        if self.exp_avg.device != J.device:  # e.g. moments restored on the CPU, J on the GPU
-            self.exp_avg, self.exp_avg_sq = self.exp_avg.to(J.device), self.exp_avg_sq.to(J.device)
+        if self.exp_avg.device != like.device:  # e.g. moments restored on the CPU, J on the GPU
+            self.exp_avg, self.exp_avg_sq = self.exp_avg.to(like.device), self.exp_avg_sq.to(like.device)
         return self.exp_avg, self.exp_avg_sq
 
-    def aggregate(self, J: Tensor) -> Tensor:
-        m, v = self._moments(J)
-        g = J.detach().to(m.dtype)
-        beta1, beta2 = self.betas
+    def start_rows(self, num_tasks: int, like: Tensor) -> None:
+        m, _ = self._moments((num_tasks, like.numel()), like)
         self.num_steps += 1
+        self._num_rows = num_tasks
+        self._out_dtype = like.dtype
+        self._out = torch.zeros(like.numel(), dtype=m.dtype, device=m.device)
+        self._scratch = torch.empty_like(self._out)
+
+    def add_row(self, t: int, g: Tensor) -> None:
+        """Fold task t's gradient into its moments and its normalised step into the update."""
+        assert self.exp_avg is not None and self.exp_avg_sq is not None
+        assert self._out is not None and self._scratch is not None, "start_rows first"
+        m, v, s = self.exp_avg[t], self.exp_avg_sq[t], self._scratch
+        g = g.detach().reshape(-1).to(m.dtype)
+        beta1, beta2 = self.betas
         m.mul_(beta1).add_(g, alpha=1.0 - beta1)
         v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
-        bias1 = 1.0 - beta1**self.num_steps
         root_bias2 = (1.0 - beta2**self.num_steps) ** 0.5
-        out = torch.zeros(J.shape[1], dtype=m.dtype, device=m.device)
-        for t in range(J.shape[0]):  # one task at a time: temporaries of size P, not T x P
-            out.add_(m[t] / ((v[t].sqrt() / root_bias2).add_(self.eps)), alpha=1.0 / bias1)
-        if self.reduction == "mean" and J.shape[0] > 0:
-            out.div_(J.shape[0])
-        return out.to(J.dtype)
+        torch.sqrt(v, out=s).div_(root_bias2).add_(self.eps)
+        torch.div(m, s, out=s)
+        self._out.add_(s, alpha=1.0 / (1.0 - beta1**self.num_steps))
+
+    def finish_rows(self) -> Tensor:
+        out = self._out
+        assert out is not None, "start_rows first"
+        if self.reduction == "mean" and self._num_rows > 0:
+            out.div_(self._num_rows)
+        self._out = self._scratch = None
+        return out.to(self._out_dtype)
+
+    def aggregate(self, J: Tensor) -> Tensor:
+        """The rows of J one at a time (temporaries of size P, not T x P)."""
+        self.start_rows(J.shape[0], J[0] if len(J) else J.new_zeros(J.shape[1]))
+        for t in range(J.shape[0]):
+            self.add_row(t, J[t])
+        return self.finish_rows()
 
     def state_dict(self) -> dict[str, Any]:
         return {

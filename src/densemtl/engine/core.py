@@ -294,6 +294,8 @@ class Engine:
         T = len(self.tasks)
         if not self._shared:
             return self._unshared_step(fwd.losses, objective)
+        if isinstance(self.method, Aggregator) and self.method.streams_rows:
+            return self._streamed_step(fwd, objective)
         if self._jac is None:
             self._jac = JacobianBuffer(self._shared, T)
         for t in range(T):
@@ -324,6 +326,23 @@ class Engine:
         if heads:
             torch.autograd.backward((c.detach() * torch.stack(objective)).sum(), inputs=heads)
         return self._result(fwd.losses, c)
+
+    def _streamed_step(self, fwd: Forward, objective: list[Tensor]) -> StepResult:
+        """Parameters mode for a method that takes J row by row: one row buffer, reused."""
+        assert isinstance(self.method, Aggregator)
+        T = len(self.tasks)
+        if self._jac is None:
+            self._jac = JacobianBuffer(self._shared, 1)
+        row = self._jac.matrix[0]
+        self.method.start_rows(T, row)
+        for t in range(T):
+            self._jac.bind_row(0)
+            torch.autograd.backward(objective[t], inputs=self._shared + self._own[t], retain_graph=t < T - 1)
+            self.method.add_row(t, row)
+        vec = self.method.finish_rows()
+        self._check(vec)
+        self._jac.set_grads(vec)
+        return self._result(fwd.losses, None)
 
     def _result(self, losses: Tensor, c: Tensor | None) -> StepResult:
         self.coefficients = c

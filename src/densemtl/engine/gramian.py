@@ -11,8 +11,9 @@ J_p (T × |p|). Then
 parameter by parameter: no (T × P) matrix is assembled or copied, and no Python loop over tasks
 runs through the network. (The per-parameter blocks J_p are all alive when the vectorised pass
 returns, so the saving against ``parameters`` mode is the concatenated copy and the T sets of
-``.grad``, not J's size: 1.18 × EW peak memory against 1.28 × on ResNet-50.) Task-specific parameters are left out of the vectorised pass (only their
-inputs' gradients flow through it) and get their gradient, already scaled by c_t, from one
+``.grad``, not J's size: 1.18 × EW peak memory against 1.28 × on ResNet-50.) Task-specific
+parameters are left out of the vectorised pass (only their inputs' gradients flow through it)
+and get their gradient, already scaled by c_t, from one
 ordinary backward of Σ_t c_t L_t restricted to them, which only visits the heads.
 
 Whether this beats T sequential backward passes depends on the device: the vectorised pass
