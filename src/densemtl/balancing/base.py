@@ -104,8 +104,9 @@ class Aggregator(BalancingMethod):
     #: task, ``finish_rows``), so that the engine holds one row of J instead of T
     streams_rows: ClassVar[bool] = False
 
-    def start_rows(self, num_tasks: int, like: Tensor) -> None:
-        """Begin a step of ``num_tasks`` rows shaped, typed and placed like ``like``."""
+    def start_rows(self, num_tasks: int, like: Tensor, out: Tensor | None = None) -> None:
+        """Begin a step of ``num_tasks`` rows shaped, typed and placed like ``like``; the method
+        may build its update in ``out`` (the engine's update buffer) and return it."""
         raise NotImplementedError
 
     def add_row(self, t: int, g: Tensor) -> None:

@@ -74,7 +74,6 @@ class MAO(OptimizerMethod):
         self.exp_avg_sq: Tensor | None = None
         # the step being built by start_rows / add_row / finish_rows
         self._out: Tensor | None = None
-        self._scratch: Tensor | None = None
         self._num_rows = 0
         self._out_dtype = torch.float32
 
@@ -95,25 +94,27 @@ class MAO(OptimizerMethod):
             self.exp_avg, self.exp_avg_sq = self.exp_avg.to(like.device), self.exp_avg_sq.to(like.device)
         return self.exp_avg, self.exp_avg_sq
 
-    def start_rows(self, num_tasks: int, like: Tensor) -> None:
+    def start_rows(self, num_tasks: int, like: Tensor, out: Tensor | None = None) -> None:
         m, _ = self._moments((num_tasks, like.numel()), like)
         self.num_steps += 1
         self._num_rows = num_tasks
         self._out_dtype = like.dtype
-        self._out = torch.zeros(like.numel(), dtype=m.dtype, device=m.device)
-        self._scratch = torch.empty_like(self._out)
+        if out is not None and out.dtype == m.dtype and out.numel() == like.numel():
+            self._out = out.reshape(-1).zero_()  # the engine's update buffer: no extra P-vector
+        else:
+            self._out = torch.zeros(like.numel(), dtype=m.dtype, device=m.device)
 
     def add_row(self, t: int, g: Tensor) -> None:
         """Fold task t's gradient into its moments and its normalised step into the update."""
         assert self.exp_avg is not None and self.exp_avg_sq is not None
-        assert self._out is not None and self._scratch is not None, "start_rows first"
-        m, v, s = self.exp_avg[t], self.exp_avg_sq[t], self._scratch
+        assert self._out is not None, "start_rows first"
+        m, v = self.exp_avg[t], self.exp_avg_sq[t]
         g = g.detach().reshape(-1).to(m.dtype)
         beta1, beta2 = self.betas
         m.mul_(beta1).add_(g, alpha=1.0 - beta1)
         v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
         root_bias2 = (1.0 - beta2**self.num_steps) ** 0.5
-        torch.sqrt(v, out=s).div_(root_bias2).add_(self.eps)
+        s = torch.sqrt(v).div_(root_bias2).add_(self.eps)  # a transient P-vector, between passes
         torch.div(m, s, out=s)
         self._out.add_(s, alpha=1.0 / (1.0 - beta1**self.num_steps))
 
@@ -122,7 +123,7 @@ class MAO(OptimizerMethod):
         assert out is not None, "start_rows first"
         if self.reduction == "mean" and self._num_rows > 0:
             out.div_(self._num_rows)
-        self._out = self._scratch = None
+        self._out = None
         return out.to(self._out_dtype)
 
     def aggregate(self, J: Tensor) -> Tensor:

@@ -1,8 +1,9 @@
 """Cost of a training step under each balancing method, as a ratio to EW on the same model and batch.
 
-Every method (EW included) gets its own copy of one initial model, its own ``Engine`` and its own
-Adam. After warm-up, the steps are timed interleaved: each repeat times one unit of every method
-in turn (the order rotates between repeats), so that a slowdown of the machine hits all methods
+Every method (EW included) gets its own copy of one initial model, its own ``Engine`` and the
+optimizer training would give it (Adam; MAO: SGD on the shared parameters, AdamW on the rest).
+After warm-up, the steps are timed interleaved: each repeat times one unit of every method in
+turn (the order rotates between repeats), so that a slowdown of the machine hits all methods
 alike; the reported time is the median over the repeats. A unit is ``recompute_every``
 consecutive steps (divided by that number), so an amortised method is charged its full
 recomputation once per unit. Peak memory comes from one extra unit per method run inside a
@@ -131,7 +132,14 @@ def build_method(name: str, num_tasks: int, seed: int) -> BalancingMethod:
     return method
 
 
-def _adam(model: MultiTaskModel, method: BalancingMethod | None) -> torch.optim.Optimizer:
+def _optimizer(model: MultiTaskModel, method: BalancingMethod | None) -> torch.optim.Optimizer:
+    """The optimizer training would use: Adam over every parameter, or, for a method that steps
+    the shared parameters itself (MAO), plain SGD on them and AdamW on the rest."""
+    if method is not None and method.shared_optimizer == "sgd":
+        from densemtl.training.builders import build_optimizer
+        from densemtl.training.config import TrainConfig
+
+        return build_optimizer(TrainConfig(lr=1e-4), model, method)[0]
     groups: list[dict[str, Any]] = [{"params": [p for p in model.parameters() if p.requires_grad]}]
     extra = method.parameters() if method is not None else []
     if extra:
@@ -281,11 +289,11 @@ def _set_up(
                 model = copy.deepcopy(template)
                 if method is None:
                     naive = NaiveLoop(model, tasks)
-                    runner = Runner(name, naive.mode, 1, model, _adam(model, None), naive.step)
+                    runner = Runner(name, naive.mode, 1, model, _optimizer(model, None), naive.step)
                 else:
                     mode = None if name == BASELINE else grad_mode
                     engine = Engine(model, method, tasks, mode=mode, recompute_every=k)
-                    runner = Runner(name, engine.mode, k, model, _adam(model, method), engine.step)
+                    runner = Runner(name, engine.mode, k, model, _optimizer(model, method), engine.step)
                 _run_unit(runner, batch, warmup)
                 with probe.window():
                     _run_unit(runner, batch, unit)

@@ -334,7 +334,7 @@ class Engine:
         if self._jac is None:
             self._jac = JacobianBuffer(self._shared, 1)
         row = self._jac.matrix[0]
-        self.method.start_rows(T, row)
+        self.method.start_rows(T, row, out=self._jac.update)
         for t in range(T):
             self._jac.bind_row(0)
             torch.autograd.backward(objective[t], inputs=self._shared + self._own[t], retain_graph=t < T - 1)
