@@ -100,22 +100,28 @@ class Aggregator(BalancingMethod):
     #: whether the output is sum_t c_t g_t with c computed from the Gramian alone
     is_linear_in_rows: ClassVar[bool] = False
 
-    #: whether the method can also take J one row at a time (``start_rows``, ``add_row`` per
-    #: task, ``finish_rows``), so that the engine holds one row of J instead of T
+    #: whether the engine should hand J over one row at a time (``start_rows``, ``add_row`` per
+    #: task, ``finish_rows``) and keep one row instead of T: for a method that overrides the
+    #: three to fold each row in as it comes (MAO)
     streams_rows: ClassVar[bool] = False
+    _rows: Tensor | None = None
 
     def start_rows(self, num_tasks: int, like: Tensor, out: Tensor | None = None) -> None:
-        """Begin a step of ``num_tasks`` rows shaped, typed and placed like ``like``; the method
-        may build its update in ``out`` (the engine's update buffer) and return it."""
-        raise NotImplementedError
+        """Begin a step of ``num_tasks`` rows shaped, typed and placed like ``like``; a method may
+        build its update in ``out`` (the engine's update buffer) and return it. By default the
+        rows are gathered into a J for ``aggregate``."""
+        self._rows = like.new_empty(num_tasks, like.numel())
 
     def add_row(self, t: int, g: Tensor) -> None:
         """Take row t of J (the engine reuses ``g``'s storage for the next row)."""
-        raise NotImplementedError
+        assert self._rows is not None, "start_rows first"
+        self._rows[t].copy_(g.reshape(-1))
 
     def finish_rows(self) -> Tensor:
-        """The update, as ``aggregate`` of the rows given would return it."""
-        raise NotImplementedError
+        """The update, as ``aggregate`` of the rows given returns it."""
+        J, self._rows = self._rows, None
+        assert J is not None, "start_rows first"
+        return self(J)
 
     def loss_transform(self, losses: Tensor) -> Tensor:
         """The losses whose Jacobian is aggregated (identity; DB-MTL uses their logarithm)."""

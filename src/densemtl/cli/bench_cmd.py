@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from densemtl.cli.train_cmd import FLAGS
-from densemtl.training.config import DEMO_OVERRIDES, load_yaml, parse_kv, parse_size
+from densemtl.cli.train_cmd import FLAGS, yaml_then_flags
+from densemtl.training.config import DEMO_OVERRIDES, parse_kv, parse_size
 
 #: train flags that a bench sets per cell (or does not support): not offered by ``bench``
 EXCLUDED = {
@@ -47,13 +47,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def gather(args: argparse.Namespace) -> dict[str, Any]:
     """The grid values: the YAML file first, then flags over it, then the small synthetic defaults."""
-    values: dict[str, Any] = {}
-    if getattr(args, "grid", None):
-        values.update({str(k).replace("-", "_"): v for k, v in load_yaml(args.grid).items()})
-    for flag in ["--archs", "--methods", "--seeds", "--jobs", "--val-fraction", "--out", *(f for f, _ in BENCH_FLAGS)]:
-        key = flag[2:].replace("-", "_")
-        if hasattr(args, key):
-            values[key] = getattr(args, key)
+    flags = ["--archs", "--methods", "--seeds", "--jobs", "--val-fraction", "--out", *(f for f, _ in BENCH_FLAGS)]
+    values = yaml_then_flags(getattr(args, "grid", None), args, flags)
     if isinstance(values.get("size"), str):
         values["size"] = parse_size(values["size"])
     if getattr(args, "augment", False):

@@ -76,15 +76,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def gather(args: argparse.Namespace) -> dict[str, Any]:
-    """The config values the user gave: the YAML file first, then flags over it."""
+def yaml_then_flags(path: str | None, args: argparse.Namespace, flags: list[str]) -> dict[str, Any]:
+    """The YAML file's keys (dashes read as underscores), then every one of ``flags`` given on
+    the command line over them (argparse leaves flags not given unset: ``SUPPRESS`` defaults)."""
     values: dict[str, Any] = {}
-    if getattr(args, "config", None):
-        values.update({str(k).replace("-", "_"): v for k, v in load_yaml(args.config).items()})
-    for flag, _ in FLAGS:
+    if path:
+        values.update({str(k).replace("-", "_"): v for k, v in load_yaml(path).items()})
+    for flag in flags:
         key = flag[2:].replace("-", "_")
         if hasattr(args, key):
             values[key] = getattr(args, key)
+    return values
+
+
+def gather(args: argparse.Namespace) -> dict[str, Any]:
+    """The config values the user gave: the YAML file first, then flags over it."""
+    values = yaml_then_flags(getattr(args, "config", None), args, [flag for flag, _ in FLAGS])
     if "size" in values and isinstance(values["size"], str):
         values["size"] = parse_size(values["size"])
     if getattr(args, "augment", False):

@@ -290,18 +290,25 @@ class Engine:
     def _parameters_step(self, fwd: Forward, objective: list[Tensor]) -> StepResult:
         """T backward passes; autograd accumulates task t's shared gradients straight into row t
         of the Jacobian buffer (each parameter's ``.grad`` is a view of it), so no gradient
-        vector is allocated or copied, and task t's head gets its gradient in its ``.grad``."""
+        vector is allocated or copied, and task t's head gets its gradient in its ``.grad``.
+        A method that ``streams_rows`` (MAO) takes each row as its pass finishes, and the
+        buffer holds one row, reused."""
         T = len(self.tasks)
         if not self._shared:
             return self._unshared_step(fwd.losses, objective)
-        if isinstance(self.method, Aggregator) and self.method.streams_rows:
-            return self._streamed_step(fwd, objective)
+        method = self.method
+        assert isinstance(method, Aggregator)
+        stream = method.streams_rows
         if self._jac is None:
-            self._jac = JacobianBuffer(self._shared, T)
+            self._jac = JacobianBuffer(self._shared, 1 if stream else T)
+        if stream:
+            method.start_rows(T, self._jac.matrix[0], out=self._jac.update)
         for t in range(T):
-            self._jac.bind_row(t)
+            self._jac.bind_row(0 if stream else t)
             torch.autograd.backward(objective[t], inputs=self._shared + self._own[t], retain_graph=t < T - 1)
-        vec, c = self._combine(self._jac.matrix, out=self._jac.update)
+            if stream:
+                method.add_row(t, self._jac.matrix[0])
+        vec, c = (method.finish_rows(), None) if stream else self._combine(self._jac.matrix, out=self._jac.update)
         self._check(vec)
         self._jac.set_grads(vec)
         for t in range(T):
@@ -326,23 +333,6 @@ class Engine:
         if heads:
             torch.autograd.backward((c.detach() * torch.stack(objective)).sum(), inputs=heads)
         return self._result(fwd.losses, c)
-
-    def _streamed_step(self, fwd: Forward, objective: list[Tensor]) -> StepResult:
-        """Parameters mode for a method that takes J row by row: one row buffer, reused."""
-        assert isinstance(self.method, Aggregator)
-        T = len(self.tasks)
-        if self._jac is None:
-            self._jac = JacobianBuffer(self._shared, 1)
-        row = self._jac.matrix[0]
-        self.method.start_rows(T, row, out=self._jac.update)
-        for t in range(T):
-            self._jac.bind_row(0)
-            torch.autograd.backward(objective[t], inputs=self._shared + self._own[t], retain_graph=t < T - 1)
-            self.method.add_row(t, row)
-        vec = self.method.finish_rows()
-        self._check(vec)
-        self._jac.set_grads(vec)
-        return self._result(fwd.losses, None)
 
     def _result(self, losses: Tensor, c: Tensor | None) -> StepResult:
         self.coefficients = c

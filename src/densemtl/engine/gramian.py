@@ -62,8 +62,7 @@ def gramian_and_grads(
     G = torch.zeros(T, T, dtype=losses.dtype, device=losses.device)
     for Jp in per_param:
         if Jp is not None:
-            flat = Jp.reshape(T, -1)
-            G.addmm_(flat, flat.T)
+            G += gramian(Jp.reshape(T, -1))
     c = weights_from_gramian(G).to(G)
     grads: list[Tensor | None] = []
     for Jp in per_param:

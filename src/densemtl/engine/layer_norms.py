@@ -48,14 +48,19 @@ def last_shared_kernel(model: MultiTaskModel, roots: list[Tensor]) -> tuple[str 
     return None, None
 
 
-def layer_grad_norms(parts: list[Tensor], W: nn.Parameter) -> Tensor:
-    """‖∂L_t/∂W‖ for each task: T backward passes through the graph above W only."""
-    norms = torch.zeros(len(parts), dtype=parts[0].dtype, device=parts[0].device)
-    for t, loss in enumerate(parts):
-        (g,) = torch.autograd.grad(loss, W, retain_graph=True, allow_unused=True)
+def _grad_norms(outputs: list[Tensor], cotangents: list[Tensor | None], W: nn.Parameter) -> Tensor:
+    """‖∂⟨output_t, cotangent_t⟩/∂W‖ for each t (0 where W does not reach the output)."""
+    norms = torch.zeros(len(outputs), dtype=outputs[0].dtype, device=outputs[0].device)
+    for t, (out, cot) in enumerate(zip(outputs, cotangents, strict=True)):
+        (g,) = torch.autograd.grad(out, W, grad_outputs=cot, retain_graph=True, allow_unused=True)
         if g is not None:
             norms[t] = torch.linalg.vector_norm(g)
     return norms.detach()
+
+
+def layer_grad_norms(parts: list[Tensor], W: nn.Parameter) -> Tensor:
+    """‖∂L_t/∂W‖ for each task: T backward passes through the graph above W only."""
+    return _grad_norms(parts, [None] * len(parts), W)
 
 
 def head_passes(
@@ -72,12 +77,7 @@ def head_passes(
 
 def split_layer_norms(rep: Tensor, deltas: list[Tensor], W: nn.Parameter) -> Tensor:
     """‖(∂r/∂W)ᵀ δ_t‖ for each task."""
-    norms = torch.zeros(len(deltas), dtype=rep.dtype, device=rep.device)
-    for t, delta in enumerate(deltas):
-        (g,) = torch.autograd.grad(rep, W, grad_outputs=delta, retain_graph=True, allow_unused=True)
-        if g is not None:
-            norms[t] = torch.linalg.vector_norm(g)
-    return norms.detach()
+    return _grad_norms([rep] * len(deltas), list(deltas), W)
 
 
 def split_weighted_backward(
