@@ -17,16 +17,28 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._factories: dict[str, Callable[..., T]] = {}
+        self._tiny: dict[str, dict[str, Any]] = {}
 
-    def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    def register(
+        self, name: str, *, tiny: dict[str, Any] | None = None
+    ) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        """Decorator registering a factory under ``name``. ``tiny`` are the knobs that make the
+        entry small and fast, declared once and read by the registry-driven test suites."""
+
         def deco(factory: Callable[..., T]) -> Callable[..., T]:
             key = name.lower()
             if key in self._factories:
                 raise ValueError(f"{self.kind} {key!r} registered twice")
             self._factories[key] = factory
+            self._tiny[key] = dict(tiny or {})
             return factory
 
         return deco
+
+    def tiny(self, name: str) -> dict[str, Any]:
+        """The knobs ``name`` declared for tiny, fast tests ({} when none)."""
+        self.get(name)
+        return dict(self._tiny[str(name).lower()])
 
     def available(self) -> list[str]:
         return sorted(self._factories)

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor, nn
 
 from densemtl.engine import Engine
 from densemtl.training.builders import build_method, build_model, build_optimizer
@@ -64,25 +63,3 @@ class Member:
             self.method.generator.set_state(state["method_generator"])
         self.engine.step_count = int(state.get("engine_step", 0))
         self.engine.coefficients = state.get("engine_coefficients")
-
-
-class Ensemble(nn.Module):
-    """Averages two multi-task networks' predictions: class probabilities (returned as log-probs,
-    so argmax and softmax behave), depth, and normalised normals."""
-
-    def __init__(self, a: nn.Module, b: nn.Module) -> None:
-        super().__init__()
-        self.a, self.b = a, b
-
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        pa, pb = self.a(x), self.b(x)
-        out: dict[str, Tensor] = {}
-        for t in pa:
-            if t == "seg":
-                prob = 0.5 * (pa[t].softmax(1) + pb[t].softmax(1))
-                out[t] = prob.clamp_min(1e-12).log()
-            elif t == "normal":
-                out[t] = nn.functional.normalize(pa[t], dim=1) + nn.functional.normalize(pb[t], dim=1)
-            else:
-                out[t] = 0.5 * (pa[t] + pb[t])
-        return out

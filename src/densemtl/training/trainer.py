@@ -35,7 +35,8 @@ from densemtl.training.checkpoint import load_checkpoint, save_checkpoint
 from densemtl.training.config import TrainConfig, build_config, load_yaml, save_yaml
 from densemtl.training.diagnostics import Diagnostics, TensorBoardLog, require_tensorboard
 from densemtl.training.evaluation import evaluate_model, move
-from densemtl.training.member import Ensemble, Member
+from densemtl.training.ensemble import Ensemble
+from densemtl.training.member import Member
 from densemtl.training.mimicry import mimicry_losses
 
 
