@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
-
-torch.set_num_threads(1)  # tiny tensors: threads only add contention
+from torch import Tensor, nn
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -31,6 +29,19 @@ TINY_TRAIN = [
     "depth_stages=3",
     "--quiet",
 ]
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Every test runs with one intra-op thread, restored afterwards (``bench`` sets its own count).
+
+    The tensors here are tiny and the machine is shared: a second thread only spin-waits for a
+    core, and made steps 5-100x slower in CPU time than one thread.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture
@@ -61,3 +72,27 @@ def _task_partition(model: nn.Module) -> Partition:
 @pytest.fixture
 def task_partition() -> Callable[[nn.Module], Partition]:
     return _task_partition
+
+
+def _dense_batch(tasks: dict[str, int], size: tuple[int, int] = (32, 32), n: int = 2) -> dict[str, Tensor]:
+    """A seeded batch with an image and a valid-looking target for each NYUv2-style task in ``tasks``.
+
+    Segmentation has ignored (-1) pixels; depth is positive; normals are unit vectors.
+    """
+    g = torch.Generator().manual_seed(1)
+    batch = {"image": torch.rand(n, 3, *size, generator=g)}
+    for t, c in tasks.items():
+        if t == "seg":
+            batch[t] = torch.randint(-1, c, (n, *size), generator=g)
+        elif t == "depth":
+            batch[t] = torch.rand(n, 1, *size, generator=g) + 0.5
+        elif t == "normal":
+            batch[t] = nn.functional.normalize(torch.randn(n, 3, *size, generator=g), dim=1)
+        else:
+            raise ValueError(f"no target maker for task {t!r}")
+    return batch
+
+
+@pytest.fixture
+def dense_batch() -> Callable[..., dict[str, Tensor]]:
+    return _dense_batch

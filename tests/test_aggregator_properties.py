@@ -7,6 +7,7 @@ Per-method exceptions live in the two dicts that follow, each with its reason.
 from __future__ import annotations
 
 import copy
+from typing import cast
 
 import pytest
 import torch
@@ -21,7 +22,7 @@ def _aggregators() -> list[str]:
             method = create(name)
         except Exception:  # a method that needs arguments is tested in its own file
             continue
-        if isinstance(method, Aggregator):
+        if not method.requirements.uses_losses:
             names.append(name)
     return names
 
@@ -50,8 +51,7 @@ NON_CONFLICTING: dict[str, int | None] = {
 
 
 def make(name: str, seed: int = 0) -> Aggregator:
-    method = create(name)
-    assert isinstance(method, Aggregator)
+    method = cast(Aggregator, create(name))
     method.set_generator(torch.Generator().manual_seed(seed))
     return method
 
@@ -126,25 +126,35 @@ def test_state_dict_round_trip(name: str) -> None:
         method(rand(3, 10, seed))
     state = copy.deepcopy(method.state_dict())
     assert method.generator is not None
-    restored = create(name)
-    assert isinstance(restored, Aggregator)
+    restored = cast(Aggregator, create(name))
     restored.load_state_dict(state)
     restored.set_generator(torch.Generator().set_state(method.generator.get_state()))
     J = rand(3, 10, 99)
     assert torch.equal(method(J), restored(J))
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if isinstance(create(n), GramianWeighting)])
-def test_gramian_weighting_is_weights_times_J(name: str) -> None:
-    method = create(name)
-    assert method.is_linear_in_rows and method.needs == "gramian"
+@pytest.mark.parametrize("name", [n for n in NAMES if create(n).requirements.from_gramian])
+def test_gramian_source_means_weights_of_the_gramian_times_J(name: str) -> None:
+    # What the engine relies on when it computes c from G alone (gramian mode, --recompute-every).
     for T, seed in [(2, 0), (3, 1), (5, 2)]:
         J = rand(T, 8, seed)
-        a, b = make(name), make(name)
-        assert isinstance(b, GramianWeighting)
+        a, b = make(name), cast(GramianWeighting, make(name))
         weights = b.weights_from_gramian(J @ J.T)
         assert weights.shape == (T,)
         assert torch.allclose(a(J), weights @ J, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_row_weights_are_the_weights_of_the_update(name: str) -> None:
+    # The engine scales each head by row_weights: they must be the w with out = wᵀJ.
+    method = make(name)
+    for seed in range(3):
+        J = rand(3, 8, seed)
+        out = method(J)
+        w = method.row_weights()
+        if w is not None:
+            assert w.shape == (3,)
+            assert torch.allclose(out, w.to(J) @ J, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if n in NON_CONFLICTING])

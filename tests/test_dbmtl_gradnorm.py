@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from densemtl.balancing import Aggregator, BalancingMethod, GramianWeighting, LossWeighting, create
+from densemtl.balancing import BalancingMethod, create
 from densemtl.balancing.dbmtl import DBMTL
 from densemtl.balancing.gradnorm import GradNorm
 from densemtl.errors import ConfigError
@@ -29,12 +29,11 @@ def round_trip(method: BalancingMethod, fresh: BalancingMethod) -> BalancingMeth
 
 
 # --------------------------------------------------------------------------- DB-MTL
-def test_dbmtl_kind_and_log_transform() -> None:
-    method = create("dbmtl")
-    assert isinstance(method, Aggregator) and not isinstance(method, GramianWeighting)
-    assert not method.supports_representation and not method.allows_representation
+def test_dbmtl_balances_the_log_losses() -> None:
+    transform = create("dbmtl", eps=1e-3).requirements.loss_transform
+    assert transform is not None
     losses = torch.tensor([1.0, math.e, 0.5])
-    torch.testing.assert_close(method.loss_transform(losses), torch.log(losses + 1e-8))
+    torch.testing.assert_close(transform(losses), torch.log(losses + 1e-3))
 
 
 def test_dbmtl_first_two_steps_hand_worked() -> None:
@@ -110,9 +109,10 @@ def test_dbmtl_rejects_bad_knobs() -> None:
 
 
 # --------------------------------------------------------------------------- GradNorm
-def test_gradnorm_is_a_loss_weighting_that_asks_for_layer_norms() -> None:
+def test_gradnorm_asks_for_the_norms_of_its_layer_knob() -> None:
     method = create("gradnorm", num_tasks=3)
-    assert isinstance(method, LossWeighting) and method.needs_layer_grad_norms
+    assert method.requirements.layer_grad_norms == "auto"
+    assert create("gradnorm", layer="trunk.0.weight").requirements.layer_grad_norms == "trunk.0.weight"
     assert method.parameters() == []
     torch.testing.assert_close(method.weights(torch.ones(3)), torch.ones(3))
 

@@ -1,7 +1,12 @@
-"""Loss weightings UW, DWA, RLW, GLS, FAMO, STCH: hand-worked values, properties, state round trips."""
+"""Loss weightings: shared properties over every registered one, then hand-worked values per method.
+
+The property suite enumerates the registry: a loss weighting (``requirements.uses_losses``) joins
+it by being registered, with the knobs it declares for tiny tests (``register(name, tiny=...)``).
+"""
 
 from __future__ import annotations
 
+import inspect
 import io
 import math
 
@@ -13,7 +18,20 @@ import densemtl.balancing as balancing
 from densemtl.balancing.base import LossWeighting
 from densemtl.errors import ConfigError
 
-NAMES = ["uw", "dwa", "rlw", "gls", "famo", "stch"]
+
+def takes_num_tasks(name: str) -> bool:
+    return "num_tasks" in inspect.signature(balancing.METHODS.get(name)).parameters
+
+
+def make(name: str) -> LossWeighting:
+    """``name`` with its tiny knobs and ``num_tasks=3`` where its factory takes one."""
+    size = {"num_tasks": 3} if takes_num_tasks(name) else {}
+    method = balancing.create(name, **balancing.METHODS.tiny(name), **size)
+    assert isinstance(method, LossWeighting)
+    return method
+
+
+NAMES = [n for n in balancing.available() if balancing.create(n).requirements.uses_losses]
 
 
 def _losses(*values: float) -> Tensor:
@@ -25,43 +43,52 @@ def _loss_sequence(steps: int, num_tasks: int = 3, seed: int = 0) -> list[Tensor
     return [0.2 + torch.rand(num_tasks, generator=g) for _ in range(steps)]
 
 
+def run(method: LossWeighting, part: list[Tensor], first_epoch: int) -> list[Tensor]:
+    """Steps as the trainer takes them: the hooks the method asks for, ``combine`` and backward, a
+    plain SGD step on the method's own parameters, the re-evaluated losses, an epoch every 2."""
+    out = []
+    norms = torch.Generator().manual_seed(first_epoch)
+    for i, losses in enumerate(part):
+        x = losses.clone().requires_grad_(True)
+        if method.requirements.layer_grad_norms is not None:
+            method.observe_grad_norms(0.1 + torch.rand(3, generator=norms))
+        scalar, w = method.combine(x)
+        scalar.backward()
+        with torch.no_grad():
+            for p in method.parameters():
+                p -= 0.1 * p.grad
+                p.grad = None
+        if method.requirements.reevaluate:
+            method.observe_losses_after_step(0.9 * losses)
+        out += [scalar.detach(), w]
+        if i % 2 == 1:
+            method.end_epoch(first_epoch + i // 2, torch.stack(part[i - 1 : i + 1]).mean(0))
+    return out
+
+
 # --------------------------------------------------------------------------- common properties
 @pytest.mark.parametrize("name", NAMES)
-def test_registry_builds_with_num_tasks(name: str) -> None:
-    method = balancing.create(name, num_tasks=3)
-    assert isinstance(method, LossWeighting)
-    assert method.kind == "loss"
-    assert name in balancing.available()
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_combine_gives_a_differentiable_scalar_and_detached_weights(name: str) -> None:
-    method = balancing.create(name, num_tasks=3)
-    losses = _losses(0.5, 1.0, 2.0)
-    scalar, w = method.combine(losses)
-    assert scalar.dim() == 0 and scalar.requires_grad
-    assert w.shape == (3,) and not w.requires_grad and torch.isfinite(w).all()
-    scalar.backward()
-    assert losses.grad is not None and torch.isfinite(losses.grad).all()
-    for p in method.parameters():
-        assert p.grad is not None
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_reported_weights_are_the_gradient_of_the_scalar(name: str) -> None:
-    # Every weighting here is (or reports) the effective weight dL/dL_t.
-    method = balancing.create(name, num_tasks=3)
-    for _ in range(2):  # FAMO's logits move from the second call on
+def test_combine_gives_a_scalar_whose_gradient_is_the_reported_weights(name: str) -> None:
+    # Every weighting here is (or reports) the effective weight dL/dL_t, detached and positive.
+    method = make(name)
+    for _ in range(2):  # stateful methods (FAMO's logits) move from the second call on
         losses = _losses(0.5, 1.0, 2.0)
         scalar, w = method.combine(losses)
+        assert scalar.dim() == 0 and scalar.requires_grad
+        assert w.shape == (3,) and not w.requires_grad and torch.isfinite(w).all() and (w > 0).all()
         scalar.backward()
         assert losses.grad is not None
         torch.testing.assert_close(losses.grad, w)
+        for p in method.parameters():
+            assert p.grad is not None and torch.isfinite(p.grad).all()
+            p.grad = None
+        if method.requirements.reevaluate:
+            method.observe_losses_after_step(0.5 * losses.detach())
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [n for n in NAMES if takes_num_tasks(n)])
 def test_wrong_number_of_tasks_is_refused(name: str) -> None:
-    method = balancing.create(name, num_tasks=3)
+    method = make(name)
     with pytest.raises(ValueError, match="3 tasks"):
         method.combine(_losses(1.0, 2.0))
 
@@ -69,33 +96,13 @@ def test_wrong_number_of_tasks_is_refused(name: str) -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_state_dict_round_trip_resumes_exactly(name: str) -> None:
     seq = _loss_sequence(12)
-    kwargs = {"warmup_epoch": 1} if name == "stch" else {}
-    a = balancing.create(name, num_tasks=3, **kwargs)
-
-    def run(method: balancing.BalancingMethod, part: list[Tensor], first_epoch: int) -> list[Tensor]:
-        assert isinstance(method, LossWeighting)
-        out = []
-        for i, losses in enumerate(part):
-            x = losses.clone().requires_grad_(True)
-            scalar, w = method.combine(x)
-            scalar.backward()
-            with torch.no_grad():  # a plain SGD step on the method's own parameters (UW)
-                for p in method.parameters():
-                    p -= 0.1 * p.grad
-                    p.grad = None
-            out += [scalar.detach(), w]
-            if i % 2 == 1:
-                method.end_epoch(first_epoch + i // 2, torch.stack(part[i - 1 : i + 1]).mean(0))
-        return out
-
+    a = make(name)
     run(a, seq[:6], 0)
     buffer = io.BytesIO()
     torch.save(a.state_dict(), buffer)
     buffer.seek(0)
-    state = torch.load(buffer, weights_only=True)
-
-    b = balancing.create(name, num_tasks=3, **kwargs)
-    b.load_state_dict(state)
+    b = make(name)
+    b.load_state_dict(torch.load(buffer, weights_only=True))
     for p, q in zip(a.parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(p, q)
     for x, y in zip(run(a, seq[6:], 3), run(b, seq[6:], 3), strict=True):
@@ -135,8 +142,8 @@ def test_uw_parameters_exist_at_construction_only_with_num_tasks() -> None:
     lazy = balancing.create("uw")
     lazy.combine(_losses(1.0, 2.0))
     assert lazy.parameters()[0].shape == (2,)
-    assert not hasattr(balancing.create("uw"), "lr")
-    assert balancing.create("uw", lr=0.01).lr == 0.01  # type: ignore[attr-defined]
+    assert balancing.create("uw").parameters_lr() is None  # the run's learning rate
+    assert balancing.create("uw", lr=0.01).parameters_lr() == 0.01
 
 
 def test_uw_load_keeps_the_parameter_object() -> None:
@@ -254,29 +261,35 @@ def test_famo_first_call_hand_worked() -> None:
     torch.testing.assert_close(losses.grad, w)
 
 
-def test_famo_first_logit_step_hand_worked() -> None:
-    # delta = log prev - log current = [1, 0]; J_softmax^T delta = z (delta - <z, delta>) = [1/4, -1/4];
-    # Adam's first step is -w_lr * sign: xi = [-0.025, 0.025] (the slower task gains weight)
-    famo = balancing.create("famo", eps=0.0, gamma=0.0)
+@pytest.mark.parametrize("update", ["same_batch", "next_batch"])
+def test_famo_first_logit_step_hand_worked(update: str) -> None:
+    # delta = log before - log after = [1, 0]; J_softmax^T delta = z (delta - <z, delta>) = [1/4, -1/4];
+    # Adam's first step is -w_lr * sign: xi = [-0.025, 0.025] (the slower task gains weight).
+    # "after" is the same batch re-evaluated after the step, or the next call's losses.
+    famo = balancing.create("famo", eps=0.0, gamma=0.0, update=update)
     famo.combine(_losses(1.0, 1.0))
-    famo.combine(_losses(math.exp(-1.0), 1.0))
+    after = torch.tensor([math.exp(-1.0), 1.0])
+    famo.observe_losses_after_step(after)  # ignored by "next_batch"
+    famo.combine(after.clone().requires_grad_(True))
     torch.testing.assert_close(famo.logits, torch.tensor([-0.025, 0.025]))  # type: ignore[attr-defined]
 
 
-def test_famo_logit_updates_match_torch_adam() -> None:
+@pytest.mark.parametrize("update", ["same_batch", "next_batch"])
+def test_famo_logit_updates_match_torch_adam(update: str) -> None:
     seq = _loss_sequence(8, num_tasks=3, seed=3)
-    famo = balancing.create("famo", w_lr=0.025, gamma=1e-3)
+    famo = balancing.create("famo", w_lr=0.025, gamma=1e-3, update=update)
     xi = torch.zeros(3, requires_grad=True)
     opt = torch.optim.Adam([xi], lr=0.025, weight_decay=1e-3)
-    prev = None
+    before = None
     for losses in seq:
-        famo.combine(losses.clone().requires_grad_(True))
-        if prev is not None:
-            delta = torch.log(prev + 1e-8) - torch.log(losses + 1e-8)
-            opt.zero_grad()
+        if before is not None:  # after the step: 0.9 × the same batch's losses, or this call's
+            after = 0.9 * before if update == "same_batch" else losses
+            famo.observe_losses_after_step(after)  # ignored by "next_batch"
+            delta = torch.log(before + 1e-8) - torch.log(after + 1e-8)
             (xi.grad,) = torch.autograd.grad(torch.softmax(xi, 0), xi, grad_outputs=delta)
             opt.step()
-        prev = losses
+        famo.combine(losses.clone().requires_grad_(True))
+        before = losses
         torch.testing.assert_close(famo.logits, xi.detach())  # type: ignore[attr-defined]
 
 
@@ -284,6 +297,7 @@ def test_famo_moves_weight_to_the_task_whose_loss_falls_slowest() -> None:
     famo = balancing.create("famo")
     for k in range(10):
         _, w = famo.combine(_losses(0.8**k, 0.99**k, 1.0))
+        famo.observe_losses_after_step(torch.tensor([0.8, 0.99, 1.0]) ** (k + 1))
         assert w.sum().item() == pytest.approx(1.0, abs=1e-6)
     z = famo.task_weights()  # type: ignore[attr-defined]
     assert z.sum().item() == pytest.approx(1.0)
@@ -295,6 +309,8 @@ def test_famo_min_losses_shift_the_log() -> None:
     # gaps L - m = [1, 3]: the same as the first hand-worked case
     _, w = famo.combine(_losses(1.5, 4.0))
     torch.testing.assert_close(w, torch.tensor([0.75, 0.25]))
+    with pytest.raises(ConfigError, match="update"):
+        balancing.create("famo", update="every_epoch")
 
 
 # --------------------------------------------------------------------------- STCH

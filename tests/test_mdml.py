@@ -1,4 +1,5 @@
-"""MDML through the trainer: peer + ensemble metrics, exact resume, no cross-talk at alpha = 0."""
+"""MDML through the trainer: peer + ensemble metrics, exact resume, no cross-talk at alpha = 0, the
+peer's inherited knobs, and a third member given as a scheme (no change to the trainer)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ from pathlib import Path
 import torch
 
 from densemtl.cli.main import main
-from densemtl.training.config import build_config
+from densemtl.models import count_parameters
+from densemtl.training.config import TrainConfig, build_config
+from densemtl.training.member import MemberSpec
+from densemtl.training.schemes import Mutual, inherited_arch_args
 from densemtl.training.trainer import Trainer
 
 PEER = ["--peer-arch", "segnet", "--peer-arg", "width=0.125", "--peer-arg", "depth_stages=4"]
@@ -55,4 +59,47 @@ def test_zero_mimicry_weight_trains_the_main_network_as_alone(tmp_path: Path) ->
     for (k, v), w in zip(alone.model.state_dict().items(), mutual.model.state_dict().values(), strict=True):
         assert torch.equal(v, w), k
     # and the peer, seeded differently, is another network
-    assert not torch.equal(next(iter(mutual.peer.model.parameters())), next(iter(mutual.model.parameters())))
+    peer = mutual.members[1].model
+    assert not torch.equal(next(iter(peer.parameters())), next(iter(mutual.model.parameters())))
+
+
+TINY = {"size": [32, 40], "n_train": 4, "n_val": 2, "batch_size": 4, "epochs": 1,
+        "arch_args": {"width": 0.125, "depth_stages": 3}}  # fmt: skip
+
+
+def quiet(cfg: TrainConfig, out: Path, **kwargs: object) -> Trainer:
+    return Trainer(cfg, out, progress=False, log=lambda s: None, **kwargs)  # type: ignore[arg-type]
+
+
+def test_the_peer_inherits_the_main_networks_knobs(tmp_path: Path) -> None:
+    # The README's shallower peer: only depth_stages given, the width comes from --arch-arg.
+    cfg = build_config({**TINY, "peer_arch": "segnet", "peer_args": {"depth_stages": 4}})
+    trainer = quiet(cfg, tmp_path / "run")
+    main, peer = trainer.members
+    assert peer.arch_args == {"width": 0.125, "depth_stages": 4}
+    same_depth = build_config({**TINY, "peer_arch": "segnet", "peer_args": {"depth_stages": 3}})
+    twin = quiet(same_depth, tmp_path / "twin").members[1]
+    assert count_parameters(twin.model) == count_parameters(main.model)  # not a full-width peer
+    assert count_parameters(peer.model)["total"] > count_parameters(main.model)["total"]
+    # another architecture takes only the knobs its factory has (hps has no width or depth_stages)
+    assert inherited_arch_args(cfg, "hps", {"head_channels": 8}) == {"head_channels": 8}
+
+
+def test_a_third_member_trains_without_touching_the_trainer(tmp_path: Path) -> None:
+    cfg = build_config({**TINY, "method": "rlw"})
+    knobs = {"width": 0.125, "depth_stages": 3}
+    peers = [MemberSpec("peer", "segnet", knobs, seed_offset=1), MemberSpec("peer2", "segnet", knobs, seed_offset=2)]
+    trainer = quiet(cfg, tmp_path / "three", scheme=Mutual(cfg, peers))
+    before = [[p.detach().clone() for p in m.model.parameters()] for m in trainer.members]
+    summary = trainer.run()
+    assert len(trainer.members) == 3
+    for m, params in zip(trainer.members, before, strict=True):
+        assert m.engine.step_count == 1
+        assert any(not torch.equal(a, b) for a, b in zip(params, m.model.parameters(), strict=True)), m.name
+    record = json.loads((tmp_path / "three" / "metrics.jsonl").read_text().splitlines()[-1])
+    for key in ("val", "peer_val", "peer2_val", "ensemble_val", "train_loss", "peer2_train_loss", "peer2_weights"):
+        assert set(record[key]) == {"seg", "depth", "normal"}, key
+    assert record["mimicry_weight"] == 1.0
+    assert set(summary["peer2_metrics"]) == {"seg", "depth", "normal"} and "peer2_parameters" in summary
+    state = torch.load(tmp_path / "three" / "checkpoints" / "last.pt", weights_only=False)
+    assert set(state["peer2"]["model"]) == set(state["model"])

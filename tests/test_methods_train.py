@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +31,6 @@ TINY = [
 ]
 SEGNET = ["--arch-arg", "width=0.125", "--arch-arg", "depth_stages=3"]
 SINGLE = ["--arch", "single", "--arch-arg", "base_args={width: 0.125, depth_stages: 3}"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    # Tiny convolutions on a shared machine: one intra-op thread is far faster than two that
-    # spin-wait for a core.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def train(run: Path, *args: str, arch: list[str] = SEGNET) -> int:
@@ -77,6 +66,14 @@ def test_every_method_trains(name: str, tmp_path: Path) -> None:
     run = tmp_path / "run"
     assert train(run, "--method", name) == 0
     check_run(run)
+
+
+def test_famo_learns_from_the_re_evaluated_batch(tmp_path: Path) -> None:
+    # The trainer calls engine.after_step: two steps give two logit updates (none without it).
+    run = tmp_path / "run"
+    assert train(run, "--method", "famo", "--method-arg", "gamma=0.0") == 0
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert state["method"]["adam_steps"] == 2 and bool((state["method"]["logits"] != 0).any())
 
 
 def test_representation_mode_on_request(tmp_path: Path) -> None:

@@ -8,14 +8,15 @@ import pytest
 import torch
 from torch import Tensor
 
+from densemtl import tasks
 from densemtl.errors import ConfigError
 from densemtl.metrics import (
-    LOWER_IS_BETTER,
-    PRIMARY,
     StreamingMetrics,
     delta_m,
     evaluate,
     flatten,
+    lower_is_better,
+    primary_metric,
 )
 
 # --------------------------------------------------------------------------- segmentation
@@ -177,10 +178,35 @@ def test_delta_m_errors() -> None:
 
 
 def test_tables() -> None:
-    assert all(PRIMARY[t] in LOWER_IS_BETTER[t] for t in PRIMARY)
     preds, targets = _random_split(2, seed=1)
     out = evaluate(preds, targets, num_classes=4)
-    assert {t: set(d) for t, d in out.items()} == {t: set(d) for t, d in LOWER_IS_BETTER.items()}
+    assert list(out) == ["seg", "depth", "normal"]
+    assert {t: tuple(d) for t, d in out.items()} == {t: tasks.get(t).metric_names for t in out}
     flat = flatten(out)
     assert flat["seg/miou"] == out["seg"]["miou"]
     assert len(flat) == 9 and all(isinstance(v, float) for v in flat.values())
+
+
+def test_directions_and_primary_come_from_the_task() -> None:
+    assert lower_is_better("depth", "abs_err") is True and lower_is_better("seg", "miou") is False
+    assert lower_is_better("normal", "within_30") is False
+    assert lower_is_better("depth", "miou") is None and lower_is_better("edges", "f1") is None
+    assert [primary_metric(t) for t in ("seg", "depth", "normal")] == ["miou", "abs_err", "mean"]
+    with pytest.raises(ConfigError, match="unknown task 'edges'"):
+        primary_metric("edges")
+
+
+def test_unknown_prediction_key_is_an_error_not_normals() -> None:
+    preds, targets = _random_split(1, seed=2)
+    with pytest.raises(ConfigError, match=r"\['edges'\] are not registered tasks; valid: .*normal"):
+        evaluate({"edges": preds["normal"]}, {"edges": targets["normal"]}, num_classes=4)
+    with pytest.raises(ConfigError, match="unknown task 'edges'"):
+        StreamingMetrics(["edges"], num_classes=4)
+    # target keys that are not predicted (the image, a task the model lacks) are ignored
+    out = evaluate({"depth": preds["depth"]}, {**targets, "image": torch.zeros(1, 3, 5, 6)}, num_classes=4)
+    assert list(out) == ["depth"]
+
+
+def test_seg_needs_classes() -> None:
+    with pytest.raises(ConfigError, match="num_classes must be >= 1 for seg"):
+        StreamingMetrics(["seg"], num_classes=0)

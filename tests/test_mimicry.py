@@ -6,7 +6,12 @@ import math
 
 import torch
 
-from densemtl.training.mimicry import depth_mimicry, mimicry_losses, normal_mimicry, seg_mimicry
+from densemtl import tasks
+from densemtl.training.mimicry import mimicry_losses
+
+seg_mimicry = tasks.get("seg").mimicry
+depth_mimicry = tasks.get("depth").mimicry
+normal_mimicry = tasks.get("normal").mimicry
 
 
 def test_seg_kl_with_temperature_by_hand() -> None:
@@ -43,11 +48,17 @@ def test_normal_cosine_masks_invalid_pixels() -> None:
 
 def test_no_gradient_reaches_the_peer() -> None:
     torch.manual_seed(0)
-    a = {"seg": torch.randn(2, 4, 3, 3, requires_grad=True), "depth": torch.randn(2, 1, 3, 3, requires_grad=True),
-         "normal": torch.randn(2, 3, 3, 3, requires_grad=True)}
+    a = {
+        "seg": torch.randn(2, 4, 3, 3, requires_grad=True),
+        "depth": torch.randn(2, 1, 3, 3, requires_grad=True),
+        "normal": torch.randn(2, 3, 3, 3, requires_grad=True),
+    }
     b = {k: torch.randn_like(v, requires_grad=True) for k, v in a.items()}
-    batch = {"seg": torch.randint(0, 4, (2, 3, 3)), "depth": torch.rand(2, 1, 3, 3) + 0.1,
-             "normal": torch.nn.functional.normalize(torch.randn(2, 3, 3, 3), dim=1)}
+    batch = {
+        "seg": torch.randint(0, 4, (2, 3, 3)),
+        "depth": torch.rand(2, 1, 3, 3) + 0.1,
+        "normal": torch.nn.functional.normalize(torch.randn(2, 3, 3, 3), dim=1),
+    }
     losses = torch.stack(mimicry_losses(a, b, batch, ("seg", "depth", "normal"), temperature=2.0))
     assert losses.shape == (3,) and torch.isfinite(losses).all()
     losses.sum().backward()

@@ -1,4 +1,4 @@
-"""MTAN and cross-stitch networks: shapes, gradients, the shared/task split, α init, CLI training."""
+"""MTAN and cross-stitch networks: ResNet variants, who owns what, α init, CLI training."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch import nn
 
 from densemtl.cli.main import main
 from densemtl.errors import ConfigError
-from densemtl.models import count_parameters, create
+from densemtl.models import create
 from densemtl.models.base import MultiTaskModel
 from densemtl.models.crossstitch import CrossStitchUnit, cross_stitch_init
 
@@ -37,26 +37,19 @@ def ids(params: list[nn.Parameter]) -> set[int]:
     return {id(p) for p in params}
 
 
-@pytest.mark.parametrize(("name", "knobs"), VARIANTS, ids=IDS)
-def test_nyuv2_shapes_and_every_parameter_gets_a_gradient(name: str, knobs: dict[str, Any]) -> None:
-    model = create(name, NYU, **knobs)
-    assert model.has_representation is False
-    out = model(torch.rand(2, 3, 32, 48))
-    assert list(out) == list(NYU)
-    for t, c in NYU.items():
-        assert out[t].shape == (2, c, 32, 48)
-        assert torch.isfinite(out[t]).all()
+@pytest.mark.parametrize("name", ["mtan", "crossstitch"])
+@pytest.mark.parametrize(("tasks", "size"), [(NYU, (32, 48)), (CITY, (32, 64))])
+def test_resnet_variants_shapes_and_every_parameter_gets_a_gradient(
+    name: str, tasks: dict[str, int], size: tuple[int, int]
+) -> None:
+    """The SegNet variants are the registered tiny ones (test_models.py); here the ResNet ones."""
+    model = create(name, tasks, **RESNET)
+    out = model(torch.rand(2, 3, *size))
+    assert {t: tuple(o.shape) for t, o in out.items()} == {t: (2, c, *size) for t, c in tasks.items()}
+    assert all(torch.isfinite(o).all() for o in out.values())
     sum(o.pow(2).mean() for o in out.values()).backward()
     assert not [n for n, p in model.named_parameters() if p.grad is None]
     assert not [n for n, p in model.named_parameters() if not p.grad.abs().sum() > 0]
-
-
-@pytest.mark.parametrize(("name", "knobs"), VARIANTS, ids=IDS)
-def test_cityscapes_shapes(name: str, knobs: dict[str, Any]) -> None:
-    model = create(name, CITY, **knobs).eval()
-    with torch.no_grad():
-        out = model(torch.rand(2, 3, 32, 64))
-    assert {t: tuple(o.shape) for t, o in out.items()} == {"seg": (2, 7, 32, 64), "depth": (2, 1, 32, 64)}
 
 
 @pytest.mark.parametrize("name", ["mtan", "crossstitch"])
@@ -78,8 +71,6 @@ def test_too_small_input_is_explained(name: str) -> None:
 def test_shared_and_task_parameters_partition_the_model(name: str, knobs: dict[str, Any], task_partition: Any) -> None:
     model = create(name, NYU, **knobs)
     _, shared, _ = task_partition(model)
-    assert shared
-    assert count_parameters(model)["shared"] == sum(p.numel() for p in model.shared_parameters())
     if name == "mtan":
         for t in model.tasks:
             assert ids(model.task_parameters(t)) == ids(

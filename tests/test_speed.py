@@ -14,6 +14,7 @@ from densemtl.balancing.base import Aggregator
 from densemtl.bench.memory import MemoryProbe
 from densemtl.bench.speed import NaiveLoop, make_batch, measure_speed
 from densemtl.cli.main import main
+from densemtl.engine import Engine
 from densemtl.tasks import compute_losses, task_channels
 
 TINY = ["--arch-arg", "width=0.125", "--arch-arg", "depth_stages=3", "--size", "32x40", "--batch-size", "2"]
@@ -84,6 +85,21 @@ def test_all_methods_by_default_and_na_rows(monkeypatch: pytest.MonkeyPatch) -> 
     assert rows["uw"]["status"] == "n/a" and rows["graddrop"]["status"] == "n/a"
     assert rows["imtl"]["status"] == "ok" and rows["imtl"]["recompute_every"] == 4
     assert rows["ew"]["recompute_every"] == 1 and rows["ew"]["ratio_to_ew"] == 1.0
+
+
+def test_the_timed_step_includes_after_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    # FAMO re-evaluates the batch after each optimizer step: that forward is part of its cost.
+    calls: list[str] = []
+    after_step = Engine.after_step
+
+    def spy(engine: Engine, batch: dict[str, torch.Tensor]) -> None:
+        calls.append(type(engine.method).__name__)
+        after_step(engine, batch)
+
+    monkeypatch.setattr(Engine, "after_step", spy)
+    rows = {r["method"]: r for r in measure_speed(["famo"], **TINY_KW)}
+    assert rows["famo"]["status"] == "ok"
+    assert calls.count("FAMO") == 3  # warm-up, memory probe and timed unit: one step each
 
 
 class _Failing(Aggregator):

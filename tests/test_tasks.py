@@ -1,4 +1,4 @@
-"""Task losses: masking, normalisation, empty batches, bookkeeping."""
+"""Tasks: the registry, masked losses, normalisation, empty batches, bookkeeping."""
 
 from __future__ import annotations
 
@@ -6,19 +6,36 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from densemtl.tasks import (
-    TASKS,
-    compute_losses,
-    depth_loss,
-    normal_loss,
-    seg_loss,
-    task_channels,
-)
+from densemtl import tasks
+from densemtl.errors import ConfigError
+from densemtl.tasks import compute_losses, default_task_channels, task_channels
+from densemtl.tasks.normal import safe_normalize
+
+seg_loss = tasks.get("seg").loss
+depth_loss = tasks.get("depth").loss
+normal_loss = tasks.get("normal").loss
 
 
 def test_task_channels() -> None:
-    assert task_channels(TASKS, 13) == {"seg": 13, "depth": 1, "normal": 3}
+    assert (
+        task_channels(("seg", "depth", "normal"), 13) == default_task_channels() == {"seg": 13, "depth": 1, "normal": 3}
+    )
     assert list(task_channels(["normal", "seg"], 7)) == ["normal", "seg"]
+
+
+def test_registry_lists_and_refuses() -> None:
+    assert {"seg", "depth", "normal"} <= set(tasks.available())
+    assert tasks.get("Depth").name == "depth"
+    with pytest.raises(ConfigError, match="unknown task 'edges'; valid: .*depth.*normal.*seg"):
+        tasks.get("edges")
+
+
+@pytest.mark.parametrize("name", ["seg", "depth", "normal"])
+def test_declarations_are_consistent(name: str) -> None:
+    task = tasks.get(name)
+    assert task.primary in task.metric_names
+    assert {c.metric for c in task.table_columns()} <= set(task.metric_names)
+    assert set(task.accumulator(4).compute()) == set(task.metric_names)  # NaNs before any batch
 
 
 def test_seg_loss_ignores_minus_one() -> None:
@@ -93,3 +110,97 @@ def test_compute_losses_keys_and_order() -> None:
     assert list(out) == ["normal", "seg", "depth"]
     assert all(v.dim() == 0 and torch.isfinite(v) for v in out.values())
     assert torch.equal(out["depth"], depth_loss(preds["depth"], batch["depth"]))
+
+
+def test_normal_loss_bounded_gradient_at_zero_prediction() -> None:
+    # Correction (issue 10): F.normalize divides a zero vector by eps = 1e-12, so its gradient was
+    # ~1e12; now a zero prediction has loss 1 (cos 0, as before) and the gradient -target / N.
+    target = F.normalize(torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(0)), dim=1)
+    pred = torch.zeros(2, 3, 4, 5, requires_grad=True)
+    loss = normal_loss(pred, target)
+    assert loss.item() == 1.0
+    loss.backward()
+    assert torch.allclose(pred.grad, -target / 40)
+    peer = torch.randn(2, 3, 4, 5)
+    pred.grad = None
+    tasks.get("normal").mimicry(pred, peer, target).backward()
+    assert torch.isfinite(pred.grad).all() and pred.grad.abs().max() <= 1.0
+
+
+def test_safe_normalize_is_f_normalize_away_from_zero() -> None:
+    g = torch.Generator().manual_seed(2)
+    pred = torch.randn(2, 3, 4, 5, generator=g)
+    pred[0, :, 0, 0] = 0.0
+    weight = torch.randn(2, 3, 4, 5, generator=g)
+    a, b = pred.clone().requires_grad_(True), pred.clone().requires_grad_(True)
+    old, new = F.normalize(a, dim=1), safe_normalize(b)
+    assert torch.equal(old, new)
+    (old * weight).sum().backward()
+    (new * weight).sum().backward()
+    nonzero = torch.ones_like(pred, dtype=torch.bool)
+    nonzero[0, :, 0, 0] = False
+    assert torch.equal(a.grad[nonzero], b.grad[nonzero])
+    assert a.grad[0, :, 0, 0].abs().max() > 1e11  # F.normalize's blow-up
+    assert torch.equal(b.grad[0, :, 0, 0], weight[0, :, 0, 0])  # divided by 1 instead
+
+
+def test_zero_normal_head_at_narrow_width_gives_bounded_gradients() -> None:
+    from densemtl import models
+
+    torch.manual_seed(0)
+    model = models.create("segnet", {"normal": 3}, width=0.125, depth_stages=3)
+    last = [m for m in model.heads["normal"].modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    with torch.no_grad():  # every head channel off: the prediction is exactly 0
+        last.weight.zero_()
+        last.bias.zero_()
+    x = torch.rand(2, 3, 32, 40)
+    target = F.normalize(torch.randn(2, 3, 32, 40), dim=1)
+    pred = model(x)["normal"]
+    assert torch.equal(pred, torch.zeros_like(pred))
+    normal_loss(pred, target).backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() and g.abs().max() < 100 for g in grads)
+
+
+def test_flip_and_scale_of_targets() -> None:
+    normal = torch.tensor([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0]]).view(3, 1, 2)  # pixel 1 invalid
+    flipped = tasks.get("normal").flip(normal)
+    assert flipped[:, 0, 0].tolist() == [0.0, 0.0, 0.0] and flipped[:, 0, 1].tolist() == [-1.0, 2.0, 3.0]
+    assert not torch.signbit(flipped[:, 0, 0]).any()  # the invalid pixel stays +0.0, not -0.0
+    assert torch.equal(normal, torch.tensor([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0]]).view(3, 1, 2))  # input kept
+    depth = torch.tensor([[[2.0, 0.0]]])
+    assert torch.equal(tasks.get("depth").scale(depth, 2.0), torch.tensor([[[1.0, 0.0]]]))
+    assert tasks.get("depth").scale(depth, 1.0) is depth
+    labels = torch.tensor([[0, -1, 2]])
+    assert torch.equal(tasks.get("seg").scale(labels, 1.5), labels)
+    assert torch.equal(tasks.get("seg").flip(labels), torch.tensor([[2, -1, 0]]))
+
+
+def test_ensembles_average_each_task_its_way() -> None:
+    from densemtl.training.ensemble import Ensemble
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, seed: int) -> None:
+            super().__init__()
+            g = torch.Generator().manual_seed(seed)
+            self.out = {
+                "seg": torch.randn(1, 4, 2, 3, generator=g),
+                "depth": torch.rand(1, 1, 2, 3, generator=g),
+                "normal": torch.randn(1, 3, 2, 3, generator=g),
+            }
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return self.out
+
+    a, b, c = Fixed(0), Fixed(1), Fixed(2)
+    pa, pb = a.out, b.out
+    two = Ensemble(a, b)(torch.zeros(1))
+    assert torch.equal(two["seg"], (0.5 * (pa["seg"].softmax(1) + pb["seg"].softmax(1))).clamp_min(1e-12).log())
+    assert torch.equal(two["depth"], 0.5 * (pa["depth"] + pb["depth"]))
+    assert torch.equal(two["normal"], F.normalize(pa["normal"], dim=1) + F.normalize(pb["normal"], dim=1))
+    three = Ensemble(a, b, c)(torch.zeros(1))
+    assert torch.allclose(three["depth"], (pa["depth"] + pb["depth"] + c.out["depth"]) / 3)
+    assert torch.allclose(three["seg"].exp().sum(1), torch.ones(1, 2, 3))
+    with pytest.raises(ValueError, match="at least two"):
+        Ensemble(a)

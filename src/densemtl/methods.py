@@ -7,6 +7,7 @@ from densemtl.balancing import (  # noqa: F401
     GramianWeighting,
     LossWeighting,
     OptimizerMethod,
+    Requirements,
     available,
     create,
     register,

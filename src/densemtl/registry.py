@@ -35,15 +35,23 @@ class Registry(Generic[T]):
 
         return deco
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (e.g. an entry a test registered for itself); unknown: ConfigError."""
+        self.get(name)
+        key = str(name).lower()
+        del self._factories[key], self._tiny[key]
+
     def tiny(self, name: str) -> dict[str, Any]:
         """The knobs ``name`` declared for tiny, fast tests ({} when none)."""
         self.get(name)
         return dict(self._tiny[str(name).lower()])
 
     def available(self) -> list[str]:
+        """The registered names, sorted."""
         return sorted(self._factories)
 
     def get(self, name: str) -> Callable[..., T]:
+        """The factory registered as ``name`` (any case); unknown -> ``ConfigError`` listing the valid ones."""
         key = str(name).lower()
         if key not in self._factories:
             raise ConfigError(f"unknown {self.kind} {name!r}; valid: {', '.join(self.available())}")
@@ -59,6 +67,7 @@ class Registry(Generic[T]):
         }
 
     def create(self, name: str, **kwargs: Any) -> T:
+        """``name``'s factory called with ``kwargs``, each checked to be one of its knobs, of the default's type."""
         factory = self.get(name)
         sig = inspect.signature(factory)
         accepts_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())

@@ -1,8 +1,10 @@
 """Task-balancing methods: ``create(name, **kw)`` and ``available()``.
 
-A new method is one module here decorated with ``@register("name")`` and one import line below.
-See ``densemtl.balancing.base`` for the three kinds (loss weightings, gradient aggregators,
-optimizers).
+A new method is one module here (found on import), with a class decorated with
+``@register("name")`` (and ``tiny={...}``, the knobs that make it fast in tests, if any) that
+declares what it needs in ``requirements`` (:class:`~densemtl.balancing.base.Requirements`).
+See ``densemtl.balancing.base`` for the three helper bases (loss weightings, gradient
+aggregators, optimizers).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from densemtl.balancing.base import (
     GramianWeighting,
     LossWeighting,
     OptimizerMethod,
+    Requirements,
 )
 from densemtl.registry import Registry
 
@@ -49,6 +52,7 @@ __all__ = [
     "GramianWeighting",
     "LossWeighting",
     "OptimizerMethod",
+    "Requirements",
     "available",
     "create",
     "register",

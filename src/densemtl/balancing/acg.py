@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from densemtl.balancing import register
+from densemtl.balancing._gramian import normalise_gramian
 from densemtl.balancing.gradvac import VaccineWeighting
 from densemtl.balancing.imtl import IMTLG
 
@@ -66,10 +67,8 @@ class ACG(VaccineWeighting):
         self.correction = C
         if not self.correct_dominance:
             return (C.sum(dim=0) / max(T, 1)).to(G)
-        A = G.detach().to("cpu", torch.float64)
-        scale = A.diagonal().sum()
-        if bool(scale > 0) and bool(torch.isfinite(scale)):
-            A = A / scale  # α is scale-free; O(1) entries survive the cast back to G's dtype
+        # α is scale-free; O(1) entries survive the cast back to G's dtype
+        A, _ = normalise_gramian(G.detach().to("cpu", torch.float64))
         # G' is handed over in G's dtype so that IMTL-G's rank tolerance matches G's precision.
         alpha = self._imtl.weights_from_gramian((C @ A @ C.T).to(G.dtype)).to(torch.float64)
         return (C.T @ alpha).to(G)

@@ -1,4 +1,13 @@
-"""The three kinds of balancing method, told apart by their type.
+"""What a balancing method is: one typed declaration of its needs, and three helper base classes.
+
+Every method carries ``requirements``, a frozen :class:`Requirements`: the gradient sources it
+can use, whether it keeps per-coordinate state, the shared layer whose gradient norms it needs,
+whether it re-evaluates the batch after the step, the optimizer its update is applied with,
+whether its combined loss is exactly Σ_t w_t L_t, and the transform of the losses it balances.
+The engine and the trainer read that declaration and nothing else about a method, so a new
+method never edits them.
+
+The base classes only save boilerplate:
 
 - ``LossWeighting``: sees the T task losses (and their history) and gives T weights; the
   update is the gradient of sum_t w_t L_t. EW, UW, DWA, ...
@@ -8,7 +17,7 @@
   which lets the engine avoid J, reduce a T x T matrix across processes, or reuse weights.
 - ``OptimizerMethod``: consumes the per-task gradients itself (MAO). It is an ``Aggregator`` whose
   ``aggregate(J)`` returns the step of the shared parameters, applied by plain SGD at the
-  learning rate (``shared_optimizer = "sgd"``); the other parameters are trained by AdamW.
+  learning rate (``Requirements.optimizer == "sgd"``); the other parameters are trained by AdamW.
 
 Everything that carries state exposes ``state_dict``/``load_state_dict``; random methods draw
 from the ``torch.Generator`` given to ``set_generator``.
@@ -16,25 +25,112 @@ from the ``torch.Generator`` given to ``set_generator``.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
+#: where the per-task signal comes from: the losses themselves, the gradients of the shared
+#: representation, the Gramian G = J Jᵀ of the shared parameters' gradients (the update is then
+#: c(G) @ J), the Jacobian J itself, or J handed over one row at a time
+Source = Literal["losses", "representation", "gramian", "jacobian", "rows"]
+SOURCES: tuple[Source, ...] = get_args(Source)
+#: the engine mode (``--grad-mode``) each source is computed in
+MODE_OF: dict[Source, str] = {
+    "losses": "loss",
+    "representation": "representation",
+    "gramian": "gramian",
+    "jacobian": "parameters",
+    "rows": "parameters",
+}
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """What a method needs from the engine and the trainer, declared once per class (or instance).
+
+    - ``sources``: the gradient sources the method can use, in order of preference; the engine's
+      default mode is the first one the model offers (the representation needs
+      ``model.has_representation``). "losses" stands alone (a loss weighting); "gramian" means
+      the update is c(G) @ J with c from the Gramian alone, which also allows reusing c for
+      several steps (``--recompute-every``).
+    - ``coordinate_state``: the method keeps state for each coordinate of J across steps, which
+      the representation of another batch does not have: the representation is refused.
+    - ``layer_grad_norms``: None, or the shared layer whose per-task gradient norms ‖∇_W L_t‖ the
+      method receives before each ``combine`` (``observe_grad_norms``): a parameter name of
+      ``model.named_shared_parameters()``, or "auto" for the last shared kernel to run.
+    - ``reevaluate``: after the optimizer step the engine re-evaluates the same batch (one
+      no-grad forward) and hands the new losses to ``observe_losses_after_step``.
+    - ``optimizer``: what steps the shared parameters with the update left in ``.grad``: "adam"
+      (the run's optimizer for every parameter) or "sgd" (plain SGD at the learning rate, for an
+      update that already is the step, like MAO's).
+    - ``weighted_sum``: the method's ``combine`` returns exactly Σ_t w_t L_t with the w it
+      returns, so that the engine may assemble the update from per-task pieces.
+    - ``loss_transform``: the function of the losses whose gradients a gradient method balances
+      (None: the losses themselves; DB-MTL: their logarithm).
+    """
+
+    sources: tuple[Source, ...]
+    coordinate_state: bool = False
+    layer_grad_norms: str | None = None
+    reevaluate: bool = False
+    optimizer: Literal["adam", "sgd"] = "adam"
+    weighted_sum: bool = False
+    loss_transform: Callable[[Tensor], Tensor] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.sources or len(set(self.sources)) != len(self.sources):
+            raise ValueError(f"Requirements.sources must be distinct and non-empty, got {self.sources}")
+        unknown = [s for s in self.sources if s not in SOURCES]
+        if unknown:
+            raise ValueError(f"Requirements.sources: unknown {unknown}; valid: {', '.join(SOURCES)}")
+        if "losses" in self.sources and len(self.sources) > 1:
+            raise ValueError("Requirements.sources: 'losses' (a loss weighting) cannot be combined with others")
+        if self.coordinate_state and "representation" in self.sources:
+            raise ValueError("Requirements: per-coordinate state rules out the 'representation' source")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"Requirements.optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if not self.uses_losses and (self.layer_grad_norms is not None or self.weighted_sum):
+            raise ValueError("Requirements: layer_grad_norms and weighted_sum are for loss weightings")
+        if self.uses_losses and self.loss_transform is not None:
+            raise ValueError("Requirements: loss_transform is for gradient methods")
+
+    @property
+    def uses_losses(self) -> bool:
+        """Whether the method is a loss weighting (mode "loss")."""
+        return self.sources == ("losses",)
+
+    @property
+    def from_gramian(self) -> bool:
+        """Whether the update is c(G) @ J with c computed from the Gramian alone."""
+        return "gramian" in self.sources
+
+    @property
+    def streams_rows(self) -> bool:
+        """Whether, in parameters mode, J is handed over row by row (``start_rows``/``add_row``/
+        ``finish_rows``), keeping one row instead of T."""
+        whole = [s for s in self.sources if s in ("rows", "jacobian")]
+        return bool(whole) and whole[0] == "rows"
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """The engine modes the method can run in, in order of preference."""
+        return tuple(dict.fromkeys(MODE_OF[s] for s in self.sources))
+
+    def default_mode(self, has_representation: bool) -> str:
+        """The first mode of ``modes`` the model offers."""
+        for mode in self.modes:
+            if mode != "representation" or has_representation:
+                return mode
+        return self.modes[-1]
+
 
 class BalancingMethod:
-    """Common base: a name, a kind, state and a random generator."""
+    """Common base: the declaration, state, hooks and a random generator."""
 
-    kind: ClassVar[str] = "abstract"
-    #: whether the method's weights may be computed at the shared representation
-    supports_representation: ClassVar[bool] = False
-    #: whether ``--grad-mode representation`` may be forced at all: False for methods whose state
-    #: follows each coordinate of J across steps, which the representation of another batch lacks
-    allows_representation: ClassVar[bool] = True
-    #: how the trainer steps the shared parameters with the update left in ``.grad``: "adam" (the
-    #: default optimizer for every parameter) or "sgd" (plain SGD at the learning rate, for
-    #: methods whose update already is the step, like MAO's; see ``build_optimizer``)
-    shared_optimizer: ClassVar[str] = "adam"
+    requirements: Requirements
 
     def __init__(self) -> None:
         self.generator: torch.Generator | None = None
@@ -58,8 +154,22 @@ class BalancingMethod:
         """Learnable parameters of the method itself (e.g. UW's log-variances)."""
         return []
 
+    def parameters_lr(self) -> float | None:
+        """The learning rate the trainer should use for ``parameters()`` (None: the run's)."""
+        return None
+
+    def optimizer_options(self) -> dict[str, Any]:
+        """Keyword arguments (betas, eps, weight_decay) of the AdamW that trains the non-shared
+        parameters when ``requirements.optimizer`` is "sgd"."""
+        return {}
+
     def end_epoch(self, epoch: int, mean_losses: Tensor) -> None:
         """Called after each training epoch with the epoch's mean task losses."""
+        return None
+
+    def observe_losses_after_step(self, losses: Tensor) -> None:
+        """The task losses (T,) of the step's batch, re-evaluated after the optimizer step; called
+        by the engine only when ``requirements.reevaluate``."""
         return None
 
     def __repr__(self) -> str:
@@ -69,16 +179,11 @@ class BalancingMethod:
 class LossWeighting(BalancingMethod):
     """Turns task losses into one scalar ``sum_t w_t L_t``; subclasses give ``weights``."""
 
-    kind: ClassVar[str] = "loss"
-    #: whether the engine should call ``observe_grad_norms`` before each ``combine`` (GradNorm)
-    needs_layer_grad_norms: ClassVar[bool] = False
-    #: set by a subclass whose own ``combine`` still returns exactly sum_t w_t L_t with the w it
-    #: returns (as this base class's does), so that the engine may build the update from per-task
-    #: pieces
-    weighted_sum_combine: ClassVar[bool] = False
+    requirements = Requirements(sources=("losses",))
 
     def observe_grad_norms(self, norms: Tensor) -> None:
-        """Receive ‖∇_W L_t‖ (T,) for one shared layer W, chosen by the engine, before ``combine``."""
+        """Receive ‖∇_W L_t‖ (T,) for the shared layer W of ``requirements.layer_grad_norms``,
+        before ``combine``."""
         return None
 
     def weights(self, losses: Tensor) -> Tensor:
@@ -92,18 +197,14 @@ class LossWeighting(BalancingMethod):
 
 
 class Aggregator(BalancingMethod):
-    """Maps the Jacobian J (T x P) of the shared parameters to one update direction (P,)."""
+    """Maps the Jacobian J (T x P) of the shared parameters to one update direction (P,).
 
-    kind: ClassVar[str] = "gradient"
-    #: "jacobian" when whole rows are needed, "gramian" when J J^T suffices
-    needs: ClassVar[str] = "jacobian"
-    #: whether the output is sum_t c_t g_t with c computed from the Gramian alone
-    is_linear_in_rows: ClassVar[bool] = False
+    It may be given J whole (``aggregate``) or one row at a time (``start_rows``, ``add_row`` per
+    task, ``finish_rows``); by default the rows are gathered into J. A method that folds each row
+    in as it comes (MAO) overrides the three and declares the source "rows".
+    """
 
-    #: whether the engine should hand J over one row at a time (``start_rows``, ``add_row`` per
-    #: task, ``finish_rows``) and keep one row instead of T: for a method that overrides the
-    #: three to fold each row in as it comes (MAO)
-    streams_rows: ClassVar[bool] = False
+    requirements = Requirements(sources=("jacobian", "representation"))
     _rows: Tensor | None = None
 
     def start_rows(self, num_tasks: int, like: Tensor, out: Tensor | None = None) -> None:
@@ -123,9 +224,11 @@ class Aggregator(BalancingMethod):
         assert J is not None, "start_rows first"
         return self(J)
 
-    def loss_transform(self, losses: Tensor) -> Tensor:
-        """The losses whose Jacobian is aggregated (identity; DB-MTL uses their logarithm)."""
-        return losses
+    def row_weights(self) -> Tensor | None:
+        """The weights w (T,) with last update = wᵀJ, when the update has that form and w is not
+        computed from the Gramian alone (ExcessMTL): each task-specific gradient is then scaled by
+        its w_t, as in a backward of Σ_t w_t L_t. None (the default): heads get weight 1."""
+        return None
 
     def aggregate(self, J: Tensor) -> Tensor:
         raise NotImplementedError
@@ -140,8 +243,7 @@ class Aggregator(BalancingMethod):
 class GramianWeighting(Aggregator):
     """An aggregator of the form ``w(G) @ J``: subclasses implement ``weights_from_gramian``."""
 
-    needs: ClassVar[str] = "gramian"
-    is_linear_in_rows: ClassVar[bool] = True
+    requirements = Requirements(sources=("jacobian", "representation", "gramian"))
 
     def weights_from_gramian(self, G: Tensor) -> Tensor:
         raise NotImplementedError
@@ -155,15 +257,10 @@ class OptimizerMethod(Aggregator):
     """Consumes the per-task gradients itself to update the shared parameters.
 
     ``aggregate(J)`` returns the step direction d of the shared parameters (keeping whatever
-    moments it needs between calls); the trainer applies θ ← θ − lr·d with plain SGD. The
-    task-specific parameters get their own task's gradient and are trained by AdamW with
-    ``optimizer_options()``, whose ``weight_decay`` the SGD of the shared parameters uses too.
+    moments it needs between calls, per coordinate: no representation); the trainer applies
+    θ ← θ − lr·d with plain SGD. The task-specific parameters get their own task's gradient and
+    are trained by AdamW with ``optimizer_options()``, whose ``weight_decay`` the SGD of the
+    shared parameters uses too.
     """
 
-    kind: ClassVar[str] = "optimizer"
-    shared_optimizer: ClassVar[str] = "sgd"
-    allows_representation: ClassVar[bool] = False
-
-    def optimizer_options(self) -> dict[str, Any]:
-        """Keyword arguments (betas, eps, weight_decay) of the AdamW for the non-shared parameters."""
-        return {}
+    requirements = Requirements(sources=("jacobian",), coordinate_state=True, optimizer="sgd")

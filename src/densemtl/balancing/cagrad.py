@@ -8,6 +8,7 @@ from scipy.optimize import minimize
 from torch import Tensor
 
 from densemtl.balancing import register
+from densemtl.balancing._gramian import normalise_gramian
 from densemtl.balancing.base import GramianWeighting
 
 
@@ -50,11 +51,9 @@ class CAGrad(GramianWeighting):
     def weights_from_gramian(self, G: Tensor) -> Tensor:
         T = G.shape[0]
         mean = np.full(T, 1.0 / max(T, 1))
-        A = G.detach().to("cpu", torch.float64).numpy()
-        scale = float(np.trace(A))
+        A, scale = normalise_gramian(G.detach().to("cpu", torch.float64).numpy())
         weights = mean.copy()
-        if T > 1 and self.c > 0 and scale > 0 and np.isfinite(scale):
-            A = A / scale
+        if T > 1 and self.c > 0 and scale is not None:
             radius = self.c * float(np.sqrt(max(mean @ A @ mean, 0.0)))
             w = self._solve_dual(A, A @ mean, radius) if radius > 0 else mean
             gw_norm = float(np.sqrt(max(w @ A @ w, 0.0)))

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from densemtl.balancing import register
-from densemtl.balancing.base import Aggregator
+from densemtl.balancing.base import Aggregator, Requirements
 
 
 @register("dbmtl")
@@ -39,13 +39,11 @@ class DBMTL(Aggregator):
 
     The average needs whole rows of J, so this is an ``Aggregator`` and not a Gramian weighting
     (its weights cannot be reused with ``--recompute-every``). The average follows each shared
-    parameter across steps, so it runs in parameters mode only (``allows_representation`` is
-    False; LibMTL refuses representation gradients too): a representation gradient belongs to one
+    parameter across steps, so it runs in parameters mode only (``Requirements.coordinate_state``;
+    LibMTL refuses representation gradients too): a representation gradient belongs to one
     batch's images. The state (ĝ, as large as J) is restarted if the shape of J changes, and is
     saved by ``state_dict``.
     """
-
-    allows_representation: ClassVar[bool] = False
 
     def __init__(self, beta: float = 0.9, beta_sigma: float = 0.0, eps: float = 1e-8) -> None:
         super().__init__()
@@ -58,10 +56,14 @@ class DBMTL(Aggregator):
         self.beta = float(beta)
         self.beta_sigma = float(beta_sigma)
         self.eps = float(eps)
+        self.requirements = Requirements(
+            sources=("jacobian",), coordinate_state=True, loss_transform=self.loss_transform
+        )
         self.step = 0
         self.grad_ema: Tensor | None = None
 
     def loss_transform(self, losses: Tensor) -> Tensor:
+        """log(L_t + ε): the losses whose Jacobian is balanced."""
         return torch.log(losses + self.eps)
 
     def aggregate(self, J: Tensor) -> Tensor:

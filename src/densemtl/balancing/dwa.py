@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from densemtl.balancing import register
-from densemtl.balancing.base import LossWeighting
+from densemtl.balancing.base import LossWeighting, Requirements
 from densemtl.errors import ConfigError
 
 
@@ -23,6 +23,8 @@ class DynamicWeightAverage(LossWeighting):
     stay fixed within an epoch, sum to T, and are all 1 until two epochs have been seen.
     ``temperature`` is the paper's T (2 in the paper); a larger value gives more uniform weights.
     """
+
+    requirements = Requirements(sources=("losses",), weighted_sum=True)
 
     def __init__(self, num_tasks: int | None = None, temperature: float = 2.0) -> None:
         super().__init__()

@@ -6,12 +6,14 @@ import torch
 from torch import Tensor
 
 from densemtl.balancing import register
-from densemtl.balancing.base import LossWeighting
+from densemtl.balancing.base import LossWeighting, Requirements
 
 
 @register("ew")
 class EqualWeighting(LossWeighting):
     """L = sum_t L_t: every task weight is 1 (the "equal weighting" of the MTL literature)."""
+
+    requirements = Requirements(sources=("losses",), weighted_sum=True)
 
     def weights(self, losses: Tensor) -> Tensor:
         return torch.ones_like(losses)

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from densemtl.balancing import register
-from densemtl.balancing.base import Aggregator
+from densemtl.balancing.base import Aggregator, Requirements
 
 
 @register("excessmtl")
@@ -29,8 +29,18 @@ class ExcessMTL(Aggregator):
     estimates comparable across tasks of different scales. As in the authors' code the weights
     start at 1 (out = sum of the rows), sum to T, and the first call only records e^0. Where a
     task's first gradient is zero, its baseline is taken at its first non-zero gradient instead
-    (the authors' code would divide by zero). The state S_t is as large as J.
+    (the authors' code would divide by zero).
+
+    As in the authors' code and LibMTL, whose update is the backward of Σ_t a_t L_t, each task's
+    own (task-specific) parameters get a_t times their gradient too (``row_weights``).
+
+    The state S_t is as large as J and follows each of its coordinates across steps, so
+    ExcessMTL runs in parameters mode only (``Requirements.coordinate_state``): the
+    representation's gradient belongs to one batch and changes size with it. S is restarted if
+    the shape of J changes (other tasks or parameters).
     """
+
+    requirements = Requirements(sources=("jacobian",), coordinate_state=True)
 
     def __init__(self, robust_step_size: float = 1e-2) -> None:
         super().__init__()
@@ -62,6 +72,10 @@ class ExcessMTL(Aggregator):
         logits = self.log_weights + self.robust_step_size * ratio
         self.log_weights = torch.log_softmax(logits, dim=0) + math.log(T)
         return self.weights().to(J) @ J
+
+    def row_weights(self) -> Tensor | None:
+        """a of the last call (None before the first): out = aᵀJ."""
+        return None if self.log_weights is None else self.weights()
 
     def weights(self) -> Tensor:
         """The current task weights (they sum to T); uniform 1 before the first call."""

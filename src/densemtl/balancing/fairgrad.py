@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from densemtl.balancing import register
+from densemtl.balancing._gramian import normalise_gramian
 from densemtl.balancing.base import GramianWeighting
 
 
@@ -79,10 +80,10 @@ class FairGrad(GramianWeighting):
     def weights_from_gramian(self, G: Tensor) -> Tensor:
         T = G.shape[0]
         G64 = G.detach().double().cpu().numpy()
-        c = float(np.trace(G64)) / T
-        if self.alpha == 0.0 or not np.isfinite(c) or c <= 0.0:
+        A, c = normalise_gramian(0.5 * (G64 + G64.T), by="mean_diagonal")
+        if self.alpha == 0.0 or c is None:
             return torch.full((T,), 1.0 / T, dtype=G.dtype, device=G.device)
-        A = 0.5 * (G64 + G64.T) / c + self.reg_eps * np.eye(T)
+        A = A + self.reg_eps * np.eye(T)
         w = self.solve(A) * c ** (-self.alpha / (1.0 + self.alpha))
         return torch.as_tensor(w, dtype=G.dtype, device=G.device)
 

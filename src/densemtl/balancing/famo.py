@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,10 +9,11 @@ import torch
 from torch import Tensor
 
 from densemtl.balancing import register
-from densemtl.balancing.base import LossWeighting
+from densemtl.balancing._adam import AdamMoments
+from densemtl.balancing.base import LossWeighting, Requirements
 from densemtl.errors import ConfigError
 
-_BETA1, _BETA2, _ADAM_EPS = 0.9, 0.999, 1e-8
+UPDATES = ("same_batch", "next_batch")
 
 
 @register("famo")
@@ -28,16 +28,20 @@ class FAMO(LossWeighting):
     ones reported. ``min_losses`` are the m_t (a lower bound of each loss, 0 by default).
 
     The logits xi (init 0) are learnt to equalise the log-loss decreases: with
-    delta_t = log(L_t^prev - m_t) - log(L_t - m_t), the gradient of xi is J_softmax(xi)^T delta,
-    plus the decay ``gamma`` * xi, and the step is Adam's with learning rate ``w_lr``
-    (betas 0.9, 0.999), as in the authors' code. The paper measures delta by re-evaluating the
-    same batch after the model's step; like LibMTL we use the losses of consecutive calls
-    (consecutive batches), which costs no extra forward pass: each ``combine`` first updates xi
-    from the previous call's losses and then weighs the current ones. A task whose loss fell least
-    gains weight. The logits and Adam's moments are internal (not in ``parameters()``) and are
-    saved by ``state_dict``.
+    delta_t = log(L_t^before - m_t) - log(L_t^after - m_t), the gradient of xi is
+    J_softmax(xi)^T delta, plus the decay ``gamma`` * xi, and the step is Adam's with learning
+    rate ``w_lr`` (betas 0.9, 0.999), as in the authors' code. A task whose loss fell least gains
+    weight. ``update`` says where L^after comes from:
 
-    The authors also clip the shared parameters' gradient norm to 1; that is the trainer's job.
+    - "same_batch" (default; the paper, the authors' code and LibMTL): the same batch
+      re-evaluated after the optimizer step, one extra forward pass without backward, which the
+      engine runs (``Requirements.reevaluate``) and hands to ``observe_losses_after_step``;
+    - "next_batch": the losses of the next call (the next batch), free but noisy: each
+      ``combine`` first updates xi from the previous call's losses, then weighs the current ones.
+
+    The logits and Adam's moments are internal (not in ``parameters()``) and are saved by
+    ``state_dict``. The authors also clip the shared parameters' gradient norm to 1; that is the
+    trainer's job.
     """
 
     def __init__(
@@ -47,21 +51,24 @@ class FAMO(LossWeighting):
         gamma: float = 1e-3,
         min_losses: float | Sequence[float] = 0.0,
         eps: float = 1e-8,
+        update: str = "same_batch",
     ) -> None:
         super().__init__()
         if w_lr <= 0:
             raise ConfigError(f"famo: w_lr must be > 0, got {w_lr}")
         if gamma < 0:
             raise ConfigError(f"famo: gamma must be >= 0, got {gamma}")
+        if update not in UPDATES:
+            raise ConfigError(f"famo: update must be one of {', '.join(UPDATES)}, got {update!r}")
         self.num_tasks = num_tasks
         self.w_lr = float(w_lr)
         self.gamma = float(gamma)
         self.min_losses = min_losses
         self.eps = float(eps)
+        self.update = update
+        self.requirements = Requirements(sources=("losses",), reevaluate=update == "same_batch")
         self.logits: Tensor | None = None
-        self._exp_avg: Tensor | None = None
-        self._exp_avg_sq: Tensor | None = None
-        self._adam_steps = 0
+        self._adam: AdamMoments | None = None
         self._prev_losses: Tensor | None = None
         if num_tasks is not None:
             self._init_state(int(num_tasks), torch.device("cpu"))
@@ -71,9 +78,7 @@ class FAMO(LossWeighting):
             raise ValueError(f"FAMO needs at least one task, got num_tasks={num_tasks}")
         self.num_tasks = num_tasks
         self.logits = torch.zeros(num_tasks, device=device)
-        self._exp_avg = torch.zeros(num_tasks, device=device)
-        self._exp_avg_sq = torch.zeros(num_tasks, device=device)
-        self._adam_steps = 0
+        self._adam = AdamMoments(num_tasks, torch.float32, device)
         self._prev_losses = None
 
     def _state_for(self, losses: Tensor) -> None:
@@ -83,15 +88,12 @@ class FAMO(LossWeighting):
             self._init_state(losses.numel(), losses.device)
         if losses.numel() != self.num_tasks:
             raise ValueError(f"FAMO was built for {self.num_tasks} tasks but got {losses.numel()} losses")
-        assert self.logits is not None
+        assert self.logits is not None and self._adam is not None
         if self.logits.device != losses.device:
-            self._to(losses.device)
-
-    def _to(self, device: torch.device) -> None:
-        for name in ("logits", "_exp_avg", "_exp_avg_sq", "_prev_losses"):
-            value = getattr(self, name)
-            if value is not None:
-                setattr(self, name, value.to(device))
+            self.logits = self.logits.to(losses.device)
+            self._adam.to(losses.device)
+            if self._prev_losses is not None:
+                self._prev_losses = self._prev_losses.to(losses.device)
 
     def _min(self, like: Tensor) -> Tensor:
         m = torch.as_tensor(self.min_losses, dtype=like.dtype, device=like.device)
@@ -104,7 +106,8 @@ class FAMO(LossWeighting):
         return None if self.logits is None else torch.softmax(self.logits, dim=0)
 
     def _update_logits(self, losses: Tensor) -> None:
-        assert self.logits is not None and self._exp_avg is not None and self._exp_avg_sq is not None
+        """One Adam step of the logits from the losses before (``_prev_losses``) and after."""
+        assert self.logits is not None and self._adam is not None
         prev = self._prev_losses
         if prev is None:
             return
@@ -113,12 +116,8 @@ class FAMO(LossWeighting):
         z = torch.softmax(self.logits, dim=0)
         # J_softmax^T delta = z * (delta - <z, delta>), written out to avoid an autograd call.
         grad = z * (delta - (z * delta).sum()) + self.gamma * self.logits
-        self._adam_steps += 1
-        k = self._adam_steps
-        self._exp_avg.mul_(_BETA1).add_(grad, alpha=1 - _BETA1)
-        self._exp_avg_sq.mul_(_BETA2).addcmul_(grad, grad, value=1 - _BETA2)
-        denom = (self._exp_avg_sq.sqrt() / math.sqrt(1 - _BETA2**k)).add_(_ADAM_EPS)
-        self.logits.addcdiv_(self._exp_avg, denom, value=-self.w_lr / (1 - _BETA1**k))
+        denom, bias1 = self._adam.step(grad)
+        self.logits.addcdiv_(self._adam.exp_avg, denom, value=-self.w_lr / bias1)
 
     def weights(self, losses: Tensor) -> Tensor:
         """The effective weights c z_t / (L_t - m_t) for the current logits (no update)."""
@@ -131,7 +130,8 @@ class FAMO(LossWeighting):
     def combine(self, losses: Tensor) -> tuple[Tensor, Tensor]:
         self._state_for(losses)
         current = losses.detach().float()
-        self._update_logits(current)
+        if self.update == "next_batch":
+            self._update_logits(current)
         self._prev_losses = current.clone()
         assert self.logits is not None
         z = torch.softmax(self.logits, dim=0).to(losses)
@@ -140,34 +140,34 @@ class FAMO(LossWeighting):
         scalar = (c * z * torch.log(losses - m + self.eps)).sum()
         return scalar, self.weights(losses.detach())
 
+    def observe_losses_after_step(self, losses: Tensor) -> None:
+        """The same batch's losses after the step ("same_batch"): one logit update, from the
+        losses the last ``combine`` weighed to these."""
+        if self.update != "same_batch" or self.logits is None:
+            return
+        losses = torch.as_tensor(losses).detach().reshape(-1)
+        self._state_for(losses)
+        self._update_logits(losses.float())
+        self._prev_losses = None  # one update per step, even if called twice
+
     def state_dict(self) -> dict[str, Any]:
         def cpu(t: Tensor | None) -> Tensor | None:
             return None if t is None else t.detach().cpu().clone()
 
-        return {
-            "num_tasks": self.num_tasks,
-            "logits": cpu(self.logits),
-            "exp_avg": cpu(self._exp_avg),
-            "exp_avg_sq": cpu(self._exp_avg_sq),
-            "adam_steps": self._adam_steps,
-            "prev_losses": cpu(self._prev_losses),
-        }
+        none: dict[str, Any] = {"exp_avg": None, "exp_avg_sq": None, "adam_steps": 0}
+        adam = self._adam.state_dict() if self._adam is not None else none
+        return {"num_tasks": self.num_tasks, "logits": cpu(self.logits), **adam, "prev_losses": cpu(self._prev_losses)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("logits") is None:
             return
         device = self.logits.device if self.logits is not None else torch.device("cpu")
-
-        def load(key: str) -> Tensor | None:
-            value = state.get(key)
-            return None if value is None else torch.as_tensor(value).to(device, torch.float32).clone()
-
-        self.num_tasks = int(state["num_tasks"])
-        self.logits = load("logits")
-        self._exp_avg = load("exp_avg")
-        self._exp_avg_sq = load("exp_avg_sq")
-        self._adam_steps = int(state["adam_steps"])
-        self._prev_losses = load("prev_losses")
+        self._init_state(int(state["num_tasks"]), device)
+        assert self._adam is not None
+        self.logits = torch.as_tensor(state["logits"]).to(device, torch.float32).clone()
+        self._adam.load_state_dict(state)
+        prev = state.get("prev_losses")
+        self._prev_losses = None if prev is None else torch.as_tensor(prev).to(device, torch.float32).clone()
 
     def __repr__(self) -> str:
-        return f"FAMO(w_lr={self.w_lr}, gamma={self.gamma})"
+        return f"FAMO(w_lr={self.w_lr}, gamma={self.gamma}, update={self.update!r})"

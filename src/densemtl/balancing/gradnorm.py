@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import math
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from densemtl.balancing import register
-from densemtl.balancing.base import LossWeighting
+from densemtl.balancing._adam import AdamMoments
+from densemtl.balancing.base import LossWeighting, Requirements
 from densemtl.errors import ConfigError
 
 # Weights are kept strictly positive: G_t = w_t ‖∇_W L_t‖ and the closed-form gradient below
 # both assume w_t > 0, and a task with weight 0 could never come back.
 _MIN_WEIGHT = 1e-6
-_BETA1, _BETA2, _ADAM_EPS = 0.9, 0.999, 1e-8
 
 
 @register("gradnorm")
@@ -25,8 +24,9 @@ class GradNorm(LossWeighting):
     Chen, Badrinarayanan, Lee and Rabinovich, "GradNorm: Gradient Normalization for Adaptive
     Loss Balancing in Deep Multitask Networks", ICML 2018, https://arxiv.org/abs/1711.02257.
 
-    The weights start at 1. At each step, for one shared layer W (chosen by the engine: the last
-    shared weight, unless ``layer`` names a parameter of ``model.named_shared_parameters()``):
+    The weights start at 1. At each step, for one shared layer W (``Requirements.layer_grad_norms``:
+    the parameter of ``model.named_shared_parameters()`` that ``layer`` names, or, by default, the
+    last shared weight to run, which the engine finds):
 
         G_t = ‖∇_W w_t L_t‖ = w_t ‖∇_W L_t‖,   Ḡ = mean_t G_t,
         L̃_t = L_t / L_t(0),   r_t = L̃_t / mean_s L̃_s,
@@ -54,9 +54,6 @@ class GradNorm(LossWeighting):
     without it (a model with no shared weight) the weights stay at 1.
     """
 
-    needs_layer_grad_norms: ClassVar[bool] = True
-    weighted_sum_combine: ClassVar[bool] = True  # combine's scalar is Σ w_t L_t with the w it returns
-
     def __init__(
         self,
         num_tasks: int | None = None,
@@ -74,12 +71,12 @@ class GradNorm(LossWeighting):
         self.alpha = float(alpha)
         self.lr = float(lr)
         self.layer = layer
+        # combine's scalar is Σ w_t L_t with the w it returns: the engine may split the update
+        self.requirements = Requirements(sources=("losses",), layer_grad_norms=layer or "auto", weighted_sum=True)
         self.num_tasks = num_tasks
         self.task_weights: Tensor | None = None
         self.initial_losses: Tensor | None = None
-        self._exp_avg: Tensor | None = None
-        self._exp_avg_sq: Tensor | None = None
-        self._adam_steps = 0
+        self._adam: AdamMoments | None = None
         self._norms: Tensor | None = None
         if num_tasks is not None:
             self._init_state(int(num_tasks))
@@ -93,9 +90,7 @@ class GradNorm(LossWeighting):
             raise ValueError(f"GradNorm needs at least one task, got num_tasks={num_tasks}")
         self.num_tasks = num_tasks
         self.task_weights = torch.ones(num_tasks, dtype=torch.float64)
-        self._exp_avg = torch.zeros(num_tasks, dtype=torch.float64)
-        self._exp_avg_sq = torch.zeros(num_tasks, dtype=torch.float64)
-        self._adam_steps = 0
+        self._adam = AdamMoments(num_tasks, torch.float64)
 
     def _check(self, values: Tensor, what: str) -> None:
         if values.dim() != 1:
@@ -139,38 +134,32 @@ class GradNorm(LossWeighting):
         G = w * norms
         target = G.mean() * rate.clamp_min(0.0) ** self.alpha
         grad = torch.sign(G - target) * norms
-        assert self._exp_avg is not None and self._exp_avg_sq is not None
-        self._adam_steps += 1
-        k = self._adam_steps
-        self._exp_avg.mul_(_BETA1).add_(grad, alpha=1 - _BETA1)
-        self._exp_avg_sq.mul_(_BETA2).addcmul_(grad, grad, value=1 - _BETA2)
-        denom = (self._exp_avg_sq.sqrt() / math.sqrt(1 - _BETA2**k)).add_(_ADAM_EPS)
-        w = (w - (self.lr / (1 - _BETA1**k)) * self._exp_avg / denom).clamp_min(_MIN_WEIGHT)
+        assert self._adam is not None
+        denom, bias1 = self._adam.step(grad)
+        w = (w - (self.lr / bias1) * self._adam.exp_avg / denom).clamp_min(_MIN_WEIGHT)
         self.task_weights = w * (w.numel() / w.sum())
 
     def state_dict(self) -> dict[str, Any]:
         def copy(t: Tensor | None) -> Tensor | None:
             return None if t is None else t.clone()
 
+        none: dict[str, Any] = {"exp_avg": None, "exp_avg_sq": None, "adam_steps": 0}
         return {
             "num_tasks": self.num_tasks,
             "weights": copy(self.task_weights),
             "initial_losses": copy(self.initial_losses),
-            "exp_avg": copy(self._exp_avg),
-            "exp_avg_sq": copy(self._exp_avg_sq),
-            "adam_steps": self._adam_steps,
+            **(self._adam.state_dict() if self._adam is not None else none),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         weights, initial = state.get("weights"), state.get("initial_losses")
         if weights is None:
             return
-        self.num_tasks = int(state["num_tasks"])
+        self._init_state(int(state["num_tasks"]))
         self.task_weights = torch.as_tensor(weights, dtype=torch.float64).clone()
         self.initial_losses = None if initial is None else torch.as_tensor(initial, dtype=torch.float64).clone()
-        self._exp_avg = torch.as_tensor(state["exp_avg"], dtype=torch.float64).clone()
-        self._exp_avg_sq = torch.as_tensor(state["exp_avg_sq"], dtype=torch.float64).clone()
-        self._adam_steps = int(state["adam_steps"])
+        assert self._adam is not None
+        self._adam.load_state_dict(state)
         self._norms = None
 
     def __repr__(self) -> str:

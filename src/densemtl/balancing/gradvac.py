@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from densemtl.balancing import register
+from densemtl.balancing._gramian import normalise_gramian
 from densemtl.balancing.base import GramianWeighting
 
 
@@ -19,10 +20,7 @@ def vaccine_coefficients(G: Tensor, phi_hat: Tensor, *, beta: float, eps: float,
     updated in place. One ``randperm(T - 1)`` per task is drawn from ``generator``.
     """
     T = G.shape[0]
-    A = G.detach().to("cpu", torch.float64)
-    scale = A.diagonal().sum()
-    if bool(scale > 0) and bool(torch.isfinite(scale)):
-        A = A / scale  # cosines and norm ratios are scale-free: keep them O(1)
+    A, _ = normalise_gramian(G.detach().to("cpu", torch.float64))  # cosines and norm ratios are scale-free
     C = torch.eye(T, dtype=torch.float64)
     for i in range(T):
         others = [j for j in range(T) if j != i]

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
 from torch import Tensor
 
 from densemtl.balancing import register
-from densemtl.balancing.base import GramianWeighting
+from densemtl.balancing._gramian import normalise_gramian
+from densemtl.balancing.base import GramianWeighting, Requirements
 
 
 @register("imtl")
@@ -31,21 +30,19 @@ class IMTLG(GramianWeighting):
     1ᵀG⁺n vanishes (e.g. two opposite gradients) no impartial direction exists and the weights
     are 0. For T = 2 the common projection k = 1/(1ᵀG⁻¹n) is ≥ 0, so d conflicts with neither
     task. Only the gradient part of IMTL is here; IMTL-L (loss scaling) is a loss weighting.
-    The paper computes it at the shared representation too, hence ``supports_representation``.
+    The paper computes it at the shared representation too: the representation is its preferred source.
 
     Liu, Li, Kuang, Xue, Chen, Yang, Liao & Zhang, "Towards Impartial Multi-task Learning",
     ICLR 2021, https://openreview.net/forum?id=IMPnRXEWpvr (no arXiv version)
     """
 
-    supports_representation: ClassVar[bool] = True
+    requirements = Requirements(sources=("representation", "jacobian", "gramian"))
 
     def weights_from_gramian(self, G: Tensor) -> Tensor:
         T = G.shape[0]
-        A = G.detach().to("cpu", torch.float64)
-        scale = A.diagonal().sum()
-        if T == 0 or not bool(scale > 0) or not bool(torch.isfinite(scale)):
+        A, scale = normalise_gramian(G.detach().to("cpu", torch.float64))
+        if T == 0 or scale is None:
             return torch.zeros(T, dtype=G.dtype, device=G.device)
-        A = A / scale
         norms = A.diagonal().clamp(min=0.0).sqrt()
         # G is only as exact as the dtype it was computed in: eigenvalues below that relative
         # noise are treated as zero rather than inverted.

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from densemtl.balancing import register
-from densemtl.balancing.base import OptimizerMethod
+from densemtl.balancing.base import OptimizerMethod, Requirements
 
 REDUCTIONS = ("sum", "mean")
 
@@ -25,7 +25,7 @@ class MAO(OptimizerMethod):
         d = reduce_t m̂_t / (√v̂_t + ε),   reduce = Σ_t ("sum", default) or (1/T) Σ_t ("mean"),
 
     and ``aggregate(J)`` returns d, which the trainer applies as θ ← θ − lr·d with plain SGD (no
-    momentum, no Adam on top; ``shared_optimizer = "sgd"``). Each task's step is Adam-normalised
+    momentum, no Adam on top; ``Requirements.optimizer == "sgd"``). Each task's step is Adam-normalised
     separately, so no task dominates a parameter by the size of its gradient. Task-specific
     parameters see one task only, where MAO is Adam: the trainer trains them with AdamW on their
     own task's gradient with the same betas, eps and weight decay (``optimizer_options``).
@@ -35,10 +35,10 @@ class MAO(OptimizerMethod):
     normalised by any moment), and from ``AdamW(weight_decay=wd)`` for the task parameters.
 
     Memory: 2·T moments per shared parameter (m and v, T×P each, in at least float32); the engine
-    hands MAO the Jacobian one row at a time (``streams_rows``), so J itself takes one row. The
-    moments are per parameter, so MAO runs in parameters mode only (``supports_representation``
-    is False and the trainer refuses ``--grad-mode representation``), and a J of another shape
-    than the moments' is an error.
+    hands MAO the Jacobian one row at a time (source "rows"), so J itself takes one row. The
+    moments are per parameter, so MAO runs in parameters mode only (``coordinate_state``: the
+    engine refuses ``--grad-mode representation``), and a J of another shape than the moments'
+    is an error.
 
     Hervella, Rouco, Novo & Ortega, "Multi-Adaptive Optimization for multi-task learning with deep
     neural networks", Neural Networks 170 (2024) 254–265, https://doi.org/10.1016/j.neunet.2023.11.038
@@ -46,7 +46,8 @@ class MAO(OptimizerMethod):
     the update above is our reading of the abstract (per-task Adam moments, summed), not a copy.
     """
 
-    streams_rows = True  # the engine gives J row by row and keeps one row, not T
+    # the engine gives J row by row and keeps one row, not T
+    requirements = Requirements(sources=("rows",), coordinate_state=True, optimizer="sgd")
 
     def __init__(
         self,

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import numpy as np
 import torch
 from torch import Tensor
 
 from densemtl.balancing import register
-from densemtl.balancing.base import GramianWeighting
+from densemtl.balancing._gramian import normalise_gramian
+from densemtl.balancing.base import GramianWeighting, Requirements
 
 
 def min_norm_weights(A: np.ndarray, max_iters: int = 1000, tol: float = 1e-10) -> np.ndarray:
@@ -62,14 +61,14 @@ class MGDA(GramianWeighting):
     At the optimum every g_t·d ≥ ‖d‖² ≥ 0, so d conflicts with no task; d = 0 exactly at a
     Pareto-stationary point. The weights are scale-free, so G is normalised by its trace first.
     MGDA-UB, the paper's upper bound, applies the same solver to the gradients of the shared
-    representation, hence ``supports_representation``. No gradient normalisation is applied (the
+    representation: its preferred source. No gradient normalisation is applied (the
     authors' code offers "l2"/"loss+" normalisations; the paper's algorithm has none).
 
     Sener & Koltun, "Multi-Task Learning as Multi-Objective Optimization", NeurIPS 2018,
     https://arxiv.org/abs/1810.04650
     """
 
-    supports_representation: ClassVar[bool] = True
+    requirements = Requirements(sources=("representation", "jacobian", "gramian"))
 
     def __init__(self, max_iters: int = 1000, tol: float = 1e-10) -> None:
         super().__init__()
@@ -82,11 +81,10 @@ class MGDA(GramianWeighting):
 
     def weights_from_gramian(self, G: Tensor) -> Tensor:
         T = G.shape[0]
-        A = G.detach().to("cpu", torch.float64).numpy()
-        scale = float(np.trace(A)) if T else 0.0
+        A, scale = normalise_gramian(G.detach().to("cpu", torch.float64).numpy())
         alpha = np.full(T, 1.0 / max(T, 1))
-        if T > 1 and scale > 0 and np.isfinite(scale):
-            alpha = min_norm_weights(A / scale, self.max_iters, self.tol)
+        if T > 1 and scale is not None:
+            alpha = min_norm_weights(A, self.max_iters, self.tol)
         return torch.from_numpy(alpha).to(G)
 
     def __repr__(self) -> str:

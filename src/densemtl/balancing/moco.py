@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from densemtl.balancing import register
-from densemtl.balancing.base import Aggregator
+from densemtl.balancing.base import Aggregator, Requirements
 from densemtl.balancing.modo import project_onto_simplex
 
 
@@ -32,7 +32,15 @@ class MoCo(Aggregator):
     beta=0.5, beta_sigma=0.5, gamma=0.1, gamma_sigma=0.5, rho=0. Unlike the paper, LibMTL
     replaces the simplex projection by a softmax and rescales each g_t to norm L_t; we follow
     the paper. The lambda step is not scale invariant (it moves by gamma_k times Y Yᵀ).
+
+    Y follows each coordinate of J across steps, so MoCo runs in parameters mode only
+    (``Requirements.coordinate_state``; LibMTL refuses representation gradients too): the
+    representation's gradient belongs to one batch, and its size changes with the batch size,
+    which would restart Y and the step count. Y and k are restarted if the shape of J changes
+    (other tasks or parameters).
     """
+
+    requirements = Requirements(sources=("jacobian",), coordinate_state=True)
 
     def __init__(
         self,

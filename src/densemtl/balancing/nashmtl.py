@@ -10,6 +10,7 @@ from scipy.optimize import minimize
 from torch import Tensor
 
 from densemtl.balancing import register
+from densemtl.balancing._gramian import normalise_gramian
 from densemtl.balancing.base import GramianWeighting
 from densemtl.balancing.mgda import min_norm_weights
 
@@ -53,10 +54,10 @@ class NashMTL(GramianWeighting):
 
     def weights_from_gramian(self, G: Tensor) -> Tensor:
         T, G64 = G.shape[0], G.detach().to("cpu", torch.float64)
-        scale = float(G64.diagonal().sum())
-        if not (scale > 0 and np.isfinite(scale)):
+        normalised, scale = normalise_gramian(G64)
+        if scale is None:
             return torch.zeros(T, dtype=G.dtype, device=G.device)
-        A = (G64 / scale).numpy()
+        A = normalised.numpy()
         # G is only as exact as its dtype: a relative size below this is treated as zero
         noise = 10 * torch.finfo(G.dtype).eps if G.dtype.is_floating_point else 1e-14
         active = np.flatnonzero(np.diag(A) > noise)

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from densemtl.balancing import register
+from densemtl.balancing._gramian import normalise_gramian
 from densemtl.balancing.base import GramianWeighting
 
 
@@ -32,10 +33,8 @@ class PCGrad(GramianWeighting):
 
     def weights_from_gramian(self, G: Tensor) -> Tensor:
         T = G.shape[0]
-        A = G.detach().to("cpu", torch.float64)
-        scale = A.diagonal().sum()
-        if bool(scale > 0) and bool(torch.isfinite(scale)):
-            A = A / scale  # ratios only: keeps every intermediate O(1) at any gradient scale
+        # ratios only: keeps every intermediate O(1) at any gradient scale
+        A, _ = normalise_gramian(G.detach().to("cpu", torch.float64))
         weights = torch.zeros(T, dtype=torch.float64)
         rng = self.rng()
         for i in range(T):

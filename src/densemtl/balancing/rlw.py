@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from densemtl.balancing import register
-from densemtl.balancing.base import LossWeighting
+from densemtl.balancing.base import LossWeighting, Requirements
 from densemtl.errors import ConfigError
 
 _DISTRIBUTIONS = ("normal", "uniform", "dirichlet")
@@ -31,6 +31,8 @@ class RandomLossWeighting(LossWeighting):
     gives the same weights; if none is given a private ``torch.Generator`` seeded with 0 is used,
     and its state is then part of ``state_dict``.
     """
+
+    requirements = Requirements(sources=("losses",), weighted_sum=True)
 
     def __init__(self, num_tasks: int | None = None, distribution: str = "normal") -> None:
         super().__init__()

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from densemtl.balancing import register
+from densemtl.balancing._gramian import normalise_gramian
 from densemtl.balancing.base import GramianWeighting
 from densemtl.balancing.modo import project_onto_simplex
 
@@ -31,8 +32,9 @@ class SDMGrad(GramianWeighting):
     lamda -> inf gives the mean gradient, lamda = 0 MGDA. The paper's stochastic version draws
     Ĝ as J_1 J_2ᵀ from two independent batches ("double sampling") and the update from a third;
     with one batch per step we use the same J throughout, i.e. SDMGrad without double sampling.
-    Defaults lamda=0.3, niter=20 (LibMTL, the paper's NYUv2 setting), lr=10, momentum=0.5 (the
-    authors' inner SGD on the 1/2-scaled objective; LibMTL's copy uses lr=5 for the same step).
+    Defaults lamda=0.3, niter=20 (LibMTL, the paper's NYUv2 setting), lr=10, momentum=0.5: the
+    authors' inner SGD, whose gradient Ĝ (w + lamda w̃) is that of the 1/2-scaled objective above.
+    LibMTL's copy takes the same gradient with lr=5, i.e. half the authors' step.
     With lr=10 the inner loop takes steps far beyond 1/||Ĝ|| and only approximates the argmin
     (w often sits near a vertex, as in the authors' runs); lr <= 1 with more niter solves it.
     """
@@ -55,9 +57,8 @@ class SDMGrad(GramianWeighting):
         G64 = G.detach().double()
         uniform = torch.full((T,), 1.0 / T, dtype=torch.float64, device=G.device)
         w = self.w.to(G.device) if self.w is not None and self.w.numel() == T else uniform
-        scale2 = G64.diagonal().clamp_min(0.0).sqrt().mean() ** 2
-        if bool(torch.isfinite(scale2)) and float(scale2) > 0.0:
-            Gn = G64 / scale2
+        Gn, scale2 = normalise_gramian(G64, by="mean_norm")
+        if scale2 is not None:
             velocity = torch.zeros_like(w)
             for _ in range(self.niter):
                 velocity = self.momentum * velocity + Gn @ (w + self.lamda * uniform)

@@ -12,7 +12,7 @@ from densemtl.balancing.base import LossWeighting
 from densemtl.errors import ConfigError
 
 
-@register("stch")
+@register("stch", tiny={"warmup_epoch": 1})  # leaves the warm-up within a tiny run
 class SmoothTchebycheff(LossWeighting):
     r"""L = T mu log sum_t exp(x_t / mu), x_t = log(L_t / r_t), after a warm-up on sum_t log L_t.
 

@@ -10,6 +10,7 @@ from scipy.optimize import nnls
 from torch import Tensor
 
 from densemtl.balancing import register
+from densemtl.balancing._gramian import normalise_gramian
 from densemtl.balancing.base import GramianWeighting
 
 
@@ -69,12 +70,9 @@ class UPGrad(GramianWeighting):
         T = G.shape[0]
         pref = self._pref(T)
         G64 = G.detach().double().cpu().numpy()
-        G64 = 0.5 * (G64 + G64.T)
-        trace = float(np.trace(G64))
-        if not np.isfinite(trace) or trace <= self.norm_eps or trace <= 0.0:
+        G64, trace = normalise_gramian(0.5 * (G64 + G64.T))
+        if trace is None or trace <= self.norm_eps:
             G64 = np.zeros_like(G64)
-        else:
-            G64 = G64 / trace
         G64 = G64 + self.reg_eps * np.eye(T)
         w = np.zeros(T)
         for i in range(T):

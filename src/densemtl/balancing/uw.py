@@ -26,15 +26,14 @@ class UncertaintyWeighting(LossWeighting):
     The log-variances are returned by ``parameters()`` for the trainer's optimizer, so pass
     ``num_tasks`` to create them at construction (otherwise they appear at the first ``combine``,
     after the optimizer was built). ``lr``, when given, is the learning rate the trainer should use
-    for them instead of the model's.
+    for them instead of the model's (``parameters_lr``).
     """
 
     def __init__(self, num_tasks: int | None = None, init: float = 0.0, lr: float | None = None) -> None:
         super().__init__()
         self.init = float(init)
         self.log_vars: nn.Parameter | None = None
-        if lr is not None:
-            self.lr = float(lr)
+        self.lr = None if lr is None else float(lr)
         if num_tasks is not None:
             self._create(int(num_tasks), torch.device("cpu"), torch.float32)
 
@@ -59,6 +58,10 @@ class UncertaintyWeighting(LossWeighting):
 
     def parameters(self) -> list[nn.Parameter]:
         return [] if self.log_vars is None else [self.log_vars]
+
+    def parameters_lr(self) -> float | None:
+        return self.lr
+
 
     def weights(self, losses: Tensor) -> Tensor:
         return torch.exp(-self._log_vars_for(losses).detach())

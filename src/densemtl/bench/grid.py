@@ -18,7 +18,7 @@ from typing import Any
 from densemtl import methods as method_registry
 from densemtl import models as model_registry
 from densemtl.errors import ConfigError
-from densemtl.training.config import build_config
+from densemtl.training.config import build_config, load_yaml, merge_layers, preset_values
 
 #: Training keys that a bench sets per cell itself; a user may not give them as shared settings.
 CELL_KEYS = ("arch", "method", "seed", "peer_arch", "peer_args")
@@ -135,6 +135,8 @@ class BenchGrid:
         """A hash of the data and training settings that the baseline standing for ``arch`` depends on."""
         cfg = build_config({**self.base, "arch_args": self.knobs(arch)}).to_dict()
         settings = {k: cfg[k] for k in BASELINE_KEYS}
+        if cfg["data_args"]:  # only when set, so that the keys of benches without knobs stay the same
+            settings["data_args"] = cfg["data_args"]
         settings["base"] = arch
         if settings["data_root"]:
             settings["data_root"] = str(Path(settings["data_root"]).expanduser().resolve())
@@ -186,8 +188,18 @@ def split_names(value: Any, key: str) -> list[str]:
     return [s.strip().lower() for s in items if s.strip()]
 
 
+def resolve_grid(overrides: dict[str, Any] | None = None, *, yaml: str | Path | None = None) -> BenchGrid:
+    """The grid of a YAML grid file with ``overrides`` over it (knob mappings merged key by key),
+    as :func:`~densemtl.training.config.resolve_config` does for one run."""
+    return grid_from_values(merge_layers(load_yaml(yaml) if yaml is not None else {}, overrides))
+
+
 def grid_from_values(values: dict[str, Any]) -> BenchGrid:
-    """Build a grid from one flat mapping (YAML keys, or flags turned into keys)."""
+    """Build a grid from one flat mapping (YAML keys, or flags turned into keys).
+
+    The shared settings get the demo preset's data sizes where left unset on the synthetic data
+    (written into ``bench.yaml``); not its architecture knobs, which a bench sets per architecture.
+    """
     values = {str(k).replace("-", "_"): v for k, v in values.items()}
     base = dict(values)
     try:
@@ -195,6 +207,7 @@ def grid_from_values(values: dict[str, Any]) -> BenchGrid:
         methods = split_names(base.pop("methods", "ew"), "methods")
     except AttributeError:
         raise ConfigError("bench: archs and methods must be lists of names") from None
+    base.update({k: v for k, v in preset_values(base).items() if k != "arch_args"})
     arch_args = base.pop("arch_args", None) or {}
     if not isinstance(arch_args, dict):
         raise ConfigError(f"bench: arch_args must be a mapping of knobs, got {arch_args!r}")

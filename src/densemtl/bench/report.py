@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from densemtl.metrics import LOWER_IS_BETTER, Metrics, delta_m, flatten
+from densemtl.metrics import Metrics, delta_m, flatten, lower_is_better
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ def _fmt(ms: tuple[float, float], digits: int = 4) -> str:
 
 def _arrow(key: str) -> str:
     task, _, name = key.partition("/")
-    lower = LOWER_IS_BETTER.get(task, {}).get(name)
+    lower = lower_is_better(task, name)
     return "" if lower is None else (" ↓" if lower else " ↑")
 
 

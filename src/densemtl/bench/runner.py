@@ -27,7 +27,8 @@ import torch
 from torch.utils.data import Dataset
 
 from densemtl.bench.grid import DATA_SEED, Job
-from densemtl.metrics import LOWER_IS_BETTER, Metrics
+from densemtl.data import MultiTaskDataset
+from densemtl.metrics import Metrics, lower_is_better
 from densemtl.report.jsonio import dumps
 from densemtl.training.builders import build_datasets
 from densemtl.training.config import build_config
@@ -41,23 +42,18 @@ SELECTION_RULE = (
 
 
 class Holdout(Dataset):
-    """The samples ``indices`` of ``base``, keeping its ``tasks``, ``num_classes``, ``size`` and ``epoch``."""
+    """The samples ``indices`` of ``base``, a dataset like it (``tasks``, ``num_classes``, ``size``;
+    ``set_epoch`` sets the base's epoch)."""
 
-    def __init__(self, base: Dataset, indices: list[int]) -> None:
+    def __init__(self, base: MultiTaskDataset, indices: list[int]) -> None:
         self.base = base
         self.indices = list(indices)
-        self.tasks = base.tasks  # type: ignore[attr-defined]
-        self.num_classes = base.num_classes  # type: ignore[attr-defined]
-        self.size = getattr(base, "size", ())
+        self.tasks = base.tasks
+        self.num_classes = base.num_classes
+        self.size = base.size
 
-    @property
-    def epoch(self) -> int:
-        return int(getattr(self.base, "epoch", 0))
-
-    @epoch.setter
-    def epoch(self, value: int) -> None:
-        if hasattr(self.base, "epoch"):
-            self.base.epoch = value  # type: ignore[attr-defined]
+    def set_epoch(self, epoch: int) -> None:
+        self.base.set_epoch(epoch)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -90,7 +86,7 @@ def relative_improvement(metrics: Metrics, reference: Metrics) -> float:
     for task, ms in metrics.items():
         for name, value in ms.items():
             ref = reference.get(task, {}).get(name)
-            lower = LOWER_IS_BETTER.get(task, {}).get(name)
+            lower = lower_is_better(task, name)  # the direction the task declares
             if ref is None or lower is None or value is None or ref == 0 or math.isnan(value) or math.isnan(ref):
                 continue
             terms.append((-1.0 if lower else 1.0) * (value - ref) / abs(ref) * 100.0)

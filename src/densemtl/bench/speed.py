@@ -2,6 +2,8 @@
 
 Every method (EW included) gets its own copy of one initial model, its own ``Engine`` and the
 optimizer training would give it (Adam; MAO: SGD on the shared parameters, AdamW on the rest).
+A timed step is what training does per batch: ``zero_grad``, ``engine.step``, the optimizer
+step and ``engine.after_step`` (FAMO's re-evaluation of the batch).
 After warm-up, the steps are timed interleaved: each repeat times one unit of every method in
 turn (the order rotates between repeats), so that a slowdown of the machine hits all methods
 alike; the reported time is the median over the repeats. A unit is ``recompute_every``
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import gc
-import inspect
 import os
 import platform
 import statistics
@@ -37,15 +38,15 @@ from densemtl import models as model_registry
 from densemtl.balancing.base import BalancingMethod
 from densemtl.bench.memory import MemoryProbe
 from densemtl.bench.targets import BASELINE, NAIVE, assess
-from densemtl.engine import Engine
-from densemtl.engine.core import MODES
+from densemtl.engine import MODES, Engine
 from densemtl.errors import ConfigError
 from densemtl.models.base import MultiTaskModel
 from densemtl.tasks import compute_losses, task_channels
-from densemtl.training.builders import resolve_device
-from densemtl.training.config import parse_size
+from densemtl.training.builders import build_method, build_optimizer, resolve_device
+from densemtl.training.config import TrainConfig, parse_size
 
-KNOWN_TASKS = ("seg", "depth", "normal")
+#: the dataset every row is timed on; its tasks are the default ``tasks``
+DATASET = "synthetic"
 #: architecture knobs used when none are given: the small default model of the benchmark
 DEFAULT_ARCH_ARGS: dict[str, dict[str, Any]] = {"segnet": {"width": 0.25}}
 MEMORY_NOTE = (
@@ -108,6 +109,7 @@ class Runner:
     model: MultiTaskModel
     optimizer: torch.optim.Optimizer
     step: Callable[[dict[str, Tensor]], object]
+    after_step: Callable[[dict[str, Tensor]], object] = lambda batch: None
     times: list[float] = field(default_factory=list)
     peak_bytes: int | None = None
 
@@ -116,29 +118,20 @@ def make_batch(
     size: tuple[int, int], batch_size: int, tasks: tuple[str, ...], num_classes: int, seed: int, device: torch.device
 ) -> dict[str, Tensor]:
     """``batch_size`` synthetic training images and their labels, stacked (image + the tasks)."""
-    dataset = data_registry.create("synthetic", "train", n=batch_size, size=size, seed=seed, num_classes=num_classes)
+    dataset = data_registry.create(DATASET, "train", n=batch_size, size=size, seed=seed, num_classes=num_classes)
     samples = [dataset[i] for i in range(batch_size)]
     return {k: torch.stack([s[k] for s in samples]).to(device) for k in ("image", *tasks)}
 
 
-def build_method(name: str, num_tasks: int, seed: int) -> BalancingMethod:
-    """The method with its default knobs (``num_tasks`` filled in where it takes one), seeded."""
-    factory = method_registry.METHODS.get(name)
-    kwargs: dict[str, Any] = {}
-    if "num_tasks" in inspect.signature(factory).parameters:
-        kwargs["num_tasks"] = num_tasks
-    method = method_registry.create(name, **kwargs)
-    method.set_generator(torch.Generator().manual_seed(seed + 7919))
-    return method
+def dataset_tasks() -> tuple[str, ...]:
+    """The tasks of the benchmark's dataset, in its order (the default ``tasks``)."""
+    return tuple(data_registry.create(DATASET, "train", n=1).tasks)
 
 
 def _optimizer(model: MultiTaskModel, method: BalancingMethod | None) -> torch.optim.Optimizer:
     """The optimizer training would use: Adam over every parameter, or, for a method that steps
     the shared parameters itself (MAO), plain SGD on them and AdamW on the rest."""
-    if method is not None and method.shared_optimizer == "sgd":
-        from densemtl.training.builders import build_optimizer
-        from densemtl.training.config import TrainConfig
-
+    if method is not None and method.requirements.optimizer == "sgd":
         return build_optimizer(TrainConfig(lr=1e-4), model, method)[0]
     groups: list[dict[str, Any]] = [{"params": [p for p in model.parameters() if p.requires_grad]}]
     extra = method.parameters() if method is not None else []
@@ -152,6 +145,7 @@ def _run_unit(runner: Runner, batch: dict[str, Tensor], steps: int) -> None:
         runner.optimizer.zero_grad(set_to_none=True)
         runner.step(batch)
         runner.optimizer.step()
+        runner.after_step(batch)
 
 
 def _sync(device: torch.device) -> None:
@@ -167,17 +161,18 @@ def _message(err: BaseException) -> str:
 def _check_settings(
     size: Any,
     batch_size: int,
-    tasks: Sequence[str],
+    tasks: Sequence[str] | None,
     recompute_every: int,
     grad_mode: str | None,
     warmup: int,
     repeats: int,
 ) -> tuple[tuple[int, int], tuple[str, ...]]:
     hw = parse_size(size)
-    task_tuple = tuple(tasks)
-    unknown = [t for t in task_tuple if t not in KNOWN_TASKS]
+    known = dataset_tasks()
+    task_tuple = known if tasks is None else tuple(tasks)
+    unknown = [t for t in task_tuple if t not in known]
     if unknown or not task_tuple or len(set(task_tuple)) != len(task_tuple):
-        raise ConfigError(f"--tasks {','.join(task_tuple)!r}: give distinct tasks among {', '.join(KNOWN_TASKS)}")
+        raise ConfigError(f"--tasks {','.join(task_tuple)!r}: give distinct tasks among {', '.join(known)}")
     for flag, value, low in (("--batch-size", batch_size, 1), ("--repeats", repeats, 1), ("--warmup", warmup, 0)):
         if not isinstance(value, int) or value < low:
             raise ConfigError(f"{flag} must be an integer >= {low}, got {value!r}")
@@ -210,7 +205,7 @@ def measure_speed(
     arch_args: dict[str, Any] | None = None,
     size: tuple[int, int] | str = (96, 128),
     batch_size: int = 8,
-    tasks: Sequence[str] = ("seg", "depth", "normal"),
+    tasks: Sequence[str] | None = None,
     num_classes: int = 7,
     recompute_every: int = 1,
     grad_mode: str | None = None,
@@ -220,7 +215,8 @@ def measure_speed(
     device: str = "cpu",
     progress: bool = False,
 ) -> list[dict[str, Any]]:
-    """Time one training step (``engine.step`` + Adam) of each method and of EW; one row each.
+    """Time one training step (``engine.step`` + Adam + ``engine.after_step``) of each method and
+    of EW; one row each. ``tasks`` None: every task of the synthetic dataset.
 
     ``methods=None`` means every registered method; settings a method cannot use (a
     ``grad_mode`` or ``recompute_every``) then give an ``n/a`` row, whereas for methods named
@@ -293,7 +289,8 @@ def _set_up(
                 else:
                     mode = None if name == BASELINE else grad_mode
                     engine = Engine(model, method, tasks, mode=mode, recompute_every=k)
-                    runner = Runner(name, engine.mode, k, model, _optimizer(model, method), engine.step)
+                    optimizer = _optimizer(model, method)
+                    runner = Runner(name, engine.mode, k, model, optimizer, engine.step, engine.after_step)
                 _run_unit(runner, batch, warmup)
                 with probe.window():
                     _run_unit(runner, batch, unit)

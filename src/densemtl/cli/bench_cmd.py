@@ -7,8 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from densemtl.cli.train_cmd import FLAGS, yaml_then_flags
-from densemtl.training.config import DEMO_OVERRIDES, parse_kv, parse_size
+from densemtl.cli.train_cmd import FLAGS, add_knob_flags, given_flags
 
 #: train flags that a bench sets per cell (or does not support): not offered by ``bench``
 EXCLUDED = {
@@ -21,6 +20,11 @@ EXCLUDED = {
     "--alpha-warmup-epochs",
 }
 BENCH_FLAGS = [(flag, kw) for flag, kw in FLAGS if flag not in EXCLUDED]
+#: KEY=VALUE flags of a bench, knobs shared by every cell (one architecture's own go in the grid file).
+BENCH_KNOB_FLAGS = [
+    ("--data-arg", "data_args", "a dataset knob (repeatable)"),
+    ("--arch-arg", "arch_args", "a knob of every architecture (repeatable)"),
+]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -40,33 +44,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     for flag, kw in BENCH_FLAGS:
         p.add_argument(flag, **kw)
     p.add_argument("--augment", action="store_true", help="MTAN random scale-crop and flip")
-    p.add_argument("--arch-arg", action="append", metavar="KEY=VALUE", help="a knob of every architecture (repeatable)")
+    add_knob_flags(p, BENCH_KNOB_FLAGS)
     p.add_argument("--out", metavar="DIR", help="bench directory (default: a fresh one under ./benches)")
     p.set_defaults(func=run)
 
 
 def gather(args: argparse.Namespace) -> dict[str, Any]:
-    """The grid values: the YAML file first, then flags over it, then the small synthetic defaults."""
+    """The values of the bench flags given on the command line."""
     flags = ["--archs", "--methods", "--seeds", "--jobs", "--val-fraction", "--out", *(f for f, _ in BENCH_FLAGS)]
-    values = yaml_then_flags(getattr(args, "grid", None), args, flags)
-    if isinstance(values.get("size"), str):
-        values["size"] = parse_size(values["size"])
-    if getattr(args, "augment", False):
-        values["augment"] = True
-    if hasattr(args, "arch_arg"):
-        values["arch_args"] = {**(values.get("arch_args") or {}), **parse_kv(args.arch_arg, "--arch-arg")}
-    if values.get("dataset", "synthetic") == "synthetic":
-        for key, value in DEMO_OVERRIDES.items():
-            if key != "arch_args":
-                values.setdefault(key, value)
-    return values
+    return given_flags(args, flags, BENCH_KNOB_FLAGS)
 
 
 def run(args: argparse.Namespace) -> int:
-    from densemtl.bench.grid import grid_from_values
+    from densemtl.bench.grid import resolve_grid
     from densemtl.bench.runner import run_bench
 
-    grid = grid_from_values(gather(args))
+    grid = resolve_grid(gather(args), yaml=getattr(args, "grid", None))
     if grid.out:
         out = Path(grid.out)
     else:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -34,31 +33,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_predict)
 
 
-def load_model(checkpoint: str, device: str) -> tuple[Any, dict[str, Any], Any]:
-    """(model in eval mode, checkpoint state, config) from a checkpoint or run directory."""
-    from densemtl.models import create
-    from densemtl.tasks import task_channels
-    from densemtl.training.builders import resolve_device
-    from densemtl.training.checkpoint import load_checkpoint
-    from densemtl.training.config import build_config
-
-    state = load_checkpoint(checkpoint)
-    cfg = build_config(state["config"])
-    tasks = tuple(state["tasks"])
-    model = create(cfg.arch, task_channels(tasks, state["num_classes"]), **cfg.arch_args)
-    model.load_state_dict(state["model"])
-    model.to(resolve_device(device)).eval()
-    return model, state, cfg
-
-
 def run_eval(args: argparse.Namespace) -> int:
     from densemtl import data
     from densemtl.report.console import metrics_header, metrics_row
     from densemtl.training.builders import resolve_device
+    from densemtl.training.checkpoint import load_model
     from densemtl.training.config import parse_size
     from densemtl.training.evaluation import evaluate_model
 
-    model, state, cfg = load_model(args.checkpoint, args.device)
+    model, cfg, state = load_model(args.checkpoint, args.device)
     name = args.dataset or cfg.dataset
     same = args.dataset is None or args.dataset == cfg.dataset
     root = args.data_root if args.data_root is not None else (cfg.data_root if same else None)
@@ -71,6 +54,7 @@ def run_eval(args: argparse.Namespace) -> int:
         seed=cfg.seed,
         n=args.n if args.n else (cfg.n_val if same and args.split == "val" else None),
         num_classes=cfg.num_classes if same else None,
+        **(cfg.data_args if same else {}),
     )
     if ds.num_classes != state["num_classes"]:  # type: ignore[attr-defined]
         raise ConfigError(
@@ -113,8 +97,9 @@ def read_image(path: Path) -> torch.Tensor:
 @torch.no_grad()
 def run_predict(args: argparse.Namespace) -> int:
     from densemtl.report.visualize import prediction_panel, save_panel
+    from densemtl.training.checkpoint import load_model
 
-    model, state, _ = load_model(args.checkpoint, args.device)
+    model, _, state = load_model(args.checkpoint, args.device)
     device = next(model.parameters()).device
     size = tuple(state.get("size") or ())
     out = Path(args.out)

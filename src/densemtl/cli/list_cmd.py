@@ -24,6 +24,7 @@ def _knobs(registry, name: str, skip: set[str]) -> str:  # noqa: ANN001
 
 def run(args: argparse.Namespace) -> int:
     from densemtl import data, methods, models
+    from densemtl.training.builders import STANDARD_DATA_KEYS, build_method
 
     print("datasets:      " + ", ".join(data.available()))
     print("architectures: " + ", ".join(models.available()))
@@ -36,9 +37,12 @@ def run(args: argparse.Namespace) -> int:
         counts = models.count_parameters(model)
         print(f"  {name:12s} shared {counts['shared']:>11,}  total {counts['total']:>11,}")
         print(f"  {'':12s} knobs: {_knobs(models.MODELS, name, {'task_channels'})}")
-    print("\nmethods:")
+    print("\ndatasets (knobs beyond split, root, size, augment, seed, n, num_classes: --data-arg):")
+    for name in data.available():
+        print(f"  {name:12s} {_knobs(data.DATASETS, name, set(STANDARD_DATA_KEYS)) or '-'}")
+    print("\nmethods (kind, gradient modes, knobs):")
     for name in methods.available():
-        cls = methods.METHODS.get(name)
-        kind = getattr(cls, "kind", "?")
-        print(f"  {name:12s} {kind:9s} {_knobs(methods.METHODS, name, {'num_tasks'})}")
+        req = build_method(name, 3, 0).requirements
+        kind = "weighting" if req.uses_losses else "optimizer" if req.optimizer == "sgd" else "gradient"
+        print(f"  {name:12s} {kind:9s} {'/'.join(req.modes):33s} {_knobs(methods.METHODS, name, {'num_tasks'})}")
     return 0

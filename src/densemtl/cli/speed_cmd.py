@@ -15,16 +15,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "speed",
         help="time a training step of each method against EW (ratios, memory, gradient mode)",
-        description="Times one training step (engine + Adam) of each method and of EW on the same model and "
-        "synthetic batch, interleaved, and reports median step time, ratio to EW, peak memory ratio to EW and "
-        "the gradient mode; a naive per-task backward loop (as in LibMTL) is timed as a reference.",
+        description="Times one training step (engine + Adam, and the batch's re-evaluation for a method that "
+        "asks for it, like FAMO) of each method and of EW on the same model and synthetic batch, interleaved, "
+        "and reports median step time, ratio to EW, peak memory ratio to EW and the gradient mode; a naive "
+        "per-task backward loop (as in LibMTL) is timed as a reference.",
     )
     p.add_argument("--methods", help="comma-separated methods (default: all registered); EW is always timed")
     p.add_argument("--arch", default="segnet", help="architecture (default: segnet, width 0.25 unless --arch-arg)")
     p.add_argument("--arch-arg", action="append", metavar="KEY=VALUE", help="an architecture knob (repeatable)")
     p.add_argument("--size", default="96x128", help="HxW of the synthetic images (default: 96x128)")
     p.add_argument("--batch-size", type=int, default=8, help="images per step (default: 8)")
-    p.add_argument("--tasks", default="seg,depth,normal", help="comma-separated tasks (default: seg,depth,normal)")
+    p.add_argument("--tasks", help="comma-separated tasks (default: every task of the synthetic dataset)")
     p.add_argument("--recompute-every", type=int, default=1, help="reuse Gramian weightings' weights for k steps")
     p.add_argument("--grad-mode", help="representation, gramian or parameters (default: each method's own)")
     p.add_argument("--repeats", type=int, default=5, help="timed steps per method, interleaved (default: 5)")
@@ -87,14 +88,14 @@ def _load() -> float | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from densemtl.bench.speed import DEFAULT_ARCH_ARGS, MEMORY_NOTE, machine_info, measure_speed
+    from densemtl.bench.speed import DEFAULT_ARCH_ARGS, MEMORY_NOTE, dataset_tasks, machine_info, measure_speed
     from densemtl.training.config import parse_kv, parse_size
 
     size = parse_size(args.size)
     methods = [m for m in args.methods.split(",") if m.strip()] if args.methods is not None else None
     if methods is not None and not methods:
         raise ConfigError("--methods is empty; give comma-separated method names (densemtl list)")
-    tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
+    tasks = dataset_tasks() if args.tasks is None else tuple(t.strip() for t in args.tasks.split(",") if t.strip())
     arch_args = parse_kv(args.arch_arg, "--arch-arg") if args.arch_arg else None
     out = Path(args.json) if args.json else None
     if out is not None and not out.parent.is_dir():
@@ -126,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         "warmup": args.warmup,
         "repeats": args.repeats,
         "seed": args.seed,
-        "step": "optimizer.zero_grad + engine.step + Adam.step; median over interleaved repeats",
+        "step": "optimizer.zero_grad + engine.step + Adam.step + engine.after_step; median over interleaved repeats",
         "memory": MEMORY_NOTE,
         "load_avg_1min": [load_before, _load()],  # other work on the machine, before and after
         **machine_info(args.device),

@@ -1,4 +1,5 @@
-"""``densemtl train``: flags > YAML config > defaults; no arguments at all = the demo."""
+"""``densemtl train``: parses the flags; :func:`densemtl.training.config.resolve_config` resolves
+them over the YAML file and the demo preset (no arguments at all = the demo)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from densemtl.training.config import (
-    DEMO_OVERRIDES,
-    TrainConfig,
-    build_config,
-    load_yaml,
-    parse_kv,
-    parse_size,
-)
+from densemtl.training.config import DEMO, TrainConfig, parse_kv, parse_size
 
 FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--dataset", {"help": "synthetic (default), nyuv2 or cityscapes"}),
@@ -56,6 +50,25 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
+#: Repeatable KEY=VALUE flags: (flag, config key, help).
+KNOB_FLAGS: list[tuple[str, str, str]] = [
+    ("--data-arg", "data_args", "a dataset knob (repeatable)"),
+    ("--arch-arg", "arch_args", "an architecture knob (repeatable)"),
+    ("--method-arg", "method_args", "a method knob (repeatable)"),
+    (
+        "--peer-arg",
+        "peer_args",
+        "MDML: a peer architecture knob, over those it inherits from --arch-arg (all of them for the "
+        "same architecture, those it takes for another)",
+    ),
+]
+
+
+def add_knob_flags(p: argparse.ArgumentParser, flags: list[tuple[str, str, str]]) -> None:
+    for flag, _, help_text in flags:
+        p.add_argument(flag, action="append", metavar="KEY=VALUE", help=help_text)
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train", help="train a multi-task model (no arguments: the demo)", argument_default=argparse.SUPPRESS
@@ -63,11 +76,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     for flag, kw in FLAGS:
         p.add_argument(flag, **kw)
     p.add_argument("--augment", action="store_true", help="MTAN random scale-crop and flip")
-    p.add_argument(
-        "--arch-arg", action="append", metavar="KEY=VALUE", help="an architecture knob (repeatable)"
-    )
-    p.add_argument("--method-arg", action="append", metavar="KEY=VALUE", help="a method knob (repeatable)")
-    p.add_argument("--peer-arg", action="append", metavar="KEY=VALUE", help="MDML: a peer architecture knob")
+    add_knob_flags(p, KNOB_FLAGS)
     p.add_argument("--config", metavar="FILE", help="YAML config; flags override it")
     p.add_argument("--out", metavar="RUN", help="run directory (default: a fresh one under ./runs)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
@@ -76,53 +85,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def yaml_then_flags(path: str | None, args: argparse.Namespace, flags: list[str]) -> dict[str, Any]:
-    """The YAML file's keys (dashes read as underscores), then every one of ``flags`` given on
-    the command line over them (argparse leaves flags not given unset: ``SUPPRESS`` defaults)."""
+def given_flags(args: argparse.Namespace, flags: list[str], knobs: list[tuple[str, str, str]]) -> dict[str, Any]:
+    """The config values of the flags given on the command line (argparse leaves the others unset:
+    ``SUPPRESS`` defaults): each of ``flags`` as its key, the KEY=VALUE ``knobs`` as mappings."""
     values: dict[str, Any] = {}
-    if path:
-        values.update({str(k).replace("-", "_"): v for k, v in load_yaml(path).items()})
     for flag in flags:
         key = flag[2:].replace("-", "_")
         if hasattr(args, key):
             values[key] = getattr(args, key)
-    return values
-
-
-def gather(args: argparse.Namespace) -> dict[str, Any]:
-    """The config values the user gave: the YAML file first, then flags over it."""
-    values = yaml_then_flags(getattr(args, "config", None), args, [flag for flag, _ in FLAGS])
-    if "size" in values and isinstance(values["size"], str):
+    if isinstance(values.get("size"), str):
         values["size"] = parse_size(values["size"])
-    if getattr(args, "augment", False):
-        values["augment"] = True
-    if getattr(args, "tensorboard", False):
-        values["tensorboard"] = True
-    for attr, key, flag in (
-        ("arch_arg", "arch_args", "--arch-arg"),
-        ("method_arg", "method_args", "--method-arg"),
-        ("peer_arg", "peer_args", "--peer-arg"),
-    ):
+    for flag in ("--augment", "--tensorboard"):
+        if getattr(args, flag[2:], False):
+            values[flag[2:]] = True
+    for flag, key, _ in knobs:
+        attr = flag[2:].replace("-", "_")
         if hasattr(args, attr):
-            merged = dict(values.get(key) or {})
-            merged.update(parse_kv(getattr(args, attr), flag))
-            values[key] = merged
+            values[key] = parse_kv(getattr(args, attr), flag)
     return values
-
-
-def with_demo_defaults(values: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-    """Fill the demo's small sizes where the user left them unset on the synthetic data."""
-    if values.get("dataset", "synthetic") != "synthetic":
-        return values, False
-    out = dict(values)
-    used = False
-    for key, value in DEMO_OVERRIDES.items():
-        if key == "arch_args" and (values.get("arch", "segnet") != "segnet" or "arch_args" in values):
-            continue
-        if key not in values:
-            out[key] = value
-            used = True
-    return out, used
 
 
 def fresh_run_dir(cfg: TrainConfig) -> Path:
@@ -136,22 +116,22 @@ def fresh_run_dir(cfg: TrainConfig) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from densemtl.training.trainer import Trainer, resume_config
+    from densemtl.errors import ConfigError
+    from densemtl.training.config import resolve_config, resume_config
+    from densemtl.training.trainer import Trainer
 
-    values = gather(args)
+    values = given_flags(args, [flag for flag, _ in FLAGS], KNOB_FLAGS)
+    yaml_path = getattr(args, "config", None)
     resume = getattr(args, "resume", False)
     if resume:
         if not hasattr(args, "out"):
-            from densemtl.errors import ConfigError
-
             raise ConfigError("--resume needs --out RUN, the run to continue")
-        cfg = resume_config(Path(args.out), values)
+        cfg = resume_config(Path(args.out), values, yaml=yaml_path)
         out = Path(args.out)
     else:
-        values, demo = with_demo_defaults(values)
-        cfg = build_config(values)
+        cfg = resolve_config(values, yaml=yaml_path)
         out = Path(args.out) if hasattr(args, "out") else fresh_run_dir(cfg)
-        if demo:
+        if cfg.dataset == "synthetic" and any(getattr(cfg, k) == v for k, v in DEMO.items()):
             print(
                 "densemtl: small synthetic settings (size {}x{}, {} train / {} val images); "
                 "flags override them".format(*cfg.size or (0, 0), cfg.n_train, cfg.n_val)

@@ -1,7 +1,9 @@
-"""Joint transforms on sample dicts (``image``, ``seg``, ``depth``, ``normal``; every key optional).
+"""Joint transforms on sample dicts (``image`` and one target per task; every key optional).
 
-Images are interpolated bilinearly; labels, depth and normals with nearest neighbour, so that the
-invalid markers (``-1`` labels, ``0`` depth, all-zero normals) survive exactly.
+Images are interpolated bilinearly; each task's target as its task says (nearest neighbour for
+the built-in ones, so that the invalid markers ``-1`` labels, ``0`` depth and all-zero normals
+survive exactly), and the task says what a flip or a zoom does to its values. Keys that are
+neither ``image`` nor a registered task pass through unchanged.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from densemtl import tasks as task_registry
 from densemtl.errors import ConfigError
+from densemtl.tasks import Task
 
 __all__ = ["random_scale_crop_flip", "resize_sample"]
 
@@ -24,28 +28,41 @@ def _resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return out[0]
 
 
-def _resize_nearest(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Nearest-neighbour resize of a (C,H,W) or (H,W) tensor, dtype preserved."""
+def _resize_target(x: torch.Tensor, size: tuple[int, int], mode: str = _NEAREST) -> torch.Tensor:
+    """Resize of a (C,H,W) or (H,W) tensor with ``mode`` (nearest by default), dtype preserved."""
     squeeze = x.dim() == 2
     t = x[None, None] if squeeze else x[None]
-    out = F.interpolate(t.double() if not t.is_floating_point() else t, size=size, mode=_NEAREST)
+    out = F.interpolate(t.double() if not t.is_floating_point() else t, size=size, mode=mode)
     out = out[0, 0] if squeeze else out[0]
     return out.to(x.dtype)
 
 
-def resize_sample(sample: dict[str, torch.Tensor], size: tuple[int, int]) -> dict[str, torch.Tensor]:
-    """Resize every known key of ``sample`` to ``size`` = (H, W); other keys pass through.
+def _specs(sample: dict[str, torch.Tensor]) -> dict[str, Task | None]:
+    """The keys a transform touches, in sample order: ``image`` (None) and the registered tasks."""
+    known = set(task_registry.available())
+    return {k: None if k == "image" else task_registry.get(k) for k in sample if k == "image" or k in known}
 
-    Depth values are not rescaled (resizing the picture does not move the camera).
+
+def _resize(x: torch.Tensor, task: Task | None, size: tuple[int, int]) -> torch.Tensor:
+    """``image`` (task None) bilinearly, a target with its task's interpolation."""
+    if task is None:
+        return _resize_image(x, size)
+    if task.interpolation == "bilinear":
+        return _resize_image(x, size).to(x.dtype)
+    return _resize_target(x, size, task.interpolation)
+
+
+def resize_sample(sample: dict[str, torch.Tensor], size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """Resize ``image`` and every task target of ``sample`` to ``size`` = (H, W); other keys
+    pass through.
+
+    Target values are not changed (resizing the picture does not move the camera).
     """
     size = (int(size[0]), int(size[1]))
     out = dict(sample)
-    for key, value in sample.items():
-        if key == "image":
-            if tuple(value.shape[-2:]) != size:
-                out[key] = _resize_image(value, size)
-        elif key in ("seg", "depth", "normal") and tuple(value.shape[-2:]) != size:
-            out[key] = _resize_nearest(value, size)
+    for key, task in _specs(sample).items():
+        if tuple(sample[key].shape[-2:]) != size:
+            out[key] = _resize(sample[key], task, size)
     return out
 
 
@@ -69,15 +86,18 @@ def random_scale_crop_flip(
     """MTAN's joint augmentation: random scale-crop, then a random horizontal flip.
 
     A scale ``s`` is drawn from ``scales``; a window of size ``(int(H/s), int(W/s))`` is cropped at
-    a random position and resized back to ``H x W`` (bilinear for the image, nearest otherwise).
-    Depth is divided by ``s`` (zooming in by ``s`` looks like moving ``s`` times closer). Then, with
-    probability ``flip_prob``, everything is mirrored left-right and the normal's x component is
-    negated. All randomness comes from ``generator``; the input dict is not modified.
+    a random position and resized back to ``H x W`` (bilinear for the image, each target as its
+    task says), and each task adjusts its values to the zoom (:meth:`Task.scale`; depth is
+    divided by ``s``: zooming in by ``s`` looks like moving ``s`` times closer). Then, with
+    probability ``flip_prob``, everything is mirrored left-right (:meth:`Task.flip`; the normal's
+    x component is negated). All randomness comes from ``generator``, drawn in a fixed order
+    (scale, crop row, crop column, flip); the input dict is not modified.
     """
     vals = _check_scales(scales, flip_prob)
-    ref = next((sample[k] for k in ("image", "seg", "depth", "normal") if k in sample), None)
-    if ref is None:
+    specs = _specs(sample)
+    if not specs:
         return dict(sample)
+    ref = sample["image"] if "image" in specs else sample[next(iter(specs))]
     height, width = int(ref.shape[-2]), int(ref.shape[-1])
 
     s = vals[int(torch.randint(len(vals), (1,), generator=generator))]
@@ -87,18 +107,13 @@ def random_scale_crop_flip(
     flip = bool(torch.rand(1, generator=generator) < flip_prob)
 
     out = dict(sample)
-    for key in ("image", "seg", "depth", "normal"):
-        if key not in sample:
-            continue
+    for key, task in specs.items():
         x = sample[key][..., i : i + h, j : j + w]
         if (h, w) != (height, width):
-            x = _resize_image(x, (height, width)) if key == "image" else _resize_nearest(x, (height, width))
-        if key == "depth" and s != 1.0:
-            x = x / s
+            x = _resize(x, task, (height, width))
+        if task is not None:
+            x = task.scale(x, s)
         if flip:
-            x = torch.flip(x, dims=[-1])
-            if key == "normal":
-                x = x.clone()
-                x[0] = 0.0 - x[0]  # not -x: keeps invalid zeros +0.0
+            x = torch.flip(x, dims=[-1]) if task is None else task.flip(x)
         out[key] = x.contiguous()
     return out

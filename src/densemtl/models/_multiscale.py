@@ -6,10 +6,8 @@
   PAD-Net's variant C (Xu et al., CVPR 2018, https://arxiv.org/abs/1805.04409) with the gate
   computed from the target's own features, or MTI-Net's form (Vandenhende et al., ECCV 2020,
   https://arxiv.org/abs/2001.06902) with one gate per source task computed from that source.
-- ``DeepSupervision``: the auxiliary-loss bookkeeping. The engine's hook
-  ``extra_losses(preds, batch)`` only sees the final predictions, so the auxiliary predictions of
-  the latest forward are kept on the model and consumed by the next ``extra_losses`` call.
-- ``resnet_stages``: a plain (undilated) torchvision ResNet split into its four stages.
+- ``DeepSupervision``: the auxiliary losses. The forward returns ``Predictions`` whose ``aux``
+  holds the auxiliary predictions; the engine's hook ``extra_losses(preds, batch)`` scores them.
 """
 
 from __future__ import annotations
@@ -17,40 +15,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
-import torchvision
 from torch import Tensor, nn
-from torchvision.models.resnet import BasicBlock
 
-from densemtl.errors import ConfigError
-from densemtl.models.hps import BACKBONES, load_imagenet_weights, stage_width
-from densemtl.tasks import LOSSES
+from densemtl import tasks as task_registry
+from densemtl.models._knobs import check_finite_nonnegative, check_positive_int
+from densemtl.models.backbones import check_backbone
+from densemtl.models.layers import residual_block, upsample
 
 GATES = ("target", "source")
-
-
-def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Sequential:
-    """Convolution (no bias: the batch norm has one), batch norm, ReLU; size-preserving."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
-
-
-def residual_block(in_channels: int, out_channels: int) -> BasicBlock:
-    """torchvision's ResNet ``BasicBlock``, with a 1×1 conv-BN projection when the width changes."""
-    downsample = None
-    if in_channels != out_channels:
-        downsample = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
-    return BasicBlock(in_channels, out_channels, downsample=downsample)
-
-
-def upsample(x: Tensor, size: Sequence[int]) -> Tensor:
-    """Bilinear resize to ``size`` (H, W); a no-op when the size already matches."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
 
 class TaskFeatures(nn.Sequential):
@@ -58,11 +30,6 @@ class TaskFeatures(nn.Sequential):
 
     def __init__(self, in_channels: int, channels: int) -> None:
         super().__init__(residual_block(in_channels, channels), residual_block(channels, channels))
-
-
-def prediction_head(in_channels: int, channels: int, out_channels: int) -> nn.Sequential:
-    """Final head: 3×3 conv-BN-ReLU to ``channels``, then a 1×1 conv to the task's outputs."""
-    return nn.Sequential(conv_bn_relu(in_channels, channels), nn.Conv2d(channels, out_channels, 1))
 
 
 class Distillation(nn.Module):
@@ -102,91 +69,40 @@ class Distillation(nn.Module):
 
 
 class DeepSupervision:
-    """Mixin for models whose auxiliary predictions are supervised through ``extra_losses``.
+    """Mixin: ``extra_losses`` scores the auxiliary predictions the forward returned in ``preds.aux``.
 
-    The forward pass calls ``_keep_aux({task: [aux predictions]}, preds)``; ``extra_losses``
-    upsamples each stored prediction to its target's size, applies the task's loss from
-    ``densemtl.tasks`` and returns ``aux_weight * Σ`` per task. The stored tensors are released
-    by that call (and never pickled or deep-copied), so holding them costs nothing between steps.
+    For each task t with target y_t and auxiliary predictions a_{t,1..k} (at lower resolution):
+
+        extra_t = aux_weight · Σ_i L_t(upsample(a_{t,i}, size(y_t)), y_t)
+
+    with L_t the task's own loss (``densemtl.tasks.get(t).loss``), as in PAD-Net's and MTI-Net's
+    deep supervision. The engine adds ``extra_t`` to task t's loss.
     """
 
     aux_weight: float
     tasks: tuple[str, ...]
-    _aux: dict[str, list[Tensor]] | None = None
-    _aux_owner: Tensor | None = None
-
-    def _keep_aux(self, aux: dict[str, list[Tensor]], preds: Mapping[str, Tensor]) -> None:
-        # The first prediction tensor identifies the forward pass the auxiliary outputs belong to.
-        self._aux = aux
-        self._aux_owner = preds[self.tasks[0]]
-
-    def auxiliary_predictions(self) -> dict[str, list[Tensor]]:
-        """The auxiliary predictions of the latest forward (empty once ``extra_losses`` used them)."""
-        return dict(self._aux or {})
 
     def extra_losses(self, preds: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """``aux_weight`` × the summed losses of the auxiliary predictions, per task."""
-        aux, owner = self._aux, self._aux_owner
-        if aux is None or owner is None or owner is not preds.get(self.tasks[0]):
-            raise RuntimeError(
-                f"{type(self).__name__}.extra_losses needs the predictions of the model's latest forward "
-                "(call it once per forward, with that forward's output)"
-            )
-        self._aux, self._aux_owner = None, None
+        """``aux_weight`` × the summed losses of the auxiliary predictions in ``preds.aux``, per task."""
         if self.aux_weight == 0:
             return {}
+        aux = getattr(preds, "aux", None)
+        if aux is None or any(t not in aux for t in self.tasks):
+            raise RuntimeError(
+                f"{type(self).__name__}.extra_losses needs the Predictions its forward returned "
+                "(with their .aux), not a copy of the task predictions"
+            )
         out = {}
         for t in self.tasks:
             target = batch[t]
-            loss = sum(LOSSES[t](upsample(p, target.shape[-2:]), target) for p in aux[t])
+            loss_fn = task_registry.get(t).loss
+            loss = sum(loss_fn(upsample(p, target.shape[-2:]), target) for p in aux[t])
             out[t] = self.aux_weight * loss
         return out
-
-    def __getstate__(self) -> dict[str, object]:
-        state = super().__getstate__()  # type: ignore[misc]
-        state.pop("_aux", None)
-        state.pop("_aux_owner", None)
-        return state
-
-
-def check_positive_int(arch: str, knob: str, value: object) -> int:
-    """``value`` as a positive int, else a ``ConfigError`` naming ``arch``'s ``knob``."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{arch} knob {knob!r} must be a positive integer, got {value!r}")
-    return value
 
 
 def check_common_knobs(arch: str, backbone: object, channels: object, aux_weight: object) -> None:
     """The knobs PAD-Net and MTI-Net share: backbone name, feature width, auxiliary-loss weight."""
-    if backbone not in BACKBONES:
-        raise ConfigError(f"{arch} knob 'backbone' must be one of {', '.join(BACKBONES)}, got {backbone!r}")
+    check_backbone(arch, backbone)
     check_positive_int(arch, "channels", channels)
-    if (
-        not isinstance(aux_weight, int | float)
-        or isinstance(aux_weight, bool)
-        or not aux_weight >= 0
-        or aux_weight == float("inf")
-    ):
-        raise ConfigError(f"{arch} knob 'aux_weight' must be a finite number >= 0, got {aux_weight!r}")
-
-
-def pretrained_error_for(arch: str, error: ConfigError) -> ConfigError:
-    """``load_imagenet_weights``'s error, naming ``arch`` instead of hps."""
-    return ConfigError(str(error).replace("hps knob", f"{arch} knob", 1))
-
-
-def resnet_stages(backbone: str, pretrained: bool, arch: str) -> tuple[nn.Sequential, nn.ModuleList, list[int]]:
-    """Stem (conv1, bn1, relu, maxpool) and stages layer1..layer4 at strides 4, 8, 16, 32, undilated.
-
-    Returns the stem, the four stages and their output widths.
-    """
-    net = getattr(torchvision.models, BACKBONES[backbone][0])(weights=None)
-    if pretrained:
-        try:
-            load_imagenet_weights(net, backbone)
-        except ConfigError as e:
-            raise pretrained_error_for(arch, e) from None
-    stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
-    stages = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])
-    widths = [stage_width(s) for s in stages]
-    return stem, stages, widths
+    check_finite_nonnegative(arch, "aux_weight", aux_weight)

@@ -4,13 +4,35 @@ A model maps an image batch (B,3,H,W) to ``{task: prediction at input size}`` an
 parameters are shared between tasks. Models with a single shared trunk also expose it as
 ``encode`` (image -> shared representation) and ``decode`` (representation -> predictions), so
 that the gradient engine can take per-task gradients with respect to the representation.
+
+Deeply supervised models (PAD-Net, MTI-Net) return ``Predictions``: the same ``{task: prediction}``
+mapping, carrying the forward's auxiliary predictions in ``.aux``; ``extra_losses(preds, batch)``
+reads them there. Whoever iterates the predictions sees the tasks only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 from torch import Tensor, nn
+
+
+class Predictions(dict[str, Tensor]):
+    """``{task: prediction at input size}`` plus ``aux``: ``{task: [auxiliary predictions]}``.
+
+    The auxiliary (deep-supervision) predictions of the same forward pass travel with the final
+    ones, so the model keeps no tensor between calls and ``extra_losses`` can only ever pair a
+    forward's auxiliary outputs with that forward. A plain ``dict`` built from a ``Predictions``
+    (``dict(preds)``, a comprehension) drops ``aux``; keys, values and items are the tasks'.
+    """
+
+    def __init__(
+        self,
+        preds: Mapping[str, Tensor] | Iterable[tuple[str, Tensor]] = (),
+        aux: Mapping[str, list[Tensor]] | None = None,
+    ) -> None:
+        super().__init__(preds)
+        self.aux: dict[str, list[Tensor]] = dict(aux or {})
 
 
 class MultiTaskModel(nn.Module):
@@ -62,5 +84,8 @@ class MultiTaskModel(nn.Module):
                 yield name, p
 
     def extra_losses(self, preds: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Hook for auxiliary per-task losses (deep supervision); added to the task's loss."""
+        """Auxiliary per-task losses (deep supervision) of the forward that returned ``preds``.
+
+        The engine adds ``extra_losses(preds, batch)[t]`` to task ``t``'s loss. Default: none.
+        """
         return {}

@@ -15,7 +15,8 @@ and finds (0.9, 0.1) works well; for T tasks we keep the rows summing to one,
 Columns:
 - ``segnet``: the SegNet encoder-decoder of ``densemtl.models.segnet``, a unit after every
   stage but the last decoder stage (2·stages − 1 units; the encoder's after max-pooling, as
-  after Misra's pool layers and in the MTAN authors' SegNet baseline), MTAN heads;
+  after Misra's pool layers and in the MTAN authors' SegNet baseline), MTAN heads (3×3 conv,
+  1×1 conv; correction of issue 10: no ReLU between them);
 - ``resnet18/34/50``: the dilated ResNet of ``densemtl.models.hps`` (stem + layer1, layer2,
   layer3, layer4), units after the first three stages, and the light head of ``mtan``.
 
@@ -31,15 +32,15 @@ through the units. ``column_parameters(t)`` lists a whole column. ``has_represen
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from densemtl.errors import ConfigError
 from densemtl.models import register
+from densemtl.models._knobs import check_unit_interval
+from densemtl.models.backbones import BACKBONES, build_resnet, check_backbone, register_imagenet_stats, stage_width
 from densemtl.models.base import MultiTaskModel
-from densemtl.models.hps import BACKBONES, build_resnet, register_imagenet_stats, stage_width
-from densemtl.models.mtan import check_backbone_knobs, light_head
-from densemtl.models.segnet import SegNetTrunk, segnet_filters, task_head, xavier_init
+from densemtl.models.layers import light_head, task_head, upsample, xavier_init
+from densemtl.models.mtan import check_backbone_knobs
+from densemtl.models.segnet import SegNetTrunk, check_input_size, segnet_filters
 
 CROSS_BACKBONES = ("segnet", *BACKBONES)
 
@@ -87,13 +88,8 @@ class CrossStitchBase(MultiTaskModel):
         return [*self.columns[task].parameters(), *self.heads[task].parameters()]
 
     def predict(self, feats: list[Tensor], size: tuple[int, int]) -> dict[str, Tensor]:
-        out = {}
-        for t, f in zip(self.tasks, feats, strict=True):
-            y = self.heads[t](f)
-            if tuple(y.shape[-2:]) != tuple(size):
-                y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
-            out[t] = y
-        return out
+        """Each task's head on its column's output, at ``size``."""
+        return {t: upsample(self.heads[t](f), size) for t, f in zip(self.tasks, feats, strict=True)}
 
 
 class SegNetCrossStitch(CrossStitchBase):
@@ -116,11 +112,7 @@ class SegNetCrossStitch(CrossStitchBase):
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         cols = [self.columns[t] for t in self.tasks]
         n = len(cols[0].filters)
-        if min(x.shape[-2:]) < 2**n:
-            raise ValueError(
-                f"crossstitch (segnet) with {n} stages needs inputs of at least {2**n}×{2**n}, "
-                f"got {tuple(x.shape[-2:])}; use fewer depth_stages"
-            )
+        check_input_size("crossstitch (segnet)", x, n)
         hs = [x] * len(cols)
         indices: list[list[Tensor]] = [[] for _ in cols]
         sizes: list[tuple[int, ...]] = []
@@ -155,7 +147,9 @@ class ResNetCrossStitch(CrossStitchBase):
     ) -> None:
         super().__init__(task_channels)
         self.backbone_name = backbone
-        self.columns = nn.ModuleDict({t: build_resnet(backbone, output_stride, pretrained) for t in self.tasks})
+        self.columns = nn.ModuleDict(
+            {t: build_resnet(backbone, output_stride, pretrained, "crossstitch") for t in self.tasks}
+        )
         first = self.columns[self.tasks[0]]
         ch = [stage_width(stage) for stage in (first.layer1, first.layer2, first.layer3, first.layer4)]
         T = len(self.tasks)
@@ -178,7 +172,7 @@ class ResNetCrossStitch(CrossStitchBase):
         return self.predict(hs, (x.shape[-2], x.shape[-1]))
 
 
-@register("crossstitch")
+@register("crossstitch", tiny={"width": 0.125, "depth_stages": 3})
 def crossstitch(
     task_channels: dict[str, int],
     backbone: str = "segnet",
@@ -203,11 +197,9 @@ def crossstitch(
         pretrained: ResNet only: ImageNet weights in every column (the paper starts all columns
             from the same pretrained network).
     """
-    if backbone not in CROSS_BACKBONES:
-        raise ConfigError(f"crossstitch knob 'backbone' must be one of {', '.join(CROSS_BACKBONES)}, got {backbone!r}")
-    if isinstance(alpha_same, bool) or not isinstance(alpha_same, (int, float)) or not 0 <= alpha_same <= 1:
-        raise ConfigError(f"crossstitch knob 'alpha_same' must be a number in [0, 1], got {alpha_same!r}")
+    check_backbone("crossstitch", backbone, CROSS_BACKBONES)
+    alpha = check_unit_interval("crossstitch", "alpha_same", alpha_same)
     check_backbone_knobs("crossstitch", backbone, width, depth_stages, head_channels, output_stride, pretrained)
     if backbone == "segnet":
-        return SegNetCrossStitch(task_channels, segnet_filters(width, depth_stages), float(alpha_same))
-    return ResNetCrossStitch(task_channels, backbone, output_stride, head_channels, bool(pretrained), float(alpha_same))
+        return SegNetCrossStitch(task_channels, segnet_filters(width, depth_stages, "crossstitch"), alpha)
+    return ResNetCrossStitch(task_channels, backbone, output_stride, head_channels, bool(pretrained), alpha)

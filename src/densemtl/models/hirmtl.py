@@ -13,38 +13,24 @@ Three levels on the four stages of a torchvision ResNet (strides 4, 8, 16, 32):
   fused features: shared = σ(conv[F_t, F_o]) ⊙ F_o, unique = F_t − shared,
   out = F_t + conv(shared) + conv(unique); the gate and convs are task t's own (asymmetric).
   With one task there is no other task and the AICM is the identity.
-Then each task's head (3×3 conv, ReLU, 1×1 conv) at stride 4, upsampled bilinearly to the input.
+Then each task's head (MTAN's: 3×3 conv, 1×1 conv; correction of issue 10: there used to be a ReLU
+between them) at stride 4, upsampled bilinearly to the input.
 
 Images in [0, 1] are normalised with the ImageNet mean and std. Outputs are raw.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models.resnet import BasicBlock
 
-from densemtl.errors import ConfigError
 from densemtl.models import register
-from densemtl.models._multiscale import resnet_stages as multiscale_resnet_stages
+from densemtl.models._knobs import check_bool, check_positive_int
+from densemtl.models.backbones import check_backbone, register_imagenet_stats, resnet_stages
 from densemtl.models.base import MultiTaskModel
-from densemtl.models.hps import BACKBONES, register_imagenet_stats
-from densemtl.models.segnet import conv_bn_relu, task_head
+from densemtl.models.layers import conv_bn_relu, light_head, residual_block, task_head, upsample
 
 N_SCALES = 4
-
-
-def resnet_stages(backbone: str, pretrained: bool) -> tuple[nn.Sequential, nn.ModuleList, list[int]]:
-    """A torchvision ResNet (no dilation) as (stem, [layer1..layer4], their output channels).
-
-    The stem's modules keep their torchvision names (``stem.conv1``, ...), unlike ``_multiscale``'s.
-    """
-    stem, stages, widths = multiscale_resnet_stages(backbone, pretrained, "hirmtl")
-    names = ("conv1", "bn1", "relu", "maxpool")
-    return nn.Sequential(OrderedDict(zip(names, stem, strict=True))), stages, widths
 
 
 class TaskAdaptiveFusion(nn.Module):
@@ -52,16 +38,11 @@ class TaskAdaptiveFusion(nn.Module):
 
     def __init__(self, channels: int, n_scales: int = N_SCALES) -> None:
         super().__init__()
-        self.weigher = nn.Sequential(
-            nn.Conv2d(n_scales * channels, channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(channels),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(channels, n_scales, 1),
-        )
+        self.weigher = light_head(n_scales * channels, n_scales, channels)
 
     def forward(self, feats: list[Tensor]) -> Tensor:
         size = feats[0].shape[-2:]
-        up = [feats[0], *(F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in feats[1:])]
+        up = [feats[0], *(upsample(f, size) for f in feats[1:])]
         stacked = torch.stack(up, dim=1)  # B, S, C, H, W
         weights = torch.softmax(self.weigher(torch.cat(up, dim=1)), dim=1)  # B, S, H, W
         return (weights.unsqueeze(2) * stacked).sum(dim=1)
@@ -105,10 +86,10 @@ class HirMTL(MultiTaskModel):
         super().__init__(task_channels)
         self.backbone_name = backbone
         self.detach_peers = detach_peers
-        self.stem, self.stages, widths = resnet_stages(backbone, pretrained)
+        self.stem, self.stages, widths = resnet_stages(backbone, pretrained, "hirmtl", named_stem=True)
         self.scale_shared = nn.ModuleList(conv_bn_relu(w, channels) for w in widths)
         self.scale_task = nn.ModuleDict(
-            {t: nn.ModuleList(BasicBlock(channels, channels) for _ in widths) for t in self.tasks}
+            {t: nn.ModuleList(residual_block(channels, channels) for _ in widths) for t in self.tasks}
         )
         self.taf = nn.ModuleDict({t: TaskAdaptiveFusion(channels, len(widths)) for t in self.tasks})
         # With one task there is nothing to compare with: no AICM, the fused features go to the head.
@@ -144,13 +125,10 @@ class HirMTL(MultiTaskModel):
             for t in self.tasks:
                 others = torch.stack([fused[u] for u in self.tasks if u != t]).mean(dim=0)
                 refined[t] = self.aicm[t](fused[t], others.detach() if self.detach_peers else others)
-        return {
-            t: F.interpolate(self.heads[t](refined[t]), size=size, mode="bilinear", align_corners=False)
-            for t in self.tasks
-        }
+        return {t: upsample(self.heads[t](refined[t]), size) for t in self.tasks}
 
 
-@register("hirmtl")
+@register("hirmtl", tiny={"backbone": "resnet18", "channels": 8})
 def hirmtl(
     task_channels: dict[str, int],
     backbone: str = "resnet18",
@@ -171,11 +149,8 @@ def hirmtl(
         detach_peers: AICM reads the other tasks' features without gradient, so each task's
             residual blocks and TAF are trained by its own loss only (and count as its own).
     """
-    if backbone not in BACKBONES:
-        raise ConfigError(f"hirmtl knob 'backbone' must be one of {', '.join(BACKBONES)}, got {backbone!r}")
-    if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
-        raise ConfigError(f"hirmtl knob 'channels' must be a positive integer, got {channels!r}")
-    for key, value in (("pretrained", pretrained), ("detach_peers", detach_peers)):
-        if not isinstance(value, bool):
-            raise ConfigError(f"hirmtl knob {key!r} must be true or false, got {value!r}")
+    check_backbone("hirmtl", backbone)
+    check_positive_int("hirmtl", "channels", channels)
+    check_bool("hirmtl", "pretrained", pretrained)
+    check_bool("hirmtl", "detach_peers", detach_peers)
     return HirMTL(task_channels, backbone=backbone, channels=channels, pretrained=pretrained, detach_peers=detach_peers)

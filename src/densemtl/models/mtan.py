@@ -17,7 +17,7 @@ attended features.
 
 Two shared networks:
 - ``segnet``: the SegNet of ``densemtl.models.segnet`` (attention at every encoder and decoder
-  stage, MTAN heads: 3×3 conv, ReLU, 1×1 conv);
+  stage, MTAN heads: 3×3 conv, 1×1 conv; correction of issue 10: no ReLU between them);
 - ``resnet18/34/50``: the dilated ResNet of ``densemtl.models.hps`` with attention over its 4
   stages, as in the authors' ``MTANDeepLabv3`` (``u_j`` = the stage without its last block,
   ``p_j`` = the whole stage), with bottleneck-width masks (C/4 hidden channels) and ``f``
@@ -36,39 +36,28 @@ from torch import Tensor, nn
 
 from densemtl.errors import ConfigError
 from densemtl.models import register
-from densemtl.models._attention import attention_mask
-from densemtl.models.base import MultiTaskModel
-from densemtl.models.hps import (
+from densemtl.models._knobs import check_positive_int
+from densemtl.models.backbones import (
     BACKBONES,
     build_resnet,
-    check_head_channels,
+    check_backbone,
     check_output_stride,
     register_imagenet_stats,
     stage_width,
 )
-from densemtl.models.segnet import SegNetTrunk, conv_bn_relu, segnet_filters, task_head, xavier_init
+from densemtl.models.base import MultiTaskModel
+from densemtl.models.layers import attention_mask, conv_bn_relu, light_head, task_head, upsample, xavier_init
+from densemtl.models.segnet import SegNetTrunk, check_input_size, segnet_filters
 
 MTAN_BACKBONES = ("segnet", *BACKBONES)
-
-
-def light_head(in_channels: int, out_channels: int, channels: int) -> nn.Sequential:
-    """The hps head without its ASPP: 3×3 conv-BN-ReLU of ``channels``, 1×1 conv to the outputs."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, channels, 3, padding=1, bias=False),
-        nn.BatchNorm2d(channels),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(channels, out_channels, 1),
-    )
 
 
 def resize_to(x: Tensor, ref: Tensor, mode: str) -> Tensor:
     """``x`` at ``ref``'s spatial size: max-pooled (``"pool"``) or bilinearly resized (``"up"``)."""
     size = tuple(ref.shape[-2:])
-    if tuple(x.shape[-2:]) == size:
-        return x
-    if mode == "pool":
+    if mode == "pool" and tuple(x.shape[-2:]) != size:
         return F.adaptive_max_pool2d(x, size)
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    return upsample(x, size)
 
 
 def check_backbone_knobs(
@@ -97,7 +86,7 @@ def check_backbone_knobs(
     for knob, value, default in (("width", width, 1.0), ("depth_stages", depth_stages, 5)):
         if value != default:
             raise ConfigError(f"{arch} knob {knob!r} applies to backbone='segnet', not {backbone!r}")
-    check_head_channels(arch, head_channels)
+    check_positive_int(arch, "head_channels", head_channels)
     check_output_stride(arch, output_stride)
 
 
@@ -115,13 +104,8 @@ class MTANBase(MultiTaskModel):
         return [*self.attention[task].parameters(), *self.heads[task].parameters()]
 
     def predict(self, feats: dict[str, Tensor], size: tuple[int, int]) -> dict[str, Tensor]:
-        out = {}
-        for t in self.tasks:
-            y = self.heads[t](feats[t])
-            if tuple(y.shape[-2:]) != tuple(size):
-                y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
-            out[t] = y
-        return out
+        """Each task's head on its attended features, at ``size``."""
+        return {t: upsample(self.heads[t](feats[t]), size) for t in self.tasks}
 
 
 class SegNetMTAN(MTANBase):
@@ -157,12 +141,7 @@ class SegNetMTAN(MTANBase):
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         trunk = self.trunk
-        min_side = 2 ** len(trunk.filters)
-        if min(x.shape[-2:]) < min_side:
-            raise ValueError(
-                f"mtan (segnet) with {len(trunk.filters)} stages needs inputs of at least "
-                f"{min_side}×{min_side}, got {tuple(x.shape[-2:])}; use fewer depth_stages"
-            )
+        check_input_size("mtan (segnet)", x, len(trunk.filters))
         att: dict[str, Tensor | None] = dict.fromkeys(self.tasks)
         indices: list[Tensor] = []
         sizes: list[tuple[int, ...]] = []
@@ -202,7 +181,7 @@ class ResNetMTAN(MTANBase):
     ) -> None:
         super().__init__(task_channels)
         self.backbone_name = backbone
-        net = build_resnet(backbone, output_stride, pretrained)
+        net = build_resnet(backbone, output_stride, pretrained, "mtan")
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.stages = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])
         ch = [stage_width(s) for s in self.stages]
@@ -234,7 +213,7 @@ class ResNetMTAN(MTANBase):
         return self.predict(att, (x.shape[-2], x.shape[-1]))  # type: ignore[arg-type]
 
 
-@register("mtan")
+@register("mtan", tiny={"width": 0.125, "depth_stages": 3})
 def mtan(
     task_channels: dict[str, int],
     backbone: str = "segnet",
@@ -257,9 +236,8 @@ def mtan(
         output_stride: ResNet only: 8 or 16, as in hps.
         pretrained: ResNet only: ImageNet weights for the shared backbone, as in hps.
     """
-    if backbone not in MTAN_BACKBONES:
-        raise ConfigError(f"mtan knob 'backbone' must be one of {', '.join(MTAN_BACKBONES)}, got {backbone!r}")
+    check_backbone("mtan", backbone, MTAN_BACKBONES)
     check_backbone_knobs("mtan", backbone, width, depth_stages, head_channels, output_stride, pretrained)
     if backbone == "segnet":
-        return SegNetMTAN(task_channels, segnet_filters(width, depth_stages))
+        return SegNetMTAN(task_channels, segnet_filters(width, depth_stages, "mtan"))
     return ResNetMTAN(task_channels, backbone, output_stride, head_channels, bool(pretrained))

@@ -27,8 +27,9 @@ its four distillation units and its aggregation head. Several shared tensors (fo
 T tasks) feed the task-owned part, so there is no single shared representation
 (``has_representation = False``): gradient methods use the parameters mode.
 
-Deep supervision: each forward keeps the 4 auxiliary predictions per task on the model and
-``extra_losses(preds, batch)`` returns ``aux_weight`` × the sum of their losses per task.
+Deep supervision: the forward returns ``Predictions`` whose ``aux`` holds the 4 auxiliary
+predictions per task, and ``extra_losses(preds, batch)`` returns ``aux_weight`` × the sum of
+their losses per task.
 """
 
 from __future__ import annotations
@@ -37,18 +38,10 @@ import torch
 from torch import Tensor, nn
 
 from densemtl.models import register
-from densemtl.models._multiscale import (
-    DeepSupervision,
-    Distillation,
-    TaskFeatures,
-    check_common_knobs,
-    conv_bn_relu,
-    prediction_head,
-    resnet_stages,
-    upsample,
-)
-from densemtl.models.base import MultiTaskModel
-from densemtl.models.hps import register_imagenet_stats
+from densemtl.models._multiscale import DeepSupervision, Distillation, TaskFeatures, check_common_knobs
+from densemtl.models.backbones import register_imagenet_stats, resnet_stages
+from densemtl.models.base import MultiTaskModel, Predictions
+from densemtl.models.layers import conv_bn_relu, prediction_head, upsample
 
 N_SCALES = 4
 
@@ -151,7 +144,8 @@ class MtiNet(DeepSupervision, MultiTaskModel):
             feats.append(h)
         return feats
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
+    def forward(self, x: Tensor) -> Predictions:
+        """Final predictions at the input size; ``.aux`` holds the 4 per-scale ones per task."""
         feats = self.backbone_features(x)
         task_feats: list[dict[str, Tensor]] = [{} for _ in range(N_SCALES)]
         carried: dict[str, Tensor] | None = None
@@ -169,11 +163,10 @@ class MtiNet(DeepSupervision, MultiTaskModel):
             aux[t] = [head.aux[s](task_feats[s][t]) for s in range(N_SCALES)]
             distilled = [upsample(head.distill[s](task_feats[s]), finest) for s in range(N_SCALES)]
             preds[t] = upsample(head.final(torch.cat(distilled, dim=1)), x.shape[-2:])
-        self._keep_aux(aux, preds)
-        return preds
+        return Predictions(preds, aux)
 
 
-@register("mtinet")
+@register("mtinet", tiny={"backbone": "resnet18", "channels": 8})
 def mtinet(
     task_channels: dict[str, int],
     backbone: str = "resnet50",

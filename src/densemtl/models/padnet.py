@@ -17,9 +17,9 @@ the messages ``W_s`` into t) and its final head. The shared representation is th
 concatenation of all tasks' intermediate features, (B, T·channels, H/8, W/8): ``encode`` computes
 it and ``decode`` uses task-owned parameters only, so the engine's representation mode is valid.
 
-Deep supervision: each forward keeps the auxiliary predictions on the model (``self._aux``) and
-``extra_losses(preds, batch)`` turns them into ``aux_weight`` × the task's loss, which the engine
-adds to that task's loss. The engine's predictions dict stays ``{task: prediction}``.
+Deep supervision: ``decode`` returns ``Predictions`` whose ``aux`` holds each task's auxiliary
+prediction, and ``extra_losses(preds, batch)`` turns them into ``aux_weight`` × the task's loss,
+which the engine adds to that task's loss. Iterating the predictions gives the tasks only.
 """
 
 from __future__ import annotations
@@ -27,19 +27,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from densemtl.errors import ConfigError
 from densemtl.models import register
-from densemtl.models._multiscale import (
-    DeepSupervision,
-    Distillation,
-    TaskFeatures,
-    check_common_knobs,
-    prediction_head,
-    pretrained_error_for,
-    upsample,
-)
-from densemtl.models.base import MultiTaskModel
-from densemtl.models.hps import build_resnet, check_output_stride, register_imagenet_stats, stage_width
+from densemtl.models._multiscale import DeepSupervision, Distillation, TaskFeatures, check_common_knobs
+from densemtl.models.backbones import build_resnet, check_output_stride, register_imagenet_stats, stage_width
+from densemtl.models.base import MultiTaskModel, Predictions
+from densemtl.models.layers import prediction_head, upsample
 
 
 class PadNetHead(nn.Module):
@@ -70,10 +62,7 @@ class PadNet(DeepSupervision, MultiTaskModel):
         super().__init__(task_channels)
         self.channels = channels
         self.aux_weight = float(aux_weight)
-        try:
-            self.backbone = build_resnet(backbone, output_stride, pretrained)
-        except ConfigError as e:
-            raise pretrained_error_for("padnet", e) from None
+        self.backbone = build_resnet(backbone, output_stride, pretrained, "padnet")
         width = stage_width(self.backbone.layer4)
         self.features = nn.ModuleDict({t: TaskFeatures(width, channels) for t in self.tasks})
         self.heads = nn.ModuleDict({t: PadNetHead(t, self.tasks, channels, n) for t, n in self.task_channels.items()})
@@ -84,15 +73,15 @@ class PadNet(DeepSupervision, MultiTaskModel):
         shared = self.backbone((x - self.mean) / self.std)
         return torch.cat([self.features[t](shared) for t in self.tasks], dim=1)
 
-    def decode(self, rep: Tensor, size: tuple[int, int]) -> dict[str, Tensor]:
+    def decode(self, rep: Tensor, size: tuple[int, int]) -> Predictions:
+        """Final predictions at ``size``; ``.aux`` holds each task's intermediate prediction."""
         feats = dict(zip(self.tasks, rep.split(self.channels, dim=1), strict=True))
         aux = {t: [self.heads[t].aux(feats[t])] for t in self.tasks}
         preds = {t: upsample(self.heads[t].final(self.heads[t].distill(feats)), size) for t in self.tasks}
-        self._keep_aux(aux, preds)
-        return preds
+        return Predictions(preds, aux)
 
 
-@register("padnet")
+@register("padnet", tiny={"backbone": "resnet18", "channels": 8})
 def padnet(
     task_channels: dict[str, int],
     backbone: str = "resnet50",

@@ -5,44 +5,25 @@ Attention", CVPR 2019 (https://arxiv.org/abs/1803.10704), without the attention 
 "split" baseline): encoder stages of 3×3 conv-BN-ReLU layers with filters 64, 128, 256, 512, 512
 (2, 2, 3, 3, 3 layers), each followed by 2×2 max-pooling that remembers its indices, and a
 mirrored decoder that max-unpools with those indices. The decoder's last feature map (full
-resolution, ``filters[0]`` channels) is the shared representation; each task reads it with a
-3×3 conv, a ReLU and a 1×1 conv.
+resolution, ``filters[0]`` channels) is the shared representation; each task reads it with
+MTAN's head, a 3×3 conv followed by a 1×1 conv (``layers.task_head``; correction of issue 10:
+there used to be a ReLU between them, which MTAN does not have).
 
 All outputs are raw: segmentation logits, unconstrained depth, unnormalised normals.
 """
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from densemtl.errors import ConfigError
 from densemtl.models import register
+from densemtl.models._knobs import check_choice, check_positive_number
 from densemtl.models.base import MultiTaskModel
+from densemtl.models.layers import conv_bn_relu, task_head, upsample, xavier_init
 
 BASE_FILTERS: tuple[int, ...] = (64, 128, 256, 512, 512)
 MIN_CHANNELS = 4
-
-
-def xavier_init(module: nn.Module) -> None:
-    """MTAN's initialisation: Xavier-normal convolutions, zero biases, unit-scale batch norms."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.xavier_normal_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-
-def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
-    """3×3 convolution (no bias: the batch norm has one), batch norm, ReLU."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
+DEPTH_STAGES = (3, 4, 5)
 
 
 def stage_layers(in_channels: int, out_channels: int, n_layers: int) -> nn.Sequential:
@@ -52,13 +33,14 @@ def stage_layers(in_channels: int, out_channels: int, n_layers: int) -> nn.Seque
     return nn.Sequential(*layers)
 
 
-def task_head(in_channels: int, out_channels: int) -> nn.Sequential:
-    """MTAN's prediction head: 3×3 conv, ReLU, 1×1 conv to the task's channels."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, in_channels, 3, padding=1),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(in_channels, out_channels, 1),
-    )
+def check_input_size(arch: str, x: Tensor, n_stages: int) -> None:
+    """A ``ValueError`` unless both sides of ``x`` survive ``n_stages`` 2×2 poolings."""
+    min_side = 2**n_stages
+    if min(x.shape[-2:]) < min_side:
+        raise ValueError(
+            f"{arch} with {n_stages} stages needs inputs of at least {min_side}×{min_side}, "
+            f"got {tuple(x.shape[-2:])}; use fewer depth_stages"
+        )
 
 
 class SegNetTrunk(nn.Module):
@@ -94,12 +76,7 @@ class SegNetTrunk(nn.Module):
         return self.filters[0]
 
     def forward(self, x: Tensor) -> Tensor:
-        min_side = 2 ** len(self.filters)
-        if min(x.shape[-2:]) < min_side:
-            raise ValueError(
-                f"segnet with {len(self.filters)} stages needs inputs of at least "
-                f"{min_side}×{min_side}, got {tuple(x.shape[-2:])}; use fewer depth_stages"
-            )
+        check_input_size("segnet", x, len(self.filters))
         indices: list[Tensor] = []
         sizes: list[tuple[int, ...]] = []
         for stage in self.encoder:
@@ -121,36 +98,27 @@ class SegNetMTL(MultiTaskModel):
         self.trunk = SegNetTrunk(filters)
         c = self.trunk.out_channels
         self.heads = nn.ModuleDict({t: task_head(c, n) for t, n in self.task_channels.items()})
-        for head in self.heads.values():
-            for m in head.modules():
-                if isinstance(m, nn.Conv2d):
-                    nn.init.xavier_normal_(m.weight)
-                    nn.init.zeros_(m.bias)
+        xavier_init(self.heads)
 
     def encode(self, x: Tensor) -> Tensor:
         """The decoder's last feature map, at the input's resolution."""
         return self.trunk(x)
 
     def decode(self, rep: Tensor, size: tuple[int, int]) -> dict[str, Tensor]:
-        out = {}
-        for t in self.tasks:
-            y = self.heads[t](rep)
-            if tuple(y.shape[-2:]) != tuple(size):
-                y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
-            out[t] = y
-        return out
+        return {t: upsample(self.heads[t](rep), size) for t in self.tasks}
 
 
-def segnet_filters(width: float, depth_stages: int) -> tuple[int, ...]:
-    """Channel counts of the stages: SegNet's, scaled by ``width``, at least ``MIN_CHANNELS``."""
-    if not isinstance(width, (int, float)) or isinstance(width, bool) or width <= 0:
-        raise ConfigError(f"segnet knob 'width' must be a positive number, got {width!r}")
-    if depth_stages not in (3, 4, 5) or isinstance(depth_stages, bool):
-        raise ConfigError(f"segnet knob 'depth_stages' must be 3, 4 or 5, got {depth_stages!r}")
+def segnet_filters(width: float, depth_stages: int, arch: str = "segnet") -> tuple[int, ...]:
+    """Channel counts of the stages: SegNet's, scaled by ``width``, at least ``MIN_CHANNELS``.
+
+    Checks ``arch``'s knobs ``width`` (a positive number) and ``depth_stages`` (3, 4 or 5).
+    """
+    check_positive_number(arch, "width", width)
+    check_choice(arch, "depth_stages", depth_stages, DEPTH_STAGES)
     return tuple(max(MIN_CHANNELS, round(f * width)) for f in BASE_FILTERS[:depth_stages])
 
 
-@register("segnet")
+@register("segnet", tiny={"width": 0.125, "depth_stages": 3})
 def segnet(task_channels: dict[str, int], width: float = 1.0, depth_stages: int = 5) -> MultiTaskModel:
     """MTAN's SegNet (split, no attention) with per-task heads.
 

@@ -39,7 +39,7 @@ class SingleTaskNetworks(MultiTaskModel):
         return [p for p in self.nets[task].parameters() if p.requires_grad]
 
 
-@register("single")
+@register("single", tiny={"base": "segnet", "base_args": {"width": 0.125, "depth_stages": 3}})
 def single(
     task_channels: dict[str, int],
     base: str = "segnet",

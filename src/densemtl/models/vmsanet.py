@@ -12,7 +12,8 @@ m = att_t,i([g0_i, a_{i-1}]) multiplies the stage output g1_i, then the shared V
 ``f_enc``) maps it to the next level's width and it is max-pooled; in the decoder it is upsampled,
 passed through the shared ``f_dec`` (a 3×3 conv-BN-ReLU, or a VMSM with ``vmsm_in_decoder``), and
 masked again (the mask reads the stage's unpooled input and the stream, as in MTAN). The last
-attended map feeds the task's head (``segnet.task_head``: 3×3 conv, ReLU, 1×1 conv).
+attended map feeds the task's head (``layers.task_head``, MTAN's: 3×3 conv, 1×1 conv; correction
+of issue 10: there used to be a ReLU between them, which neither MTAN nor the authors' code has).
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from densemtl.errors import ConfigError
 from densemtl.models import register
-from densemtl.models._attention import attention_mask
+from densemtl.models._knobs import check_bool, check_positive_ints
 from densemtl.models._vmsa_blocks import ChannelAttention, VariableMultiScale
 from densemtl.models.base import MultiTaskModel
-from densemtl.models.segnet import SegNetTrunk, conv_bn_relu, segnet_filters, task_head
+from densemtl.models.layers import attention_mask, conv_bn_relu, task_head, xavier_init
+from densemtl.models.segnet import SegNetTrunk, check_input_size, segnet_filters
 
 
 class VMSANet(MultiTaskModel):
@@ -82,7 +83,7 @@ class VMSANet(MultiTaskModel):
             }
         )
         self.heads = nn.ModuleDict({t: task_head(self.filters[0], n) for t, n in self.task_channels.items()})
-        SegNetTrunk.reset_parameters(self)  # MTAN's initialisation for every module, not just the trunk
+        xavier_init(self)  # MTAN's initialisation for every module, not just the trunk
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         """Task ``task``'s encoder and decoder attention masks and its head."""
@@ -104,12 +105,7 @@ class VMSANet(MultiTaskModel):
         return first, rest
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        min_side = 2 ** len(self.filters)
-        if min(x.shape[-2:]) < min_side:
-            raise ValueError(
-                f"vmsanet with {len(self.filters)} stages needs inputs of at least "
-                f"{min_side}×{min_side}, got {tuple(x.shape[-2:])}; use fewer depth_stages"
-            )
+        check_input_size("vmsanet", x, len(self.filters))
         trunk = self.trunk
         att: dict[str, Tensor] = {}
         indices: list[Tensor] = []
@@ -135,17 +131,7 @@ class VMSANet(MultiTaskModel):
         return {t: self.heads[t](att[t]) for t in self.tasks}
 
 
-def _check_scales(scales: object) -> tuple[int, ...]:
-    if (
-        not isinstance(scales, (list, tuple))
-        or not scales
-        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in scales)
-    ):
-        raise ConfigError(f"vmsanet knob 'scales' must be a non-empty list of positive integers, got {scales!r}")
-    return tuple(scales)
-
-
-@register("vmsanet")
+@register("vmsanet", tiny={"width": 0.125, "depth_stages": 3, "scales": (2, 4)})
 def vmsanet(
     task_channels: dict[str, int],
     scales: Sequence[int] = (2, 4, 6),
@@ -170,15 +156,9 @@ def vmsanet(
 
     The VMSM's pooling branch holds batch norms over 1×1 maps: train with batches of >= 2 images.
     """
-    if not isinstance(width, (int, float)) or isinstance(width, bool) or width <= 0:
-        raise ConfigError(f"vmsanet knob 'width' must be a positive number, got {width!r}")
-    if not isinstance(depth_stages, int) or isinstance(depth_stages, bool) or depth_stages not in (3, 4, 5):
-        raise ConfigError(f"vmsanet knob 'depth_stages' must be 3, 4 or 5, got {depth_stages!r}")
-    if not isinstance(vmsm_in_decoder, bool):
-        raise ConfigError(f"vmsanet knob 'vmsm_in_decoder' must be true or false, got {vmsm_in_decoder!r}")
     return VMSANet(
         task_channels,
-        segnet_filters(width, depth_stages),
-        scales=_check_scales(scales),
-        vmsm_in_decoder=vmsm_in_decoder,
+        segnet_filters(width, depth_stages, "vmsanet"),
+        scales=check_positive_ints("vmsanet", "scales", scales),
+        vmsm_in_decoder=check_bool("vmsanet", "vmsm_in_decoder", vmsm_in_decoder),
     )

@@ -1,4 +1,4 @@
-"""Loss, weight and metric curves of a run as PNG files."""
+"""Loss, weight and metric curves of a run as PNG files (one metric panel per task column)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from densemtl.report.console import COLUMNS  # noqa: E402
+from densemtl import tasks as task_registry  # noqa: E402
 
 
 def _num(value: Any) -> float:
@@ -40,18 +40,20 @@ def plot_run(history: list[dict[str, Any]], tasks: tuple[str, ...], out: Path) -
         fig.savefig(out / fname, dpi=100)
         plt.close(fig)
         written.append(out / fname)
-    ncols = max(len(COLUMNS[t]) for t in tasks)
+    columns = {t: task_registry.get(t).table_columns() for t in tasks}
+    ncols = max(len(c) for c in columns.values())
     fig, axes = plt.subplots(len(tasks), ncols, figsize=(2.4 * ncols, 2.2 * len(tasks)), squeeze=False)
     epochs = [r["epoch"] for r in history]
     for row, t in enumerate(tasks):
         for col in range(ncols):
             ax = axes[row, col]
-            if col >= len(COLUMNS[t]):
+            if col >= len(columns[t]):
                 ax.axis("off")
                 continue
-            key, label, _ = COLUMNS[t][col]
-            ax.plot(epochs, [_num(r["val"][t][key]) for r in history], marker="o", markersize=3, color=f"C{row}")
-            ax.set_title(f"{t} {label}", fontsize=9)
+            column = columns[t][col]
+            values = [_num(r["val"][t][column.metric]) for r in history]
+            ax.plot(epochs, values, marker="o", markersize=3, color=f"C{row}")
+            ax.set_title(f"{t} {column.label}", fontsize=9)
             ax.tick_params(labelsize=7)
             if row == len(tasks) - 1:
                 ax.set_xlabel("epoch", fontsize=8)

@@ -1,67 +1,89 @@
-"""The dense prediction tasks: names, output channels and masked losses.
+"""Dense prediction tasks: ``get(name)``, ``available()`` and ``register``.
 
-Targets follow the data contract: ``seg`` (B,H,W) long with -1 = ignore, ``depth`` (B,1,H,W)
-with 0 = invalid, ``normal`` (B,3,H,W) with all-zero = invalid. Predictions are raw network
-outputs at input size: ``seg`` logits (B,C,H,W), ``depth`` (B,1,H,W), ``normal`` (B,3,H,W)
-(normalised here before the loss).
+A task is one :class:`~densemtl.tasks.base.Task` subclass registered under its name, the key of
+its targets in batches and of its predictions in model outputs. A new task is one module here
+(or in the user's own code) decorated with ``@register("name")``; every module of this package
+is imported (and so registered) when the package is. The built-in tasks: ``seg`` (segmentation,
+targets (B,H,W) long, -1 = ignore), ``depth`` ((B,1,H,W), 0 = invalid), ``normal`` ((B,3,H,W),
+all-zero = invalid).
 """
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
 from torch import Tensor
 
-TASKS: tuple[str, ...] = ("seg", "depth", "normal")
+from densemtl.registry import Registry
+from densemtl.tasks.base import Column, MetricAccumulator, Task
+
+TASKS: Registry[Task] = Registry("task")
+
+TaskT = TypeVar("TaskT", bound=type[Task])
+
+#: The NYUv2 task set and class count that ``models.create(name)`` builds for by default.
+_DEFAULT_TASKS: tuple[str, ...] = ("seg", "depth", "normal")
+_DEFAULT_CLASSES = 13
 
 
-def task_channels(tasks: tuple[str, ...] | list[str], num_classes: int) -> dict[str, int]:
-    """Output channels of each task's head: segmentation has one logit per class."""
-    sizes = {"seg": num_classes, "depth": 1, "normal": 3}
-    return {t: sizes[t] for t in tasks}
+def register(name: str, *, tiny: dict[str, Any] | None = None) -> Callable[[TaskT], TaskT]:
+    """Class decorator registering a :class:`Task` subclass under ``name`` (also its ``name``)."""
+
+    def deco(cls: TaskT) -> TaskT:
+        TASKS.register(name, tiny=tiny)(cls)
+        cls.name = name.lower()
+        return cls
+
+    return deco
 
 
-def depth_valid(depth: Tensor) -> Tensor:
-    """Valid depth pixels: finite and non-zero. Shape as ``depth``."""
-    return torch.isfinite(depth) & (depth != 0)
+def available() -> list[str]:
+    """The registered task names, sorted."""
+    return TASKS.available()
 
 
-def normal_valid(normal: Tensor) -> Tensor:
-    """Valid normal pixels (B,H,W): any non-zero component."""
-    return (normal.abs().sum(dim=1) > 0) & torch.isfinite(normal).all(dim=1)
+def get(name: str) -> Task:
+    """A ready instance of task ``name``; an unknown name is a ConfigError listing the valid ones."""
+    return TASKS.get(name)()
 
 
-def seg_loss(pred: Tensor, target: Tensor) -> Tensor:
-    """Cross-entropy over pixels whose label is not -1 (0 when none are)."""
-    if not (target >= 0).any():
-        return pred.sum() * 0.0
-    return F.cross_entropy(pred, target, ignore_index=-1)
+def task_channels(tasks: Iterable[str], num_classes: int) -> dict[str, int]:
+    """Output channels of each task's head, in the order of ``tasks``."""
+    return {t: get(t).channels(num_classes) for t in tasks}
 
 
-def depth_loss(pred: Tensor, target: Tensor) -> Tensor:
-    """Mean absolute error over valid (non-zero) depth pixels."""
-    mask = depth_valid(target)
-    if not mask.any():
-        return pred.sum() * 0.0
-    return (pred[mask] - target[mask]).abs().mean()
+def default_task_channels() -> dict[str, int]:
+    """The NYUv2 heads (13 classes, depth, normals): the default of ``models.create``."""
+    return task_channels(_DEFAULT_TASKS, _DEFAULT_CLASSES)
 
 
-def normal_loss(pred: Tensor, target: Tensor) -> Tensor:
-    """Mean of 1 - cos(pred, target) over valid pixels; ``pred`` is L2-normalised first."""
-    mask = normal_valid(target)
-    if not mask.any():
-        return pred.sum() * 0.0
-    # Zero the invalid targets first: a NaN there would otherwise give NaN gradients (0 * NaN).
-    target = torch.where(mask.unsqueeze(1), target, torch.zeros_like(target))
-    cos = (F.normalize(pred, dim=1) * target).sum(dim=1)
-    return (1.0 - cos[mask]).mean()
-
-
-LOSSES = {"seg": seg_loss, "depth": depth_loss, "normal": normal_loss}
-
-
-def compute_losses(
-    preds: dict[str, Tensor], batch: dict[str, Tensor], tasks: tuple[str, ...]
-) -> dict[str, Tensor]:
+def compute_losses(preds: dict[str, Tensor], batch: dict[str, Tensor], tasks: Iterable[str]) -> dict[str, Tensor]:
     """One scalar loss per task, in the order of ``tasks``."""
-    return {t: LOSSES[t](preds[t], batch[t]) for t in tasks}
+    return {t: get(t).loss(preds[t], batch[t]) for t in tasks}
+
+
+def _import_tasks() -> None:
+    # Every module in this package registers its task on import; one file = one task.
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(__path__):
+        if info.name != "base" and not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+_import_tasks()
+
+__all__ = [
+    "TASKS",
+    "Column",
+    "MetricAccumulator",
+    "Task",
+    "available",
+    "compute_losses",
+    "default_task_channels",
+    "get",
+    "register",
+    "task_channels",
+]

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
 
 from densemtl import data as data_registry
 from densemtl import methods as method_registry
 from densemtl import models as model_registry
-from densemtl.balancing.base import BalancingMethod, OptimizerMethod
+from densemtl.balancing.base import BalancingMethod
+from densemtl.data import MultiTaskDataset
 from densemtl.errors import ConfigError
 from densemtl.models.base import MultiTaskModel
 from densemtl.tasks import task_channels
@@ -33,38 +34,79 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset]:
+#: The keywords every dataset factory takes, set by their own config keys (not ``data_args``).
+STANDARD_DATA_KEYS = ("split", "root", "size", "augment", "seed", "n", "num_classes")
+
+
+def data_knobs(cfg: TrainConfig) -> dict[str, Any]:
+    """``cfg.data_args``, checked against the knobs the dataset's factory takes beyond the standard ones."""
+    factory = data_registry.DATASETS.get(cfg.dataset)  # unknown dataset -> ConfigError
+    params = inspect.signature(factory).parameters
+    accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    own = [k for k in data_registry.DATASETS.knobs(cfg.dataset) if k not in STANDARD_DATA_KEYS]
+    for key in cfg.data_args:
+        if key in STANDARD_DATA_KEYS:
+            raise ConfigError(f"--data-arg {key}: set by its own config key, not as a dataset knob")
+        if key not in own and not accepts_any:
+            raise ConfigError(
+                f"--data-arg {key}: dataset {cfg.dataset!r} has no such knob; valid: {', '.join(own) or 'none'}"
+            )
+    return dict(cfg.data_args)
+
+
+def build_datasets(cfg: TrainConfig) -> tuple[MultiTaskDataset, MultiTaskDataset]:
+    """The train and val splits of ``cfg.dataset``, with its ``data_args`` knobs."""
     common: dict[str, Any] = {
         "root": cfg.data_root,
         "size": cfg.size,
         "seed": cfg.seed,
         "num_classes": cfg.num_classes,
+        **data_knobs(cfg),
     }
     train = data_registry.create(cfg.dataset, "train", augment=cfg.augment, n=cfg.n_train, **common)
     val = data_registry.create(cfg.dataset, "val", augment=False, n=cfg.n_val, **common)
-    if len(train) == 0 or len(val) == 0:  # type: ignore[arg-type]
+    if len(train) == 0 or len(val) == 0:
         raise ConfigError(f"dataset {cfg.dataset!r} has an empty train or val split")
     return train, val
 
 
-def build_model(cfg: TrainConfig, tasks: tuple[str, ...], num_classes: int) -> MultiTaskModel:
-    torch.manual_seed(cfg.seed)
+def create_model(arch: str, arch_args: dict[str, Any], tasks: tuple[str, ...], num_classes: int) -> MultiTaskModel:
+    """Architecture ``arch`` with knobs ``arch_args`` for ``tasks`` (a bad knob is a one-line error)."""
     try:
-        return model_registry.create(cfg.arch, task_channels(tasks, num_classes), **cfg.arch_args)
+        return model_registry.create(arch, task_channels(tasks, num_classes), **arch_args)
     except TypeError as e:
-        raise ConfigError(f"--arch-arg for {cfg.arch!r}: {e}") from None
+        raise ConfigError(f"--arch-arg for {arch!r}: {e}") from None
 
 
-def build_method(cfg: TrainConfig, num_tasks: int) -> BalancingMethod:
-    kwargs = dict(cfg.method_args)
-    factory = method_registry.METHODS.get(cfg.method)
+def build_model(cfg: TrainConfig, tasks: tuple[str, ...], num_classes: int) -> MultiTaskModel:
+    """The config's model, initialised from its seed."""
+    torch.manual_seed(cfg.seed)
+    return create_model(cfg.arch, cfg.arch_args, tasks, num_classes)
+
+
+#: A method's random generator is seeded with the run's seed plus this prime, so that its draws
+#: (RLW's weights, PCGrad's orders, ...) are not those of the model's initialisation.
+METHOD_SEED_OFFSET = 7919
+
+
+def build_method(
+    name: str, num_tasks: int, seed: int, knobs: Mapping[str, Any] | None = None
+) -> BalancingMethod:
+    """The registered method ``name`` with ``knobs`` (``num_tasks`` filled in where its factory
+    takes it and it is not given), its generator seeded with ``seed + METHOD_SEED_OFFSET``.
+
+    The one way a run (``Member``) and ``densemtl speed`` build a method. A knob the method
+    refuses is a ConfigError naming ``--method-arg``.
+    """
+    kwargs = dict(knobs or {})
+    factory = method_registry.METHODS.get(name)
     if "num_tasks" in inspect.signature(factory).parameters and "num_tasks" not in kwargs:
         kwargs["num_tasks"] = num_tasks
     try:
-        method = method_registry.create(cfg.method, **kwargs)
+        method = method_registry.create(name, **kwargs)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"--method-arg for {cfg.method!r}: {e}") from None
-    method.set_generator(torch.Generator().manual_seed(cfg.seed + 7919))
+        raise ConfigError(f"--method-arg for {name!r}: {e}") from None
+    method.set_generator(torch.Generator().manual_seed(seed + METHOD_SEED_OFFSET))
     return method
 
 
@@ -103,6 +145,16 @@ class OptimizerGroup(torch.optim.Optimizer):
             opt.load_state_dict(states[name])
 
 
+def _method_groups(method: BalancingMethod, lr: float) -> list[dict[str, Any]]:
+    """The parameter group of the method's own learnable parameters (UW's log-variances), at the
+    learning rate it asks for (``parameters_lr``) or the run's, without weight decay."""
+    extra = method.parameters()
+    if not extra:
+        return []
+    own_lr = method.parameters_lr()
+    return [{"params": extra, "lr": lr if own_lr is None else own_lr, "weight_decay": 0.0}]
+
+
 def _split_optimizer(cfg: TrainConfig, model: MultiTaskModel, method: BalancingMethod) -> OptimizerGroup:
     """Plain SGD for the shared parameters (the method's update is the step), AdamW for the rest."""
     if cfg.grad_mode == "representation":
@@ -115,7 +167,7 @@ def _split_optimizer(cfg: TrainConfig, model: MultiTaskModel, method: BalancingM
             f"--weight-decay: {cfg.method} applies its own decoupled weight decay; "
             "use --method-arg weight_decay=... instead"
         )
-    options = method.optimizer_options() if isinstance(method, OptimizerMethod) else {}
+    options = method.optimizer_options()
     shared = [p for p in model.shared_parameters() if p.requires_grad]
     shared_ids = {id(p) for p in shared}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in shared_ids]
@@ -124,9 +176,7 @@ def _split_optimizer(cfg: TrainConfig, model: MultiTaskModel, method: BalancingM
         wd = float(options.get("weight_decay", 0.0))
         parts["shared"] = torch.optim.SGD(shared, lr=cfg.lr, momentum=0.0, weight_decay=wd)
     groups: list[dict[str, Any]] = [{"params": rest}] if rest else []
-    extra = method.parameters()
-    if extra:
-        groups.append({"params": extra, "lr": getattr(method, "lr", cfg.lr), "weight_decay": 0.0})
+    groups += _method_groups(method, cfg.lr)
     if groups:
         parts["tasks"] = torch.optim.AdamW(groups, lr=cfg.lr, **options)
     return OptimizerGroup(parts)
@@ -138,20 +188,17 @@ def build_optimizer(
     """The optimizer and its step LR schedule.
 
     By default Adam over the model (and the method's own learnable parameters). A method whose
-    ``shared_optimizer`` is "sgd" (MAO) gets an ``OptimizerGroup``: plain SGD at the learning rate
-    on the shared parameters, whose ``.grad`` already holds the method's step, and AdamW with the
-    method's ``optimizer_options()`` on the task-specific parameters (and the method's own).
+    ``requirements.optimizer`` is "sgd" (MAO) gets an ``OptimizerGroup``: plain SGD at the
+    learning rate on the shared parameters, whose ``.grad`` already holds the method's step, and
+    AdamW with the method's ``optimizer_options()`` on the task-specific parameters (and the
+    method's own).
     """
-    if method.shared_optimizer == "sgd":
+    if method.requirements.optimizer == "sgd":
         opt: torch.optim.Optimizer = _split_optimizer(cfg, model, method)
-    elif method.shared_optimizer == "adam":
-        groups: list[dict[str, Any]] = [{"params": [p for p in model.parameters() if p.requires_grad]}]
-        extra = method.parameters()
-        if extra:
-            groups.append({"params": extra, "lr": getattr(method, "lr", cfg.lr), "weight_decay": 0.0})
-        opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     else:
-        raise ValueError(f"{type(method).__name__}.shared_optimizer must be 'adam' or 'sgd'")
+        groups: list[dict[str, Any]] = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+        groups += _method_groups(method, cfg.lr)
+        opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     step = cfg.lr_step or max(1, (2 * cfg.epochs) // 3)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=step, gamma=cfg.lr_gamma)
     return opt, sched

@@ -1,4 +1,4 @@
-"""Checkpoints: everything needed to resume a run exactly, or to rebuild its model alone."""
+"""Checkpoints: everything needed to resume a run exactly, or to rebuild its model alone (:func:`load_model`)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ from typing import Any
 import torch
 
 from densemtl.errors import ConfigError
+from densemtl.models import MultiTaskModel
+from densemtl.training.builders import create_model, resolve_device
+from densemtl.training.config import TrainConfig, build_config
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -36,3 +39,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise ConfigError(f"checkpoint {p} is not a densemtl checkpoint")
     return state
+
+
+def load_model(path: str | Path, device: str = "cpu") -> tuple[MultiTaskModel, TrainConfig, dict[str, Any]]:
+    """(main network in eval mode on ``device``, its config, the checkpoint) from a checkpoint
+    file or a run directory; a bad path, file or device is a one-line error."""
+    state = load_checkpoint(path)
+    cfg = build_config(state["config"])
+    model = create_model(cfg.arch, cfg.arch_args, tuple(state["tasks"]), int(state["num_classes"]))
+    model.load_state_dict(state["model"])
+    model.to(resolve_device(device)).eval()
+    return model, cfg, state

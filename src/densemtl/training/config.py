@@ -1,14 +1,23 @@
-"""The training configuration: one dataclass, loadable from YAML, overridable by flags.
+"""The training configuration: one dataclass, resolved once (preset -> YAML -> overrides), validated.
 
-Its defaults are the demo: synthetic scenes, a small SegNet, equal weighting, a few epochs,
-so that ``densemtl train`` with no arguments learns visibly on a laptop CPU in minutes.
+``TrainConfig()`` is the demo, exactly what ``densemtl train`` with no flags runs: synthetic
+scenes at 64x80, 320 train / 96 val images, a SegNet at width 0.25 with 4 stages, equal
+weighting, so that it learns visibly on a laptop CPU in minutes. The demo's sizes are the
+*preset*: they fill only keys left unset, only on the synthetic data (``--dataset nyuv2`` keeps
+the dataset's own size and all its samples), and the SegNet knobs only for ``arch: segnet``.
+Every construction (``TrainConfig(...)``, :func:`build_config`, :func:`resolve_config`,
+``dataclasses.replace``) coerces the types and checks the ranges: a bad value is a
+:class:`~densemtl.errors.ConfigError` naming the key.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import types
 import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,25 +27,36 @@ import yaml
 from densemtl.errors import ConfigError
 
 
+class _Unset:
+    """A preset-dependent key the caller left out; :class:`TrainConfig` fills it on construction."""
+
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+UNSET: Any = _Unset()
+
+
 @dataclass
 class TrainConfig:
     """Everything a run needs; ``config.yaml`` in a run directory is this, resolved."""
 
     dataset: str = "synthetic"
     data_root: str | None = None
-    size: tuple[int, int] | None = None
-    n_train: int | None = None
-    n_val: int | None = None
+    size: tuple[int, int] | None = UNSET
+    n_train: int | None = UNSET
+    n_val: int | None = UNSET
     num_classes: int | None = None
     augment: bool = False
+    data_args: dict[str, Any] = field(default_factory=dict)  # the dataset factory's own knobs
     arch: str = "segnet"
-    arch_args: dict[str, Any] = field(default_factory=dict)
+    arch_args: dict[str, Any] = UNSET
     method: str = "ew"
     method_args: dict[str, Any] = field(default_factory=dict)
     grad_mode: str | None = None
     recompute_every: int = 1
     peer_arch: str | None = None
-    peer_args: dict[str, Any] = field(default_factory=dict)
+    peer_args: dict[str, Any] = field(default_factory=dict)  # over the arch_args the peer inherits
     mimicry_weight: float = 1.0
     mimicry_temperature: float = 1.0
     alpha_warmup_epochs: int = 0
@@ -52,6 +72,16 @@ class TrainConfig:
     diagnostics_every: int = 10
     tensorboard: bool = False
 
+    def __post_init__(self) -> None:
+        given = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not UNSET}
+        filled = preset_values(given, "demo")
+        for name, bare in UNFILLED.items():
+            if getattr(self, name) is UNSET:
+                setattr(self, name, copy.deepcopy(filled.get(name, bare)))
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _coerce(f.name, getattr(self, f.name)))
+        check_ranges(self)
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         if d["size"] is not None:
@@ -59,12 +89,33 @@ class TrainConfig:
         return d
 
 
-DEMO_OVERRIDES: dict[str, Any] = {
-    "size": (64, 80),
-    "n_train": 320,
-    "n_val": 96,
-    "arch_args": {"width": 0.25, "depth_stages": 4},
-}
+#: What a preset-dependent key is when no preset fills it: the dataset's own size, all its
+#: samples, the architecture's default knobs.
+UNFILLED: dict[str, Any] = {"size": None, "n_train": None, "n_val": None, "arch_args": {}}
+#: The demo's data sizes (synthetic scenes only) and knobs per architecture.
+DEMO: dict[str, Any] = {"size": (64, 80), "n_train": 320, "n_val": 96}
+DEMO_ARCH_ARGS: dict[str, dict[str, Any]] = {"segnet": {"width": 0.25, "depth_stages": 4}}
+
+
+def demo_preset(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The demo's values for a config whose given keys are ``values`` (before filtering)."""
+    if values.get("dataset", "synthetic") != "synthetic":
+        return {}
+    out = dict(DEMO)
+    arch = values.get("arch", "segnet")
+    if arch in DEMO_ARCH_ARGS:
+        out["arch_args"] = DEMO_ARCH_ARGS[arch]
+    return copy.deepcopy(out)
+
+
+PRESETS: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {"demo": demo_preset}
+
+
+def preset_values(values: Mapping[str, Any], preset: str = "demo") -> dict[str, Any]:
+    """The keys preset ``preset`` fills in a config whose given keys are ``values`` (unset ones only)."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown config preset {preset!r}; valid: {', '.join(sorted(PRESETS))}")
+    return {k: v for k, v in PRESETS[preset](values).items() if k not in values}
 
 
 def parse_size(value: Any, name: str = "--size") -> tuple[int, int]:
@@ -103,8 +154,13 @@ def parse_kv(items: list[str] | None, flag: str) -> dict[str, Any]:
     return out
 
 
+@functools.cache
+def _hints() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
 def _coerce(name: str, value: Any) -> Any:
-    hint = typing.get_type_hints(TrainConfig)[name]
+    hint = _hints()[name]
     args = typing.get_args(hint)
     optional = type(None) in args
     if value is None:
@@ -140,20 +196,6 @@ def _coerce(name: str, value: Any) -> Any:
     return value
 
 
-def build_config(values: dict[str, Any]) -> TrainConfig:
-    """Validate keys and types of a flat mapping and build the config (unknown key: error)."""
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    kwargs: dict[str, Any] = {}
-    for key, value in values.items():
-        k = str(key).replace("-", "_")
-        if k not in names:
-            raise ConfigError(f"unknown config key {key!r}; valid: {', '.join(sorted(names))}")
-        kwargs[k] = _coerce(k, value)
-    cfg = TrainConfig(**kwargs)
-    check_ranges(cfg)
-    return cfg
-
-
 def check_ranges(cfg: TrainConfig) -> None:
     """Values that parse but make no sense (negative epochs, zero batch, ...)."""
     if cfg.epochs < 0:
@@ -181,6 +223,70 @@ def check_ranges(cfg: TrainConfig) -> None:
         raise ConfigError(f"workers must be >= 0, got {cfg.workers}")
     if cfg.diagnostics_every < 0:
         raise ConfigError(f"diagnostics_every must be >= 0 (0 = off), got {cfg.diagnostics_every}")
+
+
+def build_config(values: Mapping[str, Any]) -> TrainConfig:
+    """The config of a flat mapping (dashes in keys read as underscores; an unknown key is an error);
+    keys left out take the defaults, the demo preset's where it applies."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        k = str(key).replace("-", "_")
+        if k not in names:
+            raise ConfigError(f"unknown config key {key!r}; valid: {', '.join(sorted(names))}")
+        kwargs[k] = value
+    return TrainConfig(**kwargs)
+
+
+def merge_layers(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Later layers over earlier ones, dashes in keys read as underscores; where two layers both
+    hold a mapping under one key (``arch_args``, ``method_args``, ...), it merges key by key."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in (layer or {}).items():
+            k = str(key).replace("-", "_")
+            if isinstance(value, Mapping) and isinstance(out.get(k), Mapping):
+                value = {**out[k], **value}
+            out[k] = value
+    return out
+
+
+def resolve_config(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    yaml: str | Path | None = None,
+    preset: str | None = "demo",
+) -> TrainConfig:
+    """The config of a run: ``preset`` (None: none), then the ``yaml`` file's keys, then
+    ``overrides`` (knob mappings merged key by key), validated. With no arguments: the demo,
+    ``TrainConfig()``; ``densemtl train`` is this with its flags as ``overrides``."""
+    values = merge_layers(load_yaml(yaml) if yaml is not None else {}, overrides)
+    filled = preset_values(values, preset) if preset is not None else {}
+    bare = {k: copy.deepcopy(v) for k, v in UNFILLED.items() if k not in values}
+    return build_config({**bare, **filled, **values})
+
+
+#: Keys that may change when a run is resumed (they do not change its numbers).
+RESUMABLE = ("device", "diagnostics_every", "epochs", "tensorboard", "workers")
+
+
+def resume_config(
+    out: str | Path, overrides: Mapping[str, Any] | None = None, *, yaml: str | Path | None = None
+) -> TrainConfig:
+    """The config of the run in ``out``, with the YAML file's and the overrides' values over it;
+    only the :data:`RESUMABLE` keys may differ from the run's."""
+    out = Path(out)
+    path = out / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"--resume: {out} holds no run to resume (no config.yaml)")
+    base = build_config(load_yaml(path))
+    given = build_config(merge_layers(base.to_dict(), load_yaml(yaml) if yaml is not None else {}, overrides))
+    for f in dataclasses.fields(TrainConfig):
+        if f.name not in RESUMABLE and getattr(given, f.name) != getattr(base, f.name):
+            raise ConfigError(
+                f"cannot change {f.name!r} when resuming {out}; only {', '.join(RESUMABLE)} may change"
+            )
+    return given
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -4,24 +4,21 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from densemtl import tasks as task_registry
+
 
 class Ensemble(nn.Module):
-    """Averages two multi-task networks' predictions: class probabilities (returned as log-probs,
-    so argmax and softmax behave), depth, and normalised normals."""
+    """The ensemble of two or more multi-task networks: each task averages its members'
+    predictions its own way (:meth:`densemtl.tasks.Task.ensemble`; e.g. class probabilities
+    returned as log-probs, so argmax and softmax behave; depth the mean; normals the sum of the
+    normalised predictions)."""
 
-    def __init__(self, a: nn.Module, b: nn.Module) -> None:
+    def __init__(self, *members: nn.Module) -> None:
         super().__init__()
-        self.a, self.b = a, b
+        if len(members) < 2:
+            raise ValueError(f"an Ensemble needs at least two members, got {len(members)}")
+        self.members = nn.ModuleList(members)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        pa, pb = self.a(x), self.b(x)
-        out: dict[str, Tensor] = {}
-        for t in pa:
-            if t == "seg":
-                prob = 0.5 * (pa[t].softmax(1) + pb[t].softmax(1))
-                out[t] = prob.clamp_min(1e-12).log()
-            elif t == "normal":
-                out[t] = nn.functional.normalize(pa[t], dim=1) + nn.functional.normalize(pb[t], dim=1)
-            else:
-                out[t] = 0.5 * (pa[t] + pb[t])
-        return out
+        outs = [m(x) for m in self.members]
+        return {t: task_registry.get(t).ensemble([o[t] for o in outs]) for t in outs[0]}

@@ -1,11 +1,15 @@
 """One trained network with everything that updates it: model, method, engine, optimizer, schedule.
 
-A run trains one member, or two under mutual learning (MDML): the main network and its peer,
-each with its own balancing method instance and optimizer.
+A run trains the members its training scheme asks for (:mod:`densemtl.training.schemes`): one
+network, or several that teach each other (MDML), each with its own balancing method instance,
+engine and optimizer.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -13,6 +17,18 @@ import torch
 from densemtl.engine import Engine
 from densemtl.training.builders import build_method, build_model, build_optimizer
 from densemtl.training.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class MemberSpec:
+    """What one member is: ``name`` ("" for the main network, whose records are the run's; it
+    prefixes the member's records and names its checkpoint entry), its architecture and knobs
+    (None: the config's), and the offset of its seed from the run's."""
+
+    name: str = ""
+    arch: str | None = None
+    arch_args: Mapping[str, Any] | None = None
+    seed_offset: int = 0
 
 
 class Member:
@@ -24,23 +40,24 @@ class Member:
         tasks: tuple[str, ...],
         num_classes: int,
         device: torch.device,
-        *,
-        arch: str | None = None,
-        arch_args: dict[str, Any] | None = None,
-        seed_offset: int = 0,
+        spec: MemberSpec | None = None,
     ) -> None:
-        import dataclasses
-
+        spec = spec or MemberSpec()
         own = dataclasses.replace(
             cfg,
-            arch=arch or cfg.arch,
-            arch_args=dict(cfg.arch_args if arch_args is None else arch_args),
-            seed=cfg.seed + seed_offset,
+            arch=spec.arch or cfg.arch,
+            arch_args=dict(cfg.arch_args if spec.arch_args is None else spec.arch_args),
+            seed=cfg.seed + spec.seed_offset,
         )
+        self.name, self.arch, self.arch_args, self.tasks = spec.name, own.arch, own.arch_args, tasks
         self.model = build_model(own, tasks, num_classes).to(device)
-        self.method = build_method(own, len(tasks))
+        self.method = build_method(own.method, len(tasks), own.seed, own.method_args)
         self.engine = Engine(self.model, self.method, tasks, mode=cfg.grad_mode, recompute_every=cfg.recompute_every)
         self.optimizer, self.scheduler = build_optimizer(own, self.model, self.method)
+
+    def key(self, field: str) -> str:
+        """This member's name for a record field: "val" is the main network's "val", the peer's "peer_val"."""
+        return f"{self.name}_{field}" if self.name else field
 
     def state(self) -> dict[str, Any]:
         gen = self.method.generator
@@ -50,8 +67,7 @@ class Member:
             "scheduler": self.scheduler.state_dict(),
             "method": self.method.state_dict(),
             "method_generator": gen.get_state() if gen is not None else None,
-            "engine_step": self.engine.step_count,
-            "engine_coefficients": self.engine.coefficients,
+            "engine": self.engine.state_dict(),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -61,5 +77,6 @@ class Member:
         self.method.load_state_dict(state["method"])
         if state.get("method_generator") is not None and self.method.generator is not None:
             self.method.generator.set_state(state["method_generator"])
-        self.engine.step_count = int(state.get("engine_step", 0))
-        self.engine.coefficients = state.get("engine_coefficients")
+        # A checkpoint from before Engine.state_dict keeps engine_step / engine_coefficients at the
+        # top level, which Engine.load_state_dict also reads.
+        self.engine.load_state_dict(state.get("engine", state))

@@ -2,8 +2,9 @@
 
 RUN/config.yaml (resolved config), RUN/metrics.jsonl (a line per epoch, epoch 0 = before
 training), RUN/summary.json (final and best metrics), RUN/checkpoints/last.pt, RUN/plots/*.png.
-A run resumes exactly: the data order comes from a generator seeded by (seed, epoch), and the
-model, optimizer, schedule, method state and method generator are all checkpointed.
+A run resumes exactly: the data order comes from a generator seeded by (seed, epoch), and every
+member's model, optimizer, schedule, method state, method generator and engine state are
+checkpointed.
 """
 
 from __future__ import annotations
@@ -16,28 +17,26 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from densemtl.data import MultiTaskDataset
 from densemtl.engine import StepResult
 from densemtl.errors import ConfigError
-from densemtl.models import count_parameters
+from densemtl.models import MultiTaskModel, count_parameters
 from densemtl.report.console import metrics_header, metrics_row
 from densemtl.report.diagnostic_plots import plot_diagnostics
 from densemtl.report.jsonio import dumps
 from densemtl.report.plots import plot_run
 from densemtl.report.visualize import prediction_grid, save_panel
-from densemtl.training.builders import (
-    build_datasets,
-    resolve_device,
-)
+from densemtl.training.builders import build_datasets, resolve_device
 from densemtl.training.checkpoint import load_checkpoint, save_checkpoint
-from densemtl.training.config import TrainConfig, build_config, load_yaml, save_yaml
+from densemtl.training.config import TrainConfig, save_yaml
 from densemtl.training.diagnostics import Diagnostics, TensorBoardLog, require_tensorboard
-from densemtl.training.evaluation import evaluate_model, move
 from densemtl.training.ensemble import Ensemble
+from densemtl.training.evaluation import evaluate_model, move
 from densemtl.training.member import Member
-from densemtl.training.mimicry import mimicry_losses
+from densemtl.training.schemes import Scheme, scheme_for
 
 
 def is_run_dir(path: Path) -> bool:
@@ -45,13 +44,21 @@ def is_run_dir(path: Path) -> bool:
 
 
 class Trainer:
-    """Trains ``cfg`` into the run directory ``out``; ``resume=True`` continues a run there."""
+    """Trains ``cfg`` into the run directory ``out``; ``resume=True`` continues a run there.
+
+    The run's members (one network, or several under mutual learning) and what a batch does to
+    them come from ``scheme`` (default: :func:`~densemtl.training.schemes.scheme_for` ``cfg``).
+    The loop below is the same for every scheme: per batch, zero every member's gradients, let
+    the scheme leave each member's update in ``.grad``, sample the diagnostics of the main
+    member, then step each member's optimizer and its engine's ``after_step``.
+    """
 
     def __init__(
         self,
         cfg: TrainConfig,
         out: str | Path,
         *,
+        scheme: Scheme | None = None,
         resume: bool = False,
         progress: bool = True,
         log: Callable[[str], None] = tqdm.write,
@@ -73,27 +80,18 @@ class Trainer:
         self.tb: TensorBoardLog | None = None
         self.device = resolve_device(cfg.device)
         self.train_set, self.val_set = build_datasets(cfg)
-        self.tasks: tuple[str, ...] = tuple(self.train_set.tasks)  # type: ignore[attr-defined]
-        self.num_classes: int = int(self.train_set.num_classes)  # type: ignore[attr-defined]
-        self.main = Member(cfg, self.tasks, self.num_classes, self.device)
-        self.peer: Member | None = None
-        if cfg.peer_arch:
-            self.peer = Member(
-                cfg,
-                self.tasks,
-                self.num_classes,
-                self.device,
-                arch=cfg.peer_arch,
-                arch_args=cfg.peer_args,
-                seed_offset=1,
-            )
-        self.model, self.method, self.engine = self.main.model, self.main.method, self.main.engine
-        self.optimizer, self.scheduler = self.main.optimizer, self.main.scheduler
+        self.tasks: tuple[str, ...] = tuple(self.train_set.tasks)
+        self.num_classes: int = int(self.train_set.num_classes)
+        self.scheme = scheme if scheme is not None else scheme_for(cfg)
+        self.members = [
+            Member(cfg, self.tasks, self.num_classes, self.device, spec) for spec in self.scheme.members()
+        ]
+        main = self.members[0]
         self.diagnostics = Diagnostics(
-            self.model,
+            main.model,
             self.tasks,
-            lambda model, batch: self.engine.task_loss_parts(model(batch["image"]), batch),
-            self.model.named_shared_parameters(),
+            lambda model, batch: main.engine.task_loss_parts(model(batch["image"]), batch),
+            main.model.named_shared_parameters(),
             every=cfg.diagnostics_every,
         )
         self.epoch = 0
@@ -101,13 +99,17 @@ class Trainer:
         if resume:
             self._restore()
 
+    @property
+    def model(self) -> MultiTaskModel:
+        """The main network (the first member): its metrics are the run's."""
+        return self.members[0].model
+
     # -- data -------------------------------------------------------------------------------------
-    def _loader(self, dataset: Dataset, *, shuffle: bool, epoch: int = 0) -> DataLoader:
+    def _loader(self, dataset: MultiTaskDataset, *, shuffle: bool, epoch: int = 0) -> DataLoader:
         gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
-        if hasattr(dataset, "epoch"):
-            dataset.epoch = epoch  # type: ignore[attr-defined]
+        dataset.set_epoch(epoch)
         return DataLoader(
-            dataset,
+            dataset,  # type: ignore[arg-type]
             batch_size=self.cfg.batch_size,
             shuffle=shuffle,
             generator=gen if shuffle else None,
@@ -117,21 +119,26 @@ class Trainer:
 
     # -- state ------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
+        """The checkpoint: the main member's parts at the top level, every other one's under its name."""
+        main, *others = self.members
         return {
             "config": self.cfg.to_dict(),
             "tasks": list(self.tasks),
             "num_classes": self.num_classes,
-            "size": list(getattr(self.train_set, "size", ())),
+            "size": list(self.train_set.size),
             "epoch": self.epoch,
-            **self.main.state(),
-            "peer": self.peer.state() if self.peer is not None else None,
+            **main.state(),
+            **{m.name: m.state() for m in others},
         }
 
     def _restore(self) -> None:
         state = load_checkpoint(self.out / "checkpoints" / "last.pt")
-        self.main.restore(state)
-        if self.peer is not None:
-            self.peer.restore(state["peer"])
+        main, *others = self.members
+        main.restore(state)
+        for m in others:
+            if not isinstance(state.get(m.name), dict):
+                raise ConfigError(f"--resume: the checkpoint of {self.out} holds no member {m.name!r}")
+            m.restore(state[m.name])
         self.epoch = int(state["epoch"])
         lines = (self.out / "metrics.jsonl").read_text().splitlines()
         self.history = [r for r in (json.loads(x) for x in lines if x.strip()) if r["epoch"] <= self.epoch]
@@ -151,11 +158,12 @@ class Trainer:
         self.log(metrics_row(record["epoch"], record["val"], self.tasks))
 
     def validate(self) -> dict[str, Any]:
-        """Validation metrics under "val" (main network), plus "peer_val" and "ensemble_val" in MDML."""
+        """Validation metrics of every member ("val" for the main network, "peer_val", ...) and,
+        with several members, of their ensemble ("ensemble_val")."""
         loader = self._loader(self.val_set, shuffle=False)
-        nets: list[tuple[str, nn.Module]] = [("val", self.model)]
-        if self.peer is not None:
-            nets += [("peer_val", self.peer.model), ("ensemble_val", Ensemble(self.model, self.peer.model))]
+        nets: list[tuple[str, nn.Module]] = [(m.key("val"), m.model) for m in self.members]
+        if len(self.members) > 1:
+            nets.append(("ensemble_val", Ensemble(*(m.model for m in self.members))))
         return {
             key: evaluate_model(
                 net, loader, self.tasks, self.num_classes, self.device, progress=self.progress, desc="validate"
@@ -163,33 +171,25 @@ class Trainer:
             for key, net in nets
         }
 
-    def mimicry_weight(self, epoch: int) -> float:
-        """MDML's alpha, ramped linearly from 0 over ``alpha_warmup_epochs`` epochs."""
-        warm = self.cfg.alpha_warmup_epochs
-        return self.cfg.mimicry_weight * (min(1.0, (epoch - 1) / warm) if warm > 0 else 1.0)
-
-    def _mutual_step(self, batch: dict[str, Tensor], alpha: float) -> tuple[StepResult, StepResult]:
-        """Both networks forward, each backward with its supervised + alpha * mimicry losses."""
-        assert self.peer is not None
-        tau = self.cfg.mimicry_temperature
-        self.peer.optimizer.zero_grad(set_to_none=True)
-        fa, fb = self.main.engine.forward(batch), self.peer.engine.forward(batch)
-        ma = [alpha * m for m in mimicry_losses(fa.preds, fb.preds, batch, self.tasks, tau)]
-        mb = [alpha * m for m in mimicry_losses(fb.preds, fa.preds, batch, self.tasks, tau)]
-        ra = self.main.engine.backward(fa, ma)
-        rb = self.peer.engine.backward(fb, mb)
-        self.peer.optimizer.step()
-        return ra, rb
+    def _train_batch(self, batch: dict[str, Tensor]) -> list[StepResult]:
+        """One step of every member on ``batch`` under the scheme; one result per member."""
+        for m in self.members:
+            m.optimizer.zero_grad(set_to_none=True)
+        results = self.scheme.step(self.members, batch)
+        main = self.members[0]
+        self.diagnostics.observe(batch, main.engine.step_count - 1)  # same weights as the step, before the update
+        for m in self.members:
+            m.optimizer.step()
+            m.engine.after_step(batch)
+        return results
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
-        members = [self.main] + ([self.peer] if self.peer is not None else [])
-        for m in members:
+        for m in self.members:
             m.model.train()
         loader = self._loader(self.train_set, shuffle=True, epoch=epoch)
-        T = len(self.tasks)
-        sums = torch.zeros(len(members), 2, T, dtype=torch.float64)  # (member, losses/weights, task)
+        sums = torch.zeros(len(self.members), 2, len(self.tasks), dtype=torch.float64)  # (member, loss/weight, task)
         n = 0
-        alpha = self.mimicry_weight(epoch)
+        self.scheme.start_epoch(epoch)
         self.diagnostics.reset()
         bar = tqdm(
             loader,
@@ -199,26 +199,19 @@ class Trainer:
             dynamic_ncols=True,
         )
         for batch in bar:
-            batch = move(batch, self.device)
-            self.optimizer.zero_grad(set_to_none=True)
-            results = self._mutual_step(batch, alpha) if self.peer is not None else (self.engine.step(batch),)
-            self.diagnostics.observe(batch, self.engine.step_count - 1)  # same weights as the step, before the update
-            self.optimizer.step()
-            for i, r in enumerate(results):
+            for i, r in enumerate(self._train_batch(move(batch, self.device))):
                 sums[i, 0] += r.losses.double().cpu()
                 sums[i, 1] += r.weights.double().cpu()
             n += 1
             bar.set_postfix({t: f"{v:.3f}" for t, v in zip(self.tasks, (sums[0, 0] / n).tolist(), strict=True)})
         means = sums / max(n, 1)
         record: dict[str, Any] = {}
-        for i, m in enumerate(members):
+        for i, m in enumerate(self.members):
             m.scheduler.step()
             m.method.end_epoch(epoch, means[i, 0].float())
-            prefix = "" if i == 0 else "peer_"
-            record[prefix + "train_loss"] = dict(zip(self.tasks, means[i, 0].tolist(), strict=True))
-            record[prefix + "weights"] = dict(zip(self.tasks, means[i, 1].tolist(), strict=True))
-        if self.peer is not None:
-            record["mimicry_weight"] = alpha
+            record[m.key("train_loss")] = dict(zip(self.tasks, means[i, 0].tolist(), strict=True))
+            record[m.key("weights")] = dict(zip(self.tasks, means[i, 1].tolist(), strict=True))
+        record.update(self.scheme.record())
         record.update(self.diagnostics.summary())
         return record
 
@@ -230,8 +223,8 @@ class Trainer:
         if self.cfg.tensorboard:
             self.tb = TensorBoardLog(self.out / "tensorboard")
         started = time.perf_counter()
+        self.log(metrics_header(self.tasks))
         if not self.history:
-            self.log(metrics_header(self.tasks))
             t0 = time.perf_counter()
             self._record(
                 {
@@ -243,11 +236,9 @@ class Trainer:
                     "time_s": round(time.perf_counter() - t0, 3),
                 }
             )
-        else:
-            self.log(metrics_header(self.tasks))
         for epoch in range(self.epoch + 1, self.cfg.epochs + 1):
             t0 = time.perf_counter()
-            lr = self.optimizer.param_groups[0]["lr"]
+            lr = self.members[0].optimizer.param_groups[0]["lr"]
             train = self.train_epoch(epoch)
             val = self.validate()
             self.epoch = epoch
@@ -267,20 +258,21 @@ class Trainer:
         return summary
 
     def summary(self, elapsed: float) -> dict[str, Any]:
-        """Final, initial and best metrics (and in MDML the peer's and the ensemble's)."""
-        from densemtl.metrics import LOWER_IS_BETTER
+        """Final, initial and best metrics (and with several members each peer's and the ensemble's)."""
+        from densemtl.metrics import lower_is_better
 
         best: dict[str, dict[str, dict[str, float]]] = {}
         for rec in self.history:
             for task, ms in rec["val"].items():
                 for name, value in ms.items():
-                    if value is None or value != value:  # no valid pixel: nothing to rank
+                    lower = lower_is_better(task, name)
+                    if lower is None or value is None or value != value:  # no direction or no valid pixel
                         continue
-                    lower = LOWER_IS_BETTER[task][name]
                     cur = best.setdefault(task, {}).get(name)
                     if cur is None or (value < cur["value"] if lower else value > cur["value"]):
                         best[task][name] = {"value": value, "epoch": rec["epoch"]}
-        out = {
+        main, *peers = self.members
+        out: dict[str, Any] = {
             "metrics": self.history[-1]["val"],
             "initial_metrics": self.history[0]["val"],
             "best": best,
@@ -290,30 +282,15 @@ class Trainer:
             "method": self.cfg.method,
             "tasks": list(self.tasks),
             "num_classes": self.num_classes,
-            "parameters": count_parameters(self.model),
+            "parameters": count_parameters(main.model),
             "time_s": round(elapsed, 2),
         }
-        if self.peer is not None:
-            out["peer_arch"] = self.cfg.peer_arch
-            out["peer_metrics"] = self.history[-1]["peer_val"]
+        for m in peers:
+            out[m.key("arch")] = m.arch
+            out[m.key("metrics")] = self.history[-1][m.key("val")]
+        if peers:
             out["ensemble_metrics"] = self.history[-1]["ensemble_val"]
-            out["peer_parameters"] = count_parameters(self.peer.model)
+        for m in peers:
+            out[m.key("parameters")] = count_parameters(m.model)
+            out[m.key("arch_args")] = m.arch_args
         return out
-
-
-def resume_config(out: Path, overrides: dict[str, Any]) -> TrainConfig:
-    """The config of the run in ``out``, with the few keys that may change when resuming."""
-    import dataclasses
-
-    allowed = {"epochs", "device", "workers", "diagnostics_every", "tensorboard"}
-    path = out / "config.yaml"
-    if not path.is_file():
-        raise ConfigError(f"--resume: {out} holds no run to resume (no config.yaml)")
-    base = build_config(load_yaml(path))
-    given = build_config({**base.to_dict(), **overrides})
-    for f in dataclasses.fields(TrainConfig):
-        if f.name not in allowed and getattr(given, f.name) != getattr(base, f.name):
-            raise ConfigError(
-                f"cannot change {f.name!r} when resuming {out}; only {', '.join(sorted(allowed))} may change"
-            )
-    return given

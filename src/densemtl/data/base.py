@@ -1,0 +1,31 @@
+"""What the rest of densemtl asks of a dataset: :class:`MultiTaskDataset`."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from torch import Tensor
+
+
+@runtime_checkable
+class MultiTaskDataset(Protocol):
+    """A map-style dataset of dense multi-task samples.
+
+    ``dataset[i]`` is ``{"image": (3,H,W) float, <task>: target}`` for each of ``tasks`` (the
+    target layout is the task's: e.g. "seg" (H,W) long with -1 = ignore, "depth" (1,H,W) with
+    0 = invalid, "normal" (3,H,W) with all-zero = invalid). ``num_classes`` is the class count of
+    its segmentation (what a class-count-dependent head is sized by), ``size`` its (H, W).
+    ``set_epoch(epoch)`` is called by the trainer before each epoch's loader is built (and with 0
+    before validation): a dataset with random augmentation seeds it from the epoch, so that a
+    resumed run draws the same augmentations; one without does nothing.
+    """
+
+    tasks: tuple[str, ...]
+    num_classes: int
+    size: tuple[int, int]
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]: ...
+
+    def set_epoch(self, epoch: int) -> None: ...

@@ -1,0 +1,66 @@
+"""Which ``--grad-mode`` a method runs in, read from its requirements alone.
+
+Modes, cheapest first:
+- ``loss``: loss weightings; one backward of the combined scalar.
+- ``representation``: per-task gradients with respect to the shared representation.
+- ``gramian``: G = J Jᵀ without assembling J, for methods of the form c(G) @ J.
+- ``parameters``: the Jacobian J of the shared parameters, by T backward passes.
+"""
+
+from __future__ import annotations
+
+from densemtl.balancing.base import BalancingMethod
+from densemtl.engine.strategies import STRATEGIES
+from densemtl.errors import ConfigError
+from densemtl.models.base import MultiTaskModel
+
+MODES: tuple[str, ...] = tuple(STRATEGIES)
+
+
+def default_mode(method: BalancingMethod, model: MultiTaskModel) -> str:
+    """The method's most preferred source that the model offers."""
+    return method.requirements.default_mode(model.has_representation)
+
+
+def check_mode(method: BalancingMethod, model: MultiTaskModel, mode: str | None) -> str:
+    """The mode to use: the method's default, or the one asked for if the method can use it."""
+    name = type(method).__name__
+    req = method.requirements
+    if mode is None:
+        return default_mode(method, model)
+    if mode not in MODES:
+        raise ConfigError(f"--grad-mode {mode!r} is not a mode; valid: {', '.join(MODES)}")
+    if req.uses_losses and mode != "loss":
+        raise ConfigError(f"--grad-mode {mode}: {name} is a loss weighting and uses mode 'loss'")
+    if not req.uses_losses and mode == "loss":
+        raise ConfigError(
+            f"--grad-mode loss: {name} needs per-task gradients; use representation or parameters"
+        )
+    if mode == "representation" and req.coordinate_state:
+        raise ConfigError(
+            f"--grad-mode representation: {name} keeps state for each shared parameter across steps "
+            "and runs in parameters mode only"
+        )
+    if mode == "gramian" and not req.from_gramian:
+        raise ConfigError(
+            f"--grad-mode gramian: {name} needs the per-task gradients themselves, not only their "
+            "Gramian; use parameters (or representation)"
+        )
+    if mode not in req.modes:
+        raise ConfigError(f"--grad-mode {mode}: {name} cannot use it; valid: {', '.join(req.modes)}")
+    if mode == "representation" and not model.has_representation:
+        raise ConfigError(
+            f"--grad-mode representation: {type(model).__name__} has no single shared representation"
+        )
+    return mode
+
+
+def check_recompute_every(method: BalancingMethod, recompute_every: int) -> None:
+    """``--recompute-every k`` reuses c(G) for k steps: only for methods whose update is c(G) @ J."""
+    if recompute_every < 1:
+        raise ConfigError(f"--recompute-every must be >= 1, got {recompute_every}")
+    if recompute_every > 1 and not method.requirements.from_gramian:
+        raise ConfigError(
+            f"--recompute-every {recompute_every}: {type(method).__name__} is not of the form "
+            "sum_t c_t g_t with c from the Gramian, so its weights cannot be reused"
+        )

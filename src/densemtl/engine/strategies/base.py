@@ -1,0 +1,168 @@
+"""What every strategy shares: the step's data, the run it serves, and the gradient-method core.
+
+A strategy turns one forward pass's task losses into ``.grad`` for one gradient source (the
+losses, the representation, the Gramian, the Jacobian). The engine builds exactly one, from the
+method's :class:`~densemtl.balancing.base.Requirements`, and calls nothing else of the method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, cast
+
+import torch
+from torch import Tensor, nn
+
+from densemtl.balancing.base import Aggregator, BalancingMethod, GramianWeighting
+from densemtl.engine.gramian import gramian
+from densemtl.errors import DenseMTLError
+from densemtl.models.base import MultiTaskModel
+
+
+class NonFiniteGradientError(DenseMTLError):
+    """The combined update contains NaN or inf: the step is refused, not applied."""
+
+
+@dataclass
+class Forward:
+    """One forward pass: predictions, each task's loss (``parts``, T scalars), and in representation
+    mode the shared representation (``rep``) and its detached, grad-requiring copy the heads read
+    (``rep_in``).
+
+    Per-task gradients are taken of ``parts[t]``, never of ``losses[t]``: indexing the stacked
+    vector would send zero cotangents back through every other task's head.
+    """
+
+    preds: dict[str, Tensor]
+    parts: list[Tensor]
+    rep: Tensor | None = None
+    rep_in: Tensor | None = None
+
+    @property
+    def losses(self) -> Tensor:
+        """The task losses as one (T,) vector."""
+        return torch.stack(self.parts)
+
+
+@dataclass
+class StepResult:
+    """Detached task losses (T,) and the task weights the method used (T,)."""
+
+    losses: Tensor
+    weights: Tensor
+
+
+@dataclass
+class Context:
+    """The run a strategy serves: model, method, tasks, and the shared and per-task parameters."""
+
+    model: MultiTaskModel
+    method: BalancingMethod
+    tasks: tuple[str, ...]
+    shared: list[nn.Parameter]
+    own: list[list[nn.Parameter]]
+
+    def check(self, vec: Tensor, step: int) -> None:
+        """Refuse a non-finite update: every ``.grad`` is cleared, so an optimizer step does nothing."""
+        if not torch.isfinite(vec).all():
+            self.model.zero_grad(set_to_none=True)
+            raise NonFiniteGradientError(
+                f"method {type(self.method).__name__} gave a non-finite update at step {step}; "
+                "the step was not applied (try a lower --lr)"
+            )
+
+
+class Strategy:
+    """One gradient source's way from a forward pass to ``.grad``."""
+
+    #: the ``--grad-mode`` this strategy implements
+    mode: ClassVar[str]
+    #: the shared layer whose gradient norms the method receives (loss mode only)
+    norm_layer_name: str | None = None
+    #: the task coefficients c of the last computed step, when the update is c(G) @ J
+    coefficients: Tensor | None = None
+
+    def __init__(self, ctx: Context, recompute_every: int = 1) -> None:
+        self.ctx = ctx
+        self.recompute_every = recompute_every
+
+    def splits_forward(self, step: int) -> bool:
+        """Whether step ``step``'s forward should stop at the shared representation (``encode``,
+        then ``decode`` of a detached copy), so that its gradient can be taken alone."""
+        return False
+
+    def backward(self, fwd: Forward, extra: Sequence[Tensor] | None, step: int) -> StepResult:
+        """Write the update of ``fwd`` into ``.grad``; ``extra`` as in :meth:`Engine.backward`."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"coefficients": self.coefficients}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        # "engine_coefficients": checkpoints written before the engine had a state_dict
+        self.coefficients = state.get("coefficients", state.get("engine_coefficients"))
+
+
+def _identity(losses: Tensor) -> Tensor:
+    return losses
+
+
+class GradientStrategy(Strategy):
+    """Per-task gradients of the transformed losses, balanced by an aggregator.
+
+    With ``recompute_every = k > 1`` (a method whose update is c(G) @ J) the coefficients c are
+    computed every k steps and in between the update is one backward of Σ_t c_t L_t.
+    """
+
+    def __init__(self, ctx: Context, recompute_every: int = 1) -> None:
+        super().__init__(ctx, recompute_every)
+        self.from_gramian = ctx.method.requirements.from_gramian
+        self.transform = ctx.method.requirements.loss_transform or _identity
+
+    def reusing(self, step: int) -> bool:
+        """Whether step ``step`` reuses the last coefficients instead of computing new ones."""
+        return self.recompute_every > 1 and self.coefficients is not None and bool(step % self.recompute_every)
+
+    def backward(self, fwd: Forward, extra: Sequence[Tensor] | None, step: int) -> StepResult:
+        parts = fwd.parts if extra is None else [p + e for p, e in zip(fwd.parts, extra, strict=True)]
+        objective = [self.transform(p.reshape(1)).reshape(()) for p in parts]
+        if self.reusing(step):
+            assert self.coefficients is not None
+            (self.coefficients * torch.stack(objective)).sum().backward()
+            return StepResult(fwd.losses.detach(), self.coefficients.detach().clone())
+        return self.compute(fwd, objective, step)
+
+    def compute(self, fwd: Forward, objective: list[Tensor], step: int) -> StepResult:
+        """A step that computes the method's update from this batch's gradients."""
+        raise NotImplementedError
+
+    def combine(self, J: Tensor, out: Tensor | None = None) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """(The update vector, into ``out`` when given and the update is c(G) @ J; the coefficients c
+        in that case; the weights w_t of the task-specific gradients, c or the method's
+        ``row_weights``, None for 1)."""
+        if self.from_gramian:
+            method = cast(GramianWeighting, self.ctx.method)
+            c = method.weights_from_gramian(gramian(J)).to(J)
+            return (torch.mv(J.T, c, out=out) if out is not None else c @ J), c, c
+        aggregator = cast(Aggregator, self.ctx.method)
+        vec = aggregator(J)
+        return vec, None, self.row_weights(J)
+
+    def row_weights(self, like: Tensor) -> Tensor | None:
+        w = cast(Aggregator, self.ctx.method).row_weights()
+        return None if w is None else w.to(like)
+
+    def result(self, losses: Tensor, c: Tensor | None, w: Tensor | None) -> StepResult:
+        """Record c and report w (the task weights used; 1 where the method has none)."""
+        self.coefficients = c
+        weights = w if w is not None else torch.ones(len(self.ctx.tasks))
+        return StepResult(losses.detach(), weights.detach())
+
+    def unshared(self, losses: Tensor, objective: list[Tensor], step: int) -> StepResult:
+        """No shared parameter: nothing to balance, each task's parameters get its own gradient."""
+        total = torch.stack(objective).sum()
+        if not torch.isfinite(total):
+            self.ctx.check(total.detach().reshape(1), step)
+        total.backward()
+        return StepResult(losses.detach(), torch.ones_like(losses).detach())

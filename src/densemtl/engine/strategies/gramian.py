@@ -1,0 +1,39 @@
+"""The ``gramian`` mode: G = J Jᵀ from one vectorised backward pass, J never assembled.
+
+For methods of the form c(G) @ J; see :mod:`densemtl.engine.gramian` for how G and c @ J are
+computed parameter by parameter. Task-specific parameters get c_t times their gradient from one
+backward of Σ_t c_t L_t restricted to them.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+import torch
+from torch import Tensor
+
+from densemtl.balancing.base import GramianWeighting
+from densemtl.engine.gramian import gramian_and_grads
+from densemtl.engine.strategies.base import Forward, GradientStrategy, StepResult
+
+
+class GramianStrategy(GradientStrategy):
+    """G from one vectorised backward (:mod:`densemtl.engine.gramian`), then the heads."""
+
+    mode = "gramian"
+
+    def compute(self, fwd: Forward, objective: list[Tensor], step: int) -> StepResult:
+        shared = self.ctx.shared
+        if not shared:
+            return self.unshared(fwd.losses, objective, step)
+        method = cast(GramianWeighting, self.ctx.method)
+        _, c, grads = gramian_and_grads(objective, shared, method.weights_from_gramian)
+        present = [g for g in grads if g is not None]
+        if present:
+            self.ctx.check(torch.stack(torch._foreach_norm(present)), step)
+        for p, g in zip(shared, grads, strict=True):
+            p.grad = g
+        heads = [p for own in self.ctx.own for p in own]
+        if heads:
+            torch.autograd.backward((c.detach() * torch.stack(objective)).sum(), inputs=heads)
+        return self.result(fwd.losses, c, c)
