@@ -102,6 +102,21 @@ def test_the_timed_step_includes_after_step(monkeypatch: pytest.MonkeyPatch) -> 
     assert calls.count("FAMO") == 3  # warm-up, memory probe and timed unit: one step each
 
 
+def test_method_variants_side_by_side(monkeypatch: pytest.MonkeyPatch) -> None:
+    # "name:key=value" times a method with knobs, next to the plain method, in one table.
+    updates: list[str] = []
+    after_step = Engine.after_step
+
+    def spy(engine: Engine, batch: dict[str, torch.Tensor]) -> None:
+        updates.append(getattr(engine.method, "update", "none"))
+        after_step(engine, batch)
+
+    monkeypatch.setattr(Engine, "after_step", spy)
+    rows = {r["method"]: r for r in measure_speed(["famo", "famo:update=next_batch"], **TINY_KW)}
+    assert rows["famo"]["status"] == rows["famo:update=next_batch"]["status"] == "ok"
+    assert updates.count("same_batch") == updates.count("next_batch") == 3
+
+
 class _Failing(Aggregator):
     def aggregate(self, J: torch.Tensor) -> torch.Tensor:
         raise RuntimeError("solver did not converge")
@@ -125,6 +140,8 @@ def test_failing_methods_are_error_rows(monkeypatch: pytest.MonkeyPatch) -> None
     ("args", "needle"),
     [
         (["--methods", "nosuch"], "valid:"),
+        (["--methods", "famo:update"], "key=value"),
+        (["--methods", "nosuch:update=x"], "valid:"),
         (["--methods", "mgda", "--grad-mode", "loss"], "--grad-mode loss"),
         (["--methods", "uw", "--grad-mode", "parameters"], "loss weighting"),
         (["--methods", "uw", "--recompute-every", "4"], "--recompute-every 4"),

@@ -43,7 +43,7 @@ from densemtl.errors import ConfigError
 from densemtl.models.base import MultiTaskModel
 from densemtl.tasks import compute_losses, task_channels
 from densemtl.training.builders import build_method, build_optimizer, resolve_device
-from densemtl.training.config import TrainConfig, parse_size
+from densemtl.training.config import TrainConfig, parse_kv, parse_size
 
 #: the dataset every row is timed on; its tasks are the default ``tasks``
 DATASET = "synthetic"
@@ -183,18 +183,29 @@ def _check_settings(
     return hw, task_tuple
 
 
+def method_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"famo:update=next_batch"`` -> ``("famo", {"update": "next_batch"})``: a method name,
+    then any number of ``:key=value`` knobs (values read as YAML scalars), so that two variants
+    of one method can be timed side by side. An unknown name is a ConfigError listing the valid ones."""
+    name, *items = str(spec).strip().split(":")
+    name = name.strip().lower()
+    method_registry.METHODS.get(name)
+    return name, parse_kv(items, f"--methods {spec!r}:")
+
+
 def _method_names(methods: Sequence[str] | None) -> tuple[list[str], bool]:
-    """Requested names (validated, in order, without duplicates or EW) and whether they were explicit."""
+    """Requested methods (validated, in order, without duplicates or plain EW) as specs
+    (:func:`method_spec`), and whether they were explicit."""
     if methods is None:
         return [m for m in method_registry.available() if m != BASELINE], False
     names: list[str] = []
     for raw in methods:
-        name = str(raw).strip().lower()
-        if not name:
+        spec = str(raw).strip().lower()
+        if not spec:
             continue
-        method_registry.METHODS.get(name)  # unknown name: ConfigError listing the valid ones
-        if name != BASELINE and name not in names:
-            names.append(name)
+        method_spec(spec)
+        if spec != BASELINE and spec not in names:
+            names.append(spec)
     return names, True
 
 
@@ -243,7 +254,8 @@ def measure_speed(
     rows: dict[str, dict[str, Any]] = {}
     for name in names:
         try:
-            method = build_method(name, len(task_tuple), seed)
+            base, knobs = method_spec(name)
+            method = build_method(base, len(task_tuple), seed, knobs)
         except Exception as e:  # noqa: BLE001 - a method that cannot be built is reported, not fatal
             rows[name] = {"method": name, "mode": None, "status": "error", "error": f"construction: {_message(e)}"}
             continue

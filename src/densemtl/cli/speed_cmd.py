@@ -20,7 +20,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "and reports median step time, ratio to EW, peak memory ratio to EW and the gradient mode; a naive "
         "per-task backward loop (as in LibMTL) is timed as a reference.",
     )
-    p.add_argument("--methods", help="comma-separated methods (default: all registered); EW is always timed")
+    p.add_argument(
+        "--methods",
+        help="comma-separated methods (default: all registered); EW is always timed; "
+        "NAME:KEY=VALUE[:KEY=VALUE] times a method with knobs, e.g. famo:update=next_batch",
+    )
     p.add_argument("--arch", default="segnet", help="architecture (default: segnet, width 0.25 unless --arch-arg)")
     p.add_argument("--arch-arg", action="append", metavar="KEY=VALUE", help="an architecture knob (repeatable)")
     p.add_argument("--size", default="96x128", help="HxW of the synthetic images (default: 96x128)")
