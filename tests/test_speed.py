@@ -115,6 +115,7 @@ def test_method_variants_side_by_side(monkeypatch: pytest.MonkeyPatch) -> None:
     rows = {r["method"]: r for r in measure_speed(["famo", "famo:update=next_batch"], **TINY_KW)}
     assert rows["famo"]["status"] == rows["famo:update=next_batch"]["status"] == "ok"
     assert updates.count("same_batch") == updates.count("next_batch") == 3
+    assert "time<=1.4xEW" in rows["famo:update=next_batch"]["target"]  # the method's own bound
 
 
 class _Failing(Aggregator):
