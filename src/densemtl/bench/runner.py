@@ -120,7 +120,7 @@ class BenchTrainer(Trainer):
 
     def run(self) -> dict[str, Any]:
         summary = super().run()
-        best = torch.load(self._best_path(), map_location=self.device, weights_only=False)
+        best = torch.load(self._best_path(), map_location=self.device, weights_only=True)
         self.model.load_state_dict(best["model"])
         selected = next(r for r in self.history if r["epoch"] == best["epoch"])
         test = evaluate_model(

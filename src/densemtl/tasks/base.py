@@ -11,6 +11,7 @@ and augmentation work on one sample (no batch dimension).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
@@ -61,7 +62,7 @@ def mean_of(preds: list[Tensor]) -> Tensor:
     return total / len(preds)
 
 
-class Task:
+class Task(ABC):
     """Base class of a dense task; subclasses set the class attributes and the abstract methods.
 
     Class attributes:
@@ -90,21 +91,21 @@ class Task:
         return self.columns or tuple(Column(m, m[:8]) for m in self.metric_names)
 
     # -- model and loss --------------------------------------------------------------------------
+    @abstractmethod
     def channels(self, num_classes: int) -> int:
         """Output channels of the task's head (``num_classes`` is the dataset's class count)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         """The scalar training loss over the valid pixels (0, still in the graph, when none is)."""
-        raise NotImplementedError
 
     def valid(self, target: Tensor) -> Tensor:
         """Boolean mask of the valid target pixels (default: finite values, shape as ``target``)."""
         return torch.isfinite(target)
 
+    @abstractmethod
     def accumulator(self, num_classes: int) -> MetricAccumulator:
         """A fresh streaming metric accumulator (see :class:`MetricAccumulator`)."""
-        raise NotImplementedError
 
     # -- mutual learning and ensembles -----------------------------------------------------------
     def mimicry(self, pred: Tensor, peer: Tensor, target: Tensor, temperature: float = 1.0) -> Tensor:

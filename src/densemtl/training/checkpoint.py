@@ -33,7 +33,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"checkpoint {p} does not exist")
     try:
-        state = torch.load(p, map_location="cpu", weights_only=False)
+        state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
         raise ConfigError(f"checkpoint {p} cannot be read ({type(e).__name__})") from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:

@@ -7,6 +7,7 @@ method's :class:`~densemtl.balancing.base.Requirements`, and calls nothing else 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
@@ -73,7 +74,7 @@ class Context:
             )
 
 
-class Strategy:
+class Strategy(ABC):
     """One gradient source's way from a forward pass to ``.grad``."""
 
     #: the ``--grad-mode`` this strategy implements
@@ -92,9 +93,9 @@ class Strategy:
         then ``decode`` of a detached copy), so that its gradient can be taken alone."""
         return False
 
+    @abstractmethod
     def backward(self, fwd: Forward, extra: Sequence[Tensor] | None, step: int) -> StepResult:
         """Write the update of ``fwd`` into ``.grad``; ``extra`` as in :meth:`Engine.backward`."""
-        raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
         return {"coefficients": self.coefficients}
@@ -133,9 +134,9 @@ class GradientStrategy(Strategy):
             return StepResult(fwd.losses.detach(), self.coefficients.detach().clone())
         return self.compute(fwd, objective, step)
 
+    @abstractmethod
     def compute(self, fwd: Forward, objective: list[Tensor], step: int) -> StepResult:
         """A step that computes the method's update from this batch's gradients."""
-        raise NotImplementedError
 
     def combine(self, J: Tensor, out: Tensor | None = None) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """(The update vector, into ``out`` when given and the update is c(G) @ J; the coefficients c

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,7 +13,7 @@ from densemtl.training.config import TrainConfig
 from densemtl.training.member import Member, MemberSpec
 
 
-class Scheme:
+class Scheme(ABC):
     """The members a run trains and what one batch does to them.
 
     The trainer builds one :class:`~densemtl.training.member.Member` per spec of
@@ -28,14 +29,17 @@ class Scheme:
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
 
+    @abstractmethod
     def members(self) -> list[MemberSpec]:
-        raise NotImplementedError
+        """The members to build, main network first."""
 
     def start_epoch(self, epoch: int) -> None:
-        """Set up what the scheme needs for ``epoch`` (1-based)."""
+        """Set up what the scheme needs for ``epoch`` (1-based); by default nothing."""
+        return None
 
+    @abstractmethod
     def step(self, members: Sequence[Member], batch: dict[str, Tensor]) -> list[StepResult]:
-        raise NotImplementedError
+        """Leave each member's update for ``batch`` in its ``.grad``; one result per member."""
 
     def record(self) -> dict[str, Any]:
         """Fields of the current epoch's record that belong to the scheme."""

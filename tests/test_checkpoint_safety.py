@@ -1,0 +1,52 @@
+"""Checkpoints hold tensors and plain values only and load with ``weights_only=True``: a file that
+would run code when unpickled is refused with one line, and its code never runs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from densemtl import methods
+from densemtl.cli.main import main
+from densemtl.errors import ConfigError
+from densemtl.training.checkpoint import load_checkpoint
+
+
+class _RunsCode:
+    """Unpickling this calls ``os.system``: what a hostile checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_checkpoint_that_runs_code_is_refused(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"config": {}, "model": {}, "payload": _RunsCode(marker)}, path)
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_eval_refuses_it_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"config": {}, "model": {}, "payload": _RunsCode(marker)}, path)
+    assert main(["eval", "--checkpoint", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot be read" in err
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("method", methods.available())
+def test_every_method_state_loads_weights_only(method: str, tmp_path: Path, tiny_args: list[str]) -> None:
+    out = tmp_path / "run"
+    assert main(["train", *tiny_args, "--n-train", "4", "--method", method, "--out", str(out)]) == 0
+    state = load_checkpoint(out)
+    assert state["method"] is not None and "engine" in state
