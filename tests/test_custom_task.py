@@ -82,17 +82,9 @@ class GreyScenes:
         self.inner.set_epoch(epoch)
 
 
-def greyscenes(
-    split: str,
-    root: str | None = None,
-    size: tuple[int, int] | None = None,
-    augment: bool = False,
-    seed: int = 0,
-    n: int | None = None,
-    num_classes: int | None = None,
-) -> GreyScenes:
-    inner = data.create("synthetic", split, root=root, size=size, augment=augment, seed=seed, n=n)
-    return GreyScenes(inner)
+def greyscenes(split: str, **knobs: Any) -> GreyScenes:
+    """The synthetic dataset of ``split``, built with the same knobs, plus the grey target."""
+    return GreyScenes(data.create("synthetic", split, **knobs))
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from torch import Tensor
 from densemtl.errors import ConfigError
 from densemtl.models import MODELS, available, count_parameters, create
 from densemtl.models.base import MultiTaskModel
-from densemtl.tasks import compute_losses, default_task_channels
+from densemtl.tasks import default_task_channels
 
 NYU = {"seg": 13, "depth": 1, "normal": 3}
 CITY = {"seg": 7, "depth": 1}
@@ -33,10 +33,7 @@ def build(name: str, tasks: dict[str, int] = NYU, seed: int = 0) -> MultiTaskMod
 
 def losses_of(model: MultiTaskModel, preds: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, Tensor]:
     """Each task's loss plus its deep-supervision loss, as the engine forms them."""
-    losses = compute_losses(preds, batch, model.tasks)
-    for t, extra in model.extra_losses(preds, batch).items():
-        losses[t] = losses[t] + extra
-    return losses
+    return model.task_losses(preds, batch)
 
 
 def test_every_architecture_declares_tiny_knobs() -> None:

@@ -41,7 +41,7 @@ from densemtl.bench.targets import BASELINE, NAIVE, assess
 from densemtl.engine import MODES, Engine
 from densemtl.errors import ConfigError
 from densemtl.models.base import MultiTaskModel
-from densemtl.tasks import compute_losses, task_channels
+from densemtl.tasks import task_channels
 from densemtl.training.builders import build_method, build_optimizer, resolve_device
 from densemtl.training.config import TrainConfig, parse_kv, parse_size
 
@@ -78,9 +78,7 @@ class NaiveLoop:
         """Forward, T backward passes, mean of the flattened rows written back into ``.grad``."""
         self.model.zero_grad(set_to_none=True)
         preds = self.model(batch["image"])
-        losses = compute_losses(preds, batch, self.tasks)
-        for task, extra in self.model.extra_losses(preds, batch).items():
-            losses[task] = losses[task] + extra
+        losses = self.model.task_losses(preds, batch, self.tasks)
         T = len(self.tasks)
         first = self.shared[0]
         grads = torch.zeros(T, self.numel, dtype=first.dtype, device=first.device)

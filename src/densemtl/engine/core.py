@@ -22,7 +22,6 @@ from densemtl.balancing.base import BalancingMethod
 from densemtl.engine.modes import MODES, check_mode, check_recompute_every, default_mode
 from densemtl.engine.strategies import STRATEGIES, Context, Forward, NonFiniteGradientError, StepResult
 from densemtl.models.base import MultiTaskModel
-from densemtl.tasks import compute_losses
 
 __all__ = [
     "MODES",
@@ -75,9 +74,7 @@ class Engine:
     # -- pieces -----------------------------------------------------------------------------------
     def task_loss_parts(self, preds: dict[str, Tensor], batch: dict[str, Tensor]) -> list[Tensor]:
         """Each task's scalar loss (the model's extra losses included), in task order."""
-        losses = compute_losses(preds, batch, self.tasks)
-        for task, extra in self.model.extra_losses(preds, batch).items():
-            losses[task] = losses[task] + extra
+        losses = self.model.task_losses(preds, batch, self.tasks)
         return [losses[t] for t in self.tasks]
 
     def task_losses(self, preds: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:

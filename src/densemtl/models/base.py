@@ -16,6 +16,8 @@ from collections.abc import Iterable, Iterator, Mapping
 
 from torch import Tensor, nn
 
+from densemtl.tasks import compute_losses
+
 
 class Predictions(dict[str, Tensor]):
     """``{task: prediction at input size}`` plus ``aux``: ``{task: [auxiliary predictions]}``.
@@ -86,6 +88,16 @@ class MultiTaskModel(nn.Module):
     def extra_losses(self, preds: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Auxiliary per-task losses (deep supervision) of the forward that returned ``preds``.
 
-        The engine adds ``extra_losses(preds, batch)[t]`` to task ``t``'s loss. Default: none.
+        :meth:`task_losses` adds ``extra_losses(preds, batch)[t]`` to task ``t``'s loss. Default: none.
         """
         return {}
+
+    def task_losses(
+        self, preds: dict[str, Tensor], batch: dict[str, Tensor], tasks: Iterable[str] | None = None
+    ) -> dict[str, Tensor]:
+        """Each task's loss (default: every task of the model, in order) plus its
+        :meth:`extra_losses`: the per-task losses that training balances."""
+        losses = compute_losses(preds, batch, self.tasks if tasks is None else tasks)
+        for task, extra in self.extra_losses(preds, batch).items():
+            losses[task] = losses[task] + extra
+        return losses
