@@ -14,7 +14,12 @@ from densemtl.errors import DenseMTLError
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but usage errors exit 2 with one line (no usage dump)."""
+    """argparse, but usage errors exit 2 with one line (no usage dump), and no abbreviated flags
+    (``bench --seed 3`` must not silently mean ``--seeds 3``)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
 
     def error(self, message: str) -> None:  # type: ignore[override]
         sys.stderr.write(f"densemtl: error: {message} (see '{self.prog} --help')\n")
@@ -49,7 +54,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except DenseMTLError as e:
         sys.stderr.write(f"densemtl: error: {e}\n")
-        return 2
+        return e.exit_code
+    except OSError as e:  # a write or read the commands did not anticipate: still one line, exit 1
+        where = f" {e.filename}" if e.filename else ""
+        sys.stderr.write(f"densemtl: error:{where}: {e.strerror or e}\n")
+        return 1
+    except MemoryError:
+        sys.stderr.write("densemtl: error: out of memory; use a smaller --size or --batch-size\n")
+        return 1
     except KeyboardInterrupt:
         sys.stderr.write("densemtl: interrupted\n")
         return 130
