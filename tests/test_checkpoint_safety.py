@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -42,6 +43,36 @@ def test_eval_refuses_it_with_one_line(tmp_path: Path, capsys: pytest.CaptureFix
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "cannot be read" in err
     assert not marker.exists()
+
+
+def test_resume_and_predict_refuse_a_real_checkpoint_carrying_code(
+    tmp_path: Path, tiny_args: list[str], capsys: pytest.CaptureFixture
+) -> None:
+    """A genuine run whose last.pt also carries a payload (the rest of the file would load and
+    work): ``train --resume``, ``eval`` and ``predict`` refuse it with one line, nothing runs."""
+    out = tmp_path / "run"
+    assert main(["train", *tiny_args, "--n-train", "4", "--diagnostics-every", "0", "--out", str(out)]) == 0
+    last = out / "checkpoints" / "last.pt"
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    marker = tmp_path / "pwned"
+    torch.save({**state, "payload": _RunsCode(marker)}, last)
+    image = tmp_path / "img.npy"
+    np.save(image, np.random.default_rng(0).random((32, 40, 3), dtype=np.float32))
+    metrics_before = (out / "metrics.jsonl").read_bytes()
+    capsys.readouterr()
+    commands = {
+        "resume": ["train", "--epochs", "2", "--out", str(out), "--resume", "--quiet"],
+        "eval": ["eval", "--checkpoint", str(out)],
+        "predict": ["predict", "--checkpoint", str(last), str(image), "--out", str(tmp_path / "preds")],
+        "export": ["export", "--checkpoint", str(out), "--out", str(tmp_path / "m.safetensors")],
+    }
+    for name, argv in commands.items():
+        assert main(argv) == 2, name
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "cannot be read" in err and "could run code" in err, (name, err)
+        assert not marker.exists(), name
+    assert not (tmp_path / "preds").exists() and not (tmp_path / "m.safetensors").exists()
+    assert (out / "metrics.jsonl").read_bytes() == metrics_before
 
 
 @pytest.mark.parametrize("method", methods.available())

@@ -115,3 +115,21 @@ def delta_m(metrics: Mapping[str, Mapping[str, float]], baseline: Mapping[str, M
     if not terms:
         raise ConfigError("delta_m: metrics and baseline share no metric")
     return math.fsum(terms) / len(terms)
+
+
+def relative_improvement(metrics: Metrics, reference: Metrics) -> float:
+    """Mean over shared metrics of the signed relative change vs ``reference``, in percent.
+
+    Like :func:`delta_m`, but skips metrics that are NaN or whose reference is 0 (an untrained
+    model's within-11.25° can be 0); NaN when nothing is left. The selection score of
+    ``checkpoints/best.pt`` (against epoch 0) and of a bench's selected epoch.
+    """
+    terms: list[float] = []
+    for task, ms in metrics.items():
+        for name, value in ms.items():
+            ref = reference.get(task, {}).get(name)
+            lower = lower_is_better(task, name)  # the direction the task declares
+            if ref is None or lower is None or value is None or ref == 0 or math.isnan(value) or math.isnan(ref):
+                continue
+            terms.append((-1.0 if lower else 1.0) * (value - ref) / abs(ref) * 100.0)
+    return math.fsum(terms) / len(terms) if terms else float("nan")

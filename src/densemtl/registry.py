@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import difflib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
 from densemtl.errors import ConfigError
 
 T = TypeVar("T")
+
+
+def did_you_mean(name: object, valid: Iterable[object]) -> str:
+    """``" (did you mean 'x'?)"`` naming the closest of ``valid`` to ``name``, or ``""`` if none is close."""
+    close = difflib.get_close_matches(str(name).lower(), [str(v) for v in valid], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 class Registry(Generic[T]):
@@ -54,17 +61,16 @@ class Registry(Generic[T]):
         """The factory registered as ``name`` (any case); unknown -> ``ConfigError`` listing the valid ones."""
         key = str(name).lower()
         if key not in self._factories:
-            raise ConfigError(f"unknown {self.kind} {name!r}; valid: {', '.join(self.available())}")
+            raise ConfigError(
+                f"unknown {self.kind} {name!r}{did_you_mean(key, self._factories)}; "
+                f"valid: {', '.join(self.available())}"
+            )
         return self._factories[key]
 
     def knobs(self, name: str) -> dict[str, inspect.Parameter]:
         """The keyword arguments the factory accepts (its knobs)."""
         sig = inspect.signature(self.get(name))
-        return {
-            k: p
-            for k, p in sig.parameters.items()
-            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
-        }
+        return {k: p for k, p in sig.parameters.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
 
     def create(self, name: str, **kwargs: Any) -> T:
         """``name``'s factory called with ``kwargs``, each checked to be one of its knobs, of the default's type."""
@@ -75,8 +81,11 @@ class Registry(Generic[T]):
             valid = self.knobs(name)
             for key in kwargs:
                 if key not in valid:
-                    listing = ", ".join(valid) or "none"
-                    raise ConfigError(f"{self.kind} {name!r} has no knob {key!r}; valid: {listing}")
+                    # knobs are the keywords with defaults; the others (task_channels, split) are the caller's
+                    listing = ", ".join(k for k, p in valid.items() if p.default is not p.empty) or "none"
+                    raise ConfigError(
+                        f"{self.kind} {name!r} has no knob {key!r}{did_you_mean(key, valid)}; valid: {listing}"
+                    )
             for key, value in kwargs.items():
                 check_knob_type(self.kind, name, key, value, valid[key].default)
         return factory(**kwargs)

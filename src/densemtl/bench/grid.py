@@ -178,14 +178,15 @@ def cache_dir() -> Path:
 
 
 def split_names(value: Any, key: str) -> list[str]:
-    """'a,b' or ['a', 'b'] -> ['a', 'b'] (lower-cased, blanks dropped)."""
+    """'a,b' or ['a', 'b'] -> ['a', 'b'] (lower-cased, blanks and repeats dropped)."""
     if isinstance(value, str):
         items = value.split(",")
     elif isinstance(value, list | tuple):
         items = [str(v) for v in value]
     else:
         raise ConfigError(f"bench: {key} must be a comma-separated list, got {value!r}")
-    return [s.strip().lower() for s in items if s.strip()]
+    names = [s.strip().lower() for s in items if s.strip()]
+    return list(dict.fromkeys(names))  # a name given twice is one column of the grid, not two
 
 
 def resolve_grid(overrides: dict[str, Any] | None = None, *, yaml: str | Path | None = None) -> BenchGrid:

@@ -221,14 +221,22 @@ def _cell(value: Any) -> str:
 
 
 def write_reports(out: Path, cells: Sequence[Result], baselines: Sequence[Result], rule: str) -> list[dict[str, Any]]:
-    """Write ``results.csv``, ``results.md`` and ``report.html`` into ``out``; return the summary."""
+    """Write ``results.csv``, ``results.md`` and ``report.html`` into ``out`` (each atomically; one row
+    per run, a run given twice is a bug); return the summary."""
+    from densemtl.training.checkpoint import atomic_write_text
+
+    keys = [(r.arch, r.method, r.seed) for r in [*baselines, *cells]]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"bench: a run is reported twice: {sorted(k for k in keys if keys.count(k) > 1)}")
     rows = cell_rows(cells, baselines)
     summary = summarize(rows)
     fields = list(rows[0]) if rows else ["arch", "method", "seed"]
-    with (out / "results.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows({k: _cell(v) for k, v in r.items()} for r in rows)
-    (out / "results.md").write_text(markdown(summary, rule))
-    (out / "report.html").write_text(html_report(summary, rows, rule))
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows({k: _cell(v) for k, v in r.items()} for r in rows)
+    # Each file whole or not at all: a kill while writing leaves the previous version.
+    atomic_write_text(out / "results.csv", buf.getvalue())
+    atomic_write_text(out / "results.md", markdown(summary, rule))
+    atomic_write_text(out / "report.html", html_report(summary, rows, rule))
     return summary

@@ -11,12 +11,8 @@ dataset's own ``val`` split, which a bench uses as its test split and never sele
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import json
-import math
-import multiprocessing
 import os
-import shutil
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -27,13 +23,26 @@ import torch
 from torch.utils.data import Dataset
 
 from densemtl.bench.grid import DATA_SEED, Job
+from densemtl.bench.processes import (
+    BENCH_LOCK,
+    RESUME_HINT,
+    StopOnSignals,
+    Stopped,
+    bench_lock,
+    interrupted,
+    run_lock,
+    run_parallel,
+)
+from densemtl.bench.rundir import clear, finished, resumable
 from densemtl.data import MultiTaskDataset
-from densemtl.metrics import Metrics, lower_is_better
+from densemtl.errors import Interrupted, RuntimeFault
+from densemtl.metrics import relative_improvement  # noqa: F401 - re-exported: its home before densemtl.metrics
 from densemtl.report.jsonio import dumps
 from densemtl.training.builders import build_datasets
+from densemtl.training.checkpoint import atomic_write_text, load_checkpoint
 from densemtl.training.config import build_config
 from densemtl.training.evaluation import evaluate_model
-from densemtl.training.trainer import Trainer, is_run_dir
+from densemtl.training.trainer import Trainer
 
 SELECTION_RULE = (
     "each run's checkpoint is the epoch >= 1 with the highest mean relative improvement over its own epoch 0 "
@@ -76,23 +85,6 @@ def carve(n: int, fraction: float, seed: int = DATA_SEED) -> tuple[list[int], li
     return sorted(perm[k:]), sorted(perm[:k])
 
 
-def relative_improvement(metrics: Metrics, reference: Metrics) -> float:
-    """Mean over shared metrics of the signed relative change vs ``reference``, in percent.
-
-    Like :func:`densemtl.metrics.delta_m`, but skips metrics that are NaN or whose reference is 0
-    (an untrained model's within-11.25° can be 0); NaN when nothing is left.
-    """
-    terms: list[float] = []
-    for task, ms in metrics.items():
-        for name, value in ms.items():
-            ref = reference.get(task, {}).get(name)
-            lower = lower_is_better(task, name)  # the direction the task declares
-            if ref is None or lower is None or value is None or ref == 0 or math.isnan(value) or math.isnan(ref):
-                continue
-            terms.append((-1.0 if lower else 1.0) * (value - ref) / abs(ref) * 100.0)
-    return math.fsum(terms) / len(terms) if terms else float("nan")
-
-
 class BenchTrainer(Trainer):
     """A Trainer on the carved split that keeps the selected checkpoint and evaluates it on test."""
 
@@ -103,24 +95,9 @@ class BenchTrainer(Trainer):
         self.train_set, self.val_set, self.test_set = Holdout(full, train_idx), Holdout(full, val_idx), test
         self.val_fraction = val_fraction
 
-    def _record(self, record: dict[str, Any]) -> None:
-        super()._record(record)
-        epoch = record["epoch"]
-        if epoch == 0 and self.cfg.epochs > 0:
-            return
-        ref = self.history[0]["val"]
-        scores = [relative_improvement(r["val"], ref) for r in self.history if r["epoch"] >= min(1, epoch)]
-        score = scores[-1]
-        earlier = [s for s in scores[:-1] if not math.isnan(s)]
-        if not earlier or (not math.isnan(score) and score > max(earlier)):
-            torch.save({"epoch": epoch, "score": score, "model": self.model.state_dict()}, self._best_path())
-
-    def _best_path(self) -> Path:
-        return self.out / "checkpoints" / "best.pt"
-
     def run(self) -> dict[str, Any]:
         summary = super().run()
-        best = torch.load(self._best_path(), map_location=self.device, weights_only=True)
+        best = load_checkpoint(self.best_path)  # the Trainer's best.pt: selected by the same rule
         self.model.load_state_dict(best["model"])
         selected = next(r for r in self.history if r["epoch"] == best["epoch"])
         test = evaluate_model(
@@ -137,46 +114,42 @@ class BenchTrainer(Trainer):
             "val_metrics": selected["val"],
             "test_metrics": test,
         }
-        (self.out / "summary.json").write_text(dumps(summary, indent=2) + "\n")
+        atomic_write_text(self.out / "summary.json", dumps(summary, indent=2) + "\n")
         return summary
 
 
-def finished(out: Path) -> dict[str, Any] | None:
-    """The summary of a finished bench run in ``out`` (one with test metrics), else None."""
-    path = out / "summary.json"
-    if not path.is_file():
-        return None
-    try:
-        summary = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
-    return summary if isinstance(summary, dict) and "bench" in summary else None
-
-
-def run_job(job: Job, threads: int | None = None) -> dict[str, Any]:
-    """Train (or continue) one job and return its summary; a finished job is only read back."""
+def run_job(job: Job, threads: int | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train (or continue) one job and return its summary (:func:`~densemtl.bench.rundir.finished`'s);
+    a finished job is only read back. Holds the run directory's lock throughout, so two processes
+    never run one job; a run directory that cannot be trusted is run again from scratch."""
     if threads is not None:
         torch.set_num_threads(threads)
     out = Path(job.out)
-    done = finished(out)
-    if done is not None:
-        return done
-    cfg = build_config(job.config)
-    resume = is_run_dir(out) and (out / "checkpoints" / "last.pt").is_file()
-    if resume:
-        (out / "summary.json").unlink(missing_ok=True)
-    elif out.exists():
-        shutil.rmtree(out)  # interrupted before its first checkpoint: start it again
-    trainer = BenchTrainer(cfg, out, val_fraction=job.val_fraction, resume=resume, progress=False, log=lambda _: None)
-    return trainer.run()
-
-
-def _spawn_job(job: Job, threads: int) -> dict[str, Any]:
-    return run_job(job, threads)
+    with run_lock(out, log):
+        done = finished(out)
+        if done is not None:
+            return done
+        cfg = build_config(job.config)
+        resume, why = resumable(out)
+        if resume:
+            (out / "summary.json").unlink(missing_ok=True)
+        else:
+            if why:
+                log(f"densemtl bench: {job.kind} {job.name} starts again from scratch: {why}")
+            clear(out)
+        trainer = BenchTrainer(
+            cfg, out, val_fraction=job.val_fraction, resume=resume, progress=False, log=lambda _: None
+        )
+        trainer.run()
+        done = finished(out)
+    if done is None:
+        raise RuntimeFault(f"bench: {out} holds no complete run after training it; {RESUME_HINT}")
+    return done
 
 
 def run_jobs(jobs: list[Job], n_procs: int = 1, log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
-    """Run every job (in ``n_procs`` spawned processes when > 1); summaries by job output path."""
+    """Run every unfinished job (in ``n_procs`` spawned processes when > 1); summaries by job output
+    path. SIGINT / SIGTERM stop it promptly with :class:`~densemtl.errors.Interrupted` (130 / 143)."""
     results: dict[str, dict[str, Any]] = {}
     todo = []
     for job in jobs:
@@ -188,38 +161,37 @@ def run_jobs(jobs: list[Job], n_procs: int = 1, log: Callable[[str], None] = pri
     total = len(jobs)
     if len(results):
         log(f"densemtl bench: {len(results)} of {total} runs already finished, {len(todo)} to go")
-    count = len(results)
 
     def report(job: Job, summary: dict[str, Any], seconds: float) -> None:
-        nonlocal count
-        count += 1
+        results[job.out] = summary
         score = summary["bench"]["selection_score"]
+        score_text = "nan" if score is None else f"{score:+.2f}%"
         log(
-            f"[{count}/{total}] {job.kind} {job.name} done in {seconds:.0f}s "
-            f"(epoch {summary['bench']['selected_epoch']} selected, val improvement {score:+.2f}%)"
+            f"[{len(results)}/{total}] {job.kind} {job.name} done in {seconds:.0f}s "
+            f"(epoch {summary['bench']['selected_epoch']} selected, val improvement {score_text})"
         )
 
-    if n_procs <= 1 or len(todo) <= 1:
-        for job in todo:
-            t0 = time.perf_counter()
-            results[job.out] = run_job(job)
-            report(job, results[job.out], time.perf_counter() - t0)
-        return results
-    threads = max(1, (os.cpu_count() or 1) // n_procs)
-    ctx = multiprocessing.get_context("spawn")
-    # Baselines and cells are independent runs: all of them go to the pool at once. On an error or
-    # Ctrl-C the queued runs are cancelled; finished ones are kept and a rerun continues from there.
-    pool = cf.ProcessPoolExecutor(max_workers=n_procs, mp_context=ctx)
-    try:
-        started = {pool.submit(_spawn_job, job, threads): (job, time.perf_counter()) for job in todo}
-        for fut in cf.as_completed(started):
-            job, t0 = started[fut]
-            results[job.out] = fut.result()
-            report(job, results[job.out], time.perf_counter() - t0)
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown()
+    with StopOnSignals() as signals:
+        try:
+            if n_procs <= 1 or len(todo) <= 1:
+                for job in todo:
+                    t0 = time.perf_counter()
+                    report(job, run_job(job, log=log), time.perf_counter() - t0)
+            else:
+                # One job at a time to each worker: on an error or a signal nothing else has started,
+                # and the workers die with this process (see densemtl.bench.processes).
+                threads = max(1, (os.cpu_count() or 1) // n_procs)
+                run_parallel(todo, n_procs, threads, report)
+        except (Stopped, KeyboardInterrupt, Interrupted) as e:  # Interrupted: a trainer caught the signal
+            signals.disarm()
+            if isinstance(e, Stopped):
+                signum = e.signum
+            else:
+                signum = e.exit_code - 128 if isinstance(e, Interrupted) else int(signal.SIGINT)
+            raise interrupted(signum, len(results), total) from None
+        except BaseException:
+            signals.disarm()
+            raise
     return results
 
 
@@ -232,11 +204,11 @@ def check_out(out: Path, grid_dict: dict[str, Any]) -> None:
     marker = out / "bench.yaml"
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file, not a directory")
-    if out.is_dir() and any(out.iterdir()) and not marker.is_file():
+    if out.is_dir() and any(p.name != BENCH_LOCK for p in out.iterdir()) and not marker.is_file():
         raise ConfigError(f"--out {out} holds other files and no bench (no bench.yaml); choose another directory")
     if marker.is_file():
         old = yaml.safe_load(marker.read_text()) or {}
-        free = ("device", "workers")  # may change between sessions of one bench
+        free = ("device", "workers", "checkpoint_every")  # may change between sessions of one bench
         for key in ("base", "val_fraction", "method_args", "arch_args"):
             a, b = old.get(key), grid_dict.get(key)
             if key == "base":
@@ -250,16 +222,23 @@ def check_out(out: Path, grid_dict: dict[str, Any]) -> None:
 
 
 def run_bench(grid: Any, out: Path, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Run (or continue) ``grid`` into ``out``: baselines (cached), cells, then the reports."""
+    """Run (or continue) ``grid`` into ``out``: baselines (cached), cells, then the reports. Refused
+    (one line) while another process runs the same bench directory."""
+    grid_dict = grid.to_dict()
+    check_out(out, grid_dict)
+    out.mkdir(parents=True, exist_ok=True)
+    with bench_lock(out):  # one densemtl bench at a time in ``out``, released however this process ends
+        return _run_locked(grid, grid_dict, out, log)
+
+
+def _run_locked(grid: Any, grid_dict: dict[str, Any], out: Path, log: Callable[[str], None]) -> list[dict[str, Any]]:
     import yaml
 
     from densemtl.bench.grid import cache_dir
     from densemtl.bench.report import Result, write_reports
 
-    grid_dict = grid.to_dict()
-    check_out(out, grid_dict)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.yaml").write_text(yaml.safe_dump(grid_dict, sort_keys=False))
+    check_out(out, grid_dict)  # again, now that no other bench can be writing it
+    atomic_write_text(out / "bench.yaml", yaml.safe_dump(grid_dict, sort_keys=False))
     jobs = grid.jobs_list(out, cache_dir())
     n_base = sum(j.kind == "baseline" for j in jobs)
     cache = Path(jobs[0].out).parent if n_base else "-"

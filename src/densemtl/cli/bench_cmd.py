@@ -31,6 +31,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
         help="compare methods × architectures over seeds, with Δm% against single-task baselines",
+        description="Compare methods × architectures over seeds, with Δm% against single-task baselines. "
+        "Stopped (Ctrl-C, SIGTERM, kill -9) or failed, rerun the same command: finished runs are kept, "
+        "unfinished ones continue from their last checkpoint, and a run whose files are corrupt runs again. "
+        "One bench process at a time per --out directory.",
         argument_default=argparse.SUPPRESS,
     )
     p.add_argument("--grid", metavar="FILE", help="YAML grid file (the same keys as the flags); flags override it")

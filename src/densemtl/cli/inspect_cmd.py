@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from densemtl.cli.paths import check_output_dir, check_output_file
 from densemtl.errors import ConfigError, DataError
 from densemtl.report.jsonio import dumps
 
@@ -36,23 +37,29 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     from densemtl import data
     from densemtl.report.console import metrics_header, metrics_row
-    from densemtl.training.builders import resolve_device
+    from densemtl.training.builders import check_fits_model, resolve_device
     from densemtl.training.checkpoint import load_model
     from densemtl.training.config import parse_size
     from densemtl.training.evaluation import evaluate_model
 
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.n is not None and args.n < 1:
+        raise ConfigError(f"--n must be >= 1, got {args.n}")
+    json_path = check_output_file(args.json, "--json") if args.json else None
     model, cfg, state = load_model(args.checkpoint, args.device)
     name = args.dataset or cfg.dataset
     same = args.dataset is None or args.dataset == cfg.dataset
     root = args.data_root if args.data_root is not None else (cfg.data_root if same else None)
     size = parse_size(args.size) if args.size else (tuple(state.get("size") or ()) or cfg.size)
+    check_fits_model(model, cfg.arch, size)  # type: ignore[arg-type]
     ds = data.create(
         name,
         args.split,
         root=root,
         size=size,
         seed=cfg.seed,
-        n=args.n if args.n else (cfg.n_val if same and args.split == "val" else None),
+        n=args.n if args.n is not None else (cfg.n_val if same and args.split == "val" else None),
         num_classes=cfg.num_classes if same else None,
         **(cfg.data_args if same else {}),
     )
@@ -65,14 +72,13 @@ def run_eval(args: argparse.Namespace) -> int:
     if not tasks:
         raise ConfigError(f"dataset {name!r} has none of the checkpoint's tasks {state['tasks']}")
     loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size)
-    metrics = evaluate_model(
-        model, loader, tasks, state["num_classes"], resolve_device(args.device), progress=True
-    )
+    metrics = evaluate_model(model, loader, tasks, state["num_classes"], resolve_device(args.device), progress=True)
     print(f"densemtl: {name} {args.split} ({len(ds)} images), checkpoint epoch {state['epoch']}")  # type: ignore[arg-type]
     print(metrics_header(tasks))
     print(metrics_row(state["epoch"], metrics, tasks))
-    if args.json:
-        Path(args.json).write_text(dumps({"metrics": metrics}, indent=2) + "\n")
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(dumps({"metrics": metrics}, indent=2) + "\n")
     return 0
 
 
@@ -82,15 +88,17 @@ def read_image(path: Path) -> torch.Tensor:
         raise DataError(f"image {path} does not exist")
     try:
         if path.suffix.lower() == ".npy":
-            arr = np.load(path).astype(np.float32)
+            arr = np.load(path, allow_pickle=False).astype(np.float32)
         else:
             from PIL import Image
 
             arr = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
     except Exception as e:  # noqa: BLE001 - any decoding failure is the file's fault
         raise DataError(f"image {path} cannot be read ({type(e).__name__})") from None
-    if arr.ndim != 3 or arr.shape[2] != 3:
+    if arr.ndim != 3 or arr.shape[2] != 3 or min(arr.shape) < 1:
         raise DataError(f"image {path} has shape {arr.shape}; expected H×W×3")
+    if not np.isfinite(arr).all():
+        raise DataError(f"image {path} has NaN or infinite values")
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
 
 
@@ -99,10 +107,18 @@ def run_predict(args: argparse.Namespace) -> int:
     from densemtl.report.visualize import prediction_panel, save_panel
     from densemtl.training.checkpoint import load_model
 
+    out = check_output_dir(args.out, "--out")
+    targets: dict[str, Path] = {}
+    for p in map(Path, args.images):
+        name = f"{p.stem}_pred.png"
+        if name in targets:
+            raise ConfigError(
+                f"{targets[name]} and {p} would both be written to {out / name}; rename one or predict them separately"
+            )
+        targets[name] = p
     model, _, state = load_model(args.checkpoint, args.device)
     device = next(model.parameters()).device
     size = tuple(state.get("size") or ())
-    out = Path(args.out)
     images = [(Path(p), read_image(Path(p))) for p in args.images]
     for path, img in images:
         x = img[None].to(device)

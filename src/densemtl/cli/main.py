@@ -27,12 +27,11 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from densemtl.cli import bench_cmd, data_cmd, inspect_cmd, list_cmd, speed_cmd, train_cmd
+    from densemtl.cli import bench_cmd, data_cmd, export_cmd, inspect_cmd, list_cmd, speed_cmd, train_cmd
 
     parser = Parser(
         prog="densemtl",
-        description="Multi-task dense scene understanding: "
-        "segmentation, depth and normals, with task balancing.",
+        description="Multi-task dense scene understanding: segmentation, depth and normals, with task balancing.",
     )
     sub = parser.add_subparsers(dest="command", parser_class=Parser, metavar="COMMAND")
     train_cmd.add_parser(sub)
@@ -41,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     list_cmd.add_parser(sub)
     speed_cmd.add_parser(sub)
     bench_cmd.add_parser(sub)
+    export_cmd.add_parser(sub)
     return parser
 
 
@@ -61,6 +61,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except MemoryError:
         sys.stderr.write("densemtl: error: out of memory; use a smaller --size or --batch-size\n")
+        return 1
+    except RuntimeError as e:  # the accelerator's allocator: torch.cuda.OutOfMemoryError
+        import torch
+
+        if not isinstance(e, torch.cuda.OutOfMemoryError):
+            raise
+        sys.stderr.write("densemtl: error: out of GPU memory; use a smaller --size or --batch-size\n")
         return 1
     except KeyboardInterrupt:
         sys.stderr.write("densemtl: interrupted\n")

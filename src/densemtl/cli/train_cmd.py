@@ -44,6 +44,19 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--device", {"help": "cpu, cuda, cuda:N or auto"}),
     ("--workers", {"type": int, "help": "data loader processes"}),
     (
+        "--checkpoint-every",
+        {"type": int, "metavar": "N", "help": "also write checkpoints/last.pt every N steps within an epoch (0 = off)"},
+    ),
+    (
+        "--skip-nonfinite",
+        {
+            "type": int,
+            "metavar": "N",
+            "help": "skip up to N steps with a NaN or inf loss or update (counted in metrics.jsonl) "
+            "instead of stopping the run",
+        },
+    ),
+    (
         "--diagnostics-every",
         {"type": int, "help": "sample task-gradient cosines and per-block balance every K steps (0 = off)"},
     ),
@@ -79,7 +92,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_knob_flags(p, KNOB_FLAGS)
     p.add_argument("--config", metavar="FILE", help="YAML config; flags override it")
     p.add_argument("--out", metavar="RUN", help="run directory (default: a fresh one under ./runs)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out exactly, from its last checkpoint (an epoch end, --checkpoint-every, "
+        "or a SIGINT/SIGTERM); another --epochs re-plans the default lr schedule (lr_step) for the new length",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--tensorboard", action="store_true", help="also write RUN/tensorboard/ event files")
     p.set_defaults(func=run)
@@ -133,8 +151,9 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.out) if hasattr(args, "out") else fresh_run_dir(cfg)
         if cfg.dataset == "synthetic" and any(getattr(cfg, k) == v for k, v in DEMO.items()):
             print(
-                "densemtl: small synthetic settings (size {}x{}, {} train / {} val images); "
-                "flags override them".format(*cfg.size or (0, 0), cfg.n_train, cfg.n_val)
+                "densemtl: small synthetic settings (size {}x{}, {} train / {} val images); flags override them".format(
+                    *cfg.size or (0, 0), cfg.n_train, cfg.n_val
+                )
             )
     trainer = Trainer(cfg, out, resume=resume, progress=not getattr(args, "quiet", False), log=print)
     print(
@@ -143,7 +162,5 @@ def run(args: argparse.Namespace) -> int:
     )
     summary = trainer.run()
     print(f"densemtl: done in {summary['time_s']:.0f}s; run directory: {out}")
-    print(
-        f"  summary {out / 'summary.json'}, plots {out / 'plots'}, checkpoint {out / 'checkpoints' / 'last.pt'}"
-    )
+    print(f"  summary {out / 'summary.json'}, plots {out / 'plots'}, checkpoint {out / 'checkpoints' / 'last.pt'}")
     return 0

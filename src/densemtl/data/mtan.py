@@ -2,13 +2,14 @@
 
 ``ROOT/{train,val}/{image,label,depth,normal}/{i}.npy``: image H×W×3 float, label H×W (-1 = ignore),
 depth H×W×1 (0 = invalid), normal H×W×3 (all-zero = invalid). Every file's header is checked when
-the dataset is opened, label values when a sample is loaded; problems raise ``DataError`` naming the
+the dataset is opened, with the values of the first sample and that the split has some valid depth;
+every sample's values when it is loaded (labels in range, finite images, unit normals), and all of
+them by :meth:`MTANDataset.scan` (``densemtl data check``). Problems raise ``DataError`` naming the
 file.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,97 +18,19 @@ import torch
 from torch.utils.data import Dataset
 
 from densemtl.data import register
+from densemtl.data._files import check_header, check_int, check_size, hw_text, list_indices, one_line
 from densemtl.data.preprocess import CITYSCAPES_CATEGORIES, CITYSCAPES_TRAIN_NAMES, NYUV2_13_NAMES
 from densemtl.data.transforms import random_scale_crop_flip, resize_sample
 from densemtl.errors import ConfigError, DataError
 
 __all__ = ["MTANDataset", "cityscapes", "nyuv2"]
 
-_NAME = re.compile(r"^(0|[1-9][0-9]*)\.npy$")
+#: A valid (not all-zero) normal whose length is off 1 by more than this is "not unit" ...
+NORMAL_TOLERANCE = 0.25
+#: ... and a normal map with more than this fraction of such pixels is refused (normals x100,
+#: normals stored as 0..1 or 0..255 colours): resizing may leave a few short ones at edges.
+NORMAL_BAD_FRACTION = 0.05
 _FOLDER = {"seg": "label", "depth": "depth", "normal": "normal"}
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
-def _check_int(value: object, what: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < minimum:
-        raise ConfigError(f"{what} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_size(size: Sequence[int] | None) -> tuple[int, int] | None:
-    if size is None:
-        return None
-    try:
-        h, w = size  # type: ignore[misc]
-        return _check_int(h, "size", 1), _check_int(w, "size", 1)
-    except (TypeError, ValueError, ConfigError):
-        raise ConfigError(f"size must be (H, W) with positive integers, got {size!r}") from None
-
-
-def _hw(hw: tuple[int, int]) -> str:
-    """``(H, W)`` as ``"H×W"`` for messages."""
-    return f"{hw[0]}×{hw[1]}"
-
-
-def _list_indices(folder: Path) -> dict[int, Path]:
-    """The ``{i}.npy`` files of ``folder`` by index; any other (non-hidden) entry is an error."""
-    found: dict[int, Path] = {}
-    try:
-        entries = sorted(folder.iterdir())
-    except OSError as exc:
-        raise DataError(f"{folder}: cannot list folder ({exc.strerror or exc})") from exc
-    for path in entries:
-        if path.name.startswith("."):
-            continue
-        m = _NAME.match(path.name)
-        if m is None or not path.is_file():
-            raise DataError(f"{path}: unexpected entry; {folder} must hold only files 0.npy .. N-1.npy")
-        found[int(m.group(1))] = path
-    return found
-
-
-def _header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
-    """Shape and dtype of a .npy file, read cheaply (memory-mapped, no data copied)."""
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(6)
-    except OSError as exc:
-        raise DataError(f"{path}: cannot open ({exc.strerror or exc})") from exc
-    if magic != b"\x93NUMPY":
-        raise DataError(f"{path}: {'empty file' if not magic else 'not a .npy file (no NUMPY header)'}")
-    try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except Exception as exc:  # corrupt files raise ValueError, OSError, EOFError, ...
-        reason = _one_line(exc)
-        if "mmap length" in reason or "No data left" in reason:
-            reason = "truncated: shorter than its header says"
-        raise DataError(f"{path}: not a readable .npy array ({reason})") from exc
-    if not isinstance(arr, np.ndarray):
-        raise DataError(f"{path}: not a single .npy array")
-    return tuple(int(s) for s in arr.shape), arr.dtype
-
-
-# folder -> (accepted shapes as predicates on the trailing dims, accepted dtype kinds, description)
-_SPECS: dict[str, tuple[tuple[int | None, ...], str, str]] = {
-    "image": ((3,), "f", "H×W×3 float"),
-    "label": ((), "fiu", "H×W numeric"),
-    "depth": ((1, None), "f", "H×W×1 (or H×W) float"),
-    "normal": ((3,), "f", "H×W×3 float"),
-}
-
-
-def _check_header(path: Path, kind: str) -> tuple[int, int]:
-    shape, dtype = _header(path)
-    trailing, kinds, desc = _SPECS[kind]
-    rank2_ok = not trailing or None in trailing
-    ok_shape = (len(shape) == 3 and shape[2] in trailing) or (len(shape) == 2 and rank2_ok)
-    if not ok_shape or dtype.kind not in kinds or min(shape, default=0) < 1:
-        raise DataError(f"{path}: {kind} must be {desc}, got shape {shape} dtype {dtype}")
-    return shape[0], shape[1]
 
 
 class MTANDataset(Dataset):
@@ -139,17 +62,17 @@ class MTANDataset(Dataset):
         self.name = name
         self.split = split
         self.tasks = tuple(tasks)
-        self.num_classes = _check_int(num_classes, f"{name} num_classes", 1)
+        self.num_classes = check_int(num_classes, f"{name} num_classes", 1)
         self.augment = bool(augment)
-        self.seed = _check_int(seed, "seed", -(2**63))
+        self.seed = check_int(seed, "seed", -(2**63))
         self.scales = tuple(float(s) for s in scales)
         self.epoch = 0
         names = tuple(class_names) if class_names is not None else ()
         self.class_names = (
             names if len(names) == self.num_classes else tuple(f"class{i}" for i in range(self.num_classes))
         )
-        requested = _check_size(size)
-        limit = None if n is None else _check_int(n, "n", 1)
+        requested = check_size(size)
+        limit = None if n is None else check_int(n, "n", 1)
 
         self.root = Path(root).expanduser()
         folders = self._folders()
@@ -160,10 +83,13 @@ class MTANDataset(Dataset):
             first = self._stored[0]
             odd = next(i for i, s in enumerate(self._stored) if s != first)
             raise DataError(
-                f"{self._files[odd]['image']}: size {_hw(self._stored[odd])} differs from "
-                f"{self._files[0]['image']} ({_hw(first)}); pass size=(H, W) to resize"
+                f"{self._files[odd]['image']}: size {hw_text(self._stored[odd])} differs from "
+                f"{self._files[0]['image']} ({hw_text(first)}); pass size=(H, W) to resize"
             )
         self.size: tuple[int, int] = requested if requested is not None else self._stored[0]
+        self._read(0)  # the values of one sample, so that a wholly mis-scaled dataset stops here
+        if "depth" in self.tasks:
+            self._check_some_depth()
 
     # ---- opening -----------------------------------------------------------------------------
     def _folders(self) -> dict[str, Path]:
@@ -191,7 +117,7 @@ class MTANDataset(Dataset):
         return folders
 
     def _index(self, folders: dict[str, Path], limit: int | None) -> list[dict[str, Path]]:
-        listed = {key: _list_indices(folder) for key, folder in folders.items()}
+        listed = {key: list_indices(folder) for key, folder in folders.items()}
         image_dir, images = folders["image"], listed["image"]
         if not images:
             raise DataError(f"{image_dir}: no samples (expected 0.npy .. N-1.npy)")
@@ -210,13 +136,13 @@ class MTANDataset(Dataset):
     def _check_headers(self) -> list[tuple[int, int]]:
         stored = []
         for files in self._files:
-            hw = _check_header(files["image"], "image")
+            hw = check_header(files["image"], "image")
             for key, path in files.items():
                 if key == "image":
                     continue
-                other = _check_header(path, key)
+                other = check_header(path, key)
                 if other != hw:
-                    raise DataError(f"{path}: size {_hw(other)} differs from {files['image']} ({_hw(hw)})")
+                    raise DataError(f"{path}: size {hw_text(other)} differs from {files['image']} ({hw_text(hw)})")
             stored.append(hw)
         return stored
 
@@ -232,7 +158,7 @@ class MTANDataset(Dataset):
         try:
             return np.load(path, allow_pickle=False)
         except Exception as exc:
-            raise DataError(f"{path}: cannot read .npy ({_one_line(exc)})") from exc
+            raise DataError(f"{path}: cannot read .npy ({one_line(exc)})") from exc
 
     def _label(self, path: Path) -> torch.Tensor:
         lab = self._load(path)
@@ -250,6 +176,88 @@ class MTANDataset(Dataset):
             )
         return torch.from_numpy(lab.astype(np.int64))
 
+    def _normal(self, path: Path) -> torch.Tensor:
+        normal = self._load(path).astype(np.float32)
+        normal[~np.isfinite(normal).all(axis=2)] = 0.0
+        norm = np.linalg.norm(normal, axis=2)
+        valid = norm > 0
+        if valid.any():
+            off = np.abs(norm[valid] - 1.0) > NORMAL_TOLERANCE
+            if off.mean() > NORMAL_BAD_FRACTION:
+                raise DataError(
+                    f"{path}: normals must be unit vectors (all-zero = invalid), but {off.mean():.0%} of the "
+                    f"valid pixels have a length outside {1 - NORMAL_TOLERANCE:g}..{1 + NORMAL_TOLERANCE:g} "
+                    f"(median {np.median(norm[valid]):.3g})"
+                )
+        return torch.from_numpy(normal).permute(2, 0, 1).contiguous()
+
+    def _depth(self, path: Path, index: int) -> torch.Tensor:
+        depth = self._load(path).astype(np.float32).reshape(self._stored[index])
+        depth[~np.isfinite(depth) | (depth < 0)] = 0.0  # unusable readings count as invalid
+        return torch.from_numpy(depth)[None]
+
+    def _check_some_depth(self) -> None:
+        """A DataError when no depth file holds a valid (finite, > 0) pixel and some hold negative
+        or non-finite readings: a flipped sign or a broken conversion, not absent depth (all-zero
+        depth, a frame without disparity, is allowed; ``data check`` warns of it). Stops at the
+        first valid pixel."""
+        corrupt = 0
+        for files in self._files:
+            d = np.load(files["depth"], mmap_mode="r", allow_pickle=False)
+            finite = np.isfinite(d)
+            if np.any(finite & (d > 0)):
+                return
+            corrupt += int(not np.all(finite & (d >= 0)))
+        if corrupt:
+            folder = self._files[0]["depth"].parent
+            raise DataError(
+                f"{folder}: no valid depth pixel in any of its {len(self._files)} files, and {corrupt} hold "
+                "negative, NaN or infinite readings (depth must be > 0, 0 = invalid); is the sign or scale wrong?"
+            )
+
+    def _read(self, index: int) -> dict[str, torch.Tensor]:
+        """Sample ``index`` at its stored size, its values checked (DataError naming the file)."""
+        files = self._files[index]
+        image = self._load(files["image"]).astype(np.float32)
+        if not np.all(np.isfinite(image)):
+            raise DataError(f"{files['image']}: image has NaN or infinite values")
+        sample = {"image": torch.from_numpy(image).permute(2, 0, 1).contiguous()}
+        if "seg" in self.tasks:
+            sample["seg"] = self._label(files["label"])
+        if "depth" in self.tasks:
+            sample["depth"] = self._depth(files["depth"], index)
+        if "normal" in self.tasks:
+            sample["normal"] = self._normal(files["normal"])
+        return sample
+
+    def scan(self, progress: bool = False) -> dict[str, int]:
+        """Read and check every sample's values (what loading checks, for all of them at once).
+
+        Returns counts: ``samples``, ``depth_unusable`` (depth files holding negative, NaN or
+        infinite readings, read as invalid) and ``depth_empty`` (depth files with no valid pixel).
+        The first bad file raises ``DataError``; so does a split without a valid depth pixel.
+        """
+        from tqdm import tqdm
+
+        counts = {"samples": 0, "depth_unusable": 0, "depth_empty": 0}
+        indices = tqdm(
+            range(len(self)),
+            desc=f"checking {self.split}",
+            unit="sample",
+            leave=False,
+            disable=None if progress else True,
+        )
+        for i in indices:
+            sample = self._read(i)
+            counts["samples"] += 1
+            if "depth" in sample:
+                raw = np.load(self._files[i]["depth"], mmap_mode="r", allow_pickle=False)
+                counts["depth_unusable"] += int(not np.all(np.isfinite(raw) & (raw >= 0)))
+                counts["depth_empty"] += int(not bool((sample["depth"] > 0).any()))
+        if "depth" in self.tasks and counts["depth_empty"] == counts["samples"]:
+            self._check_some_depth()
+        return counts
+
     def generator(self, index: int) -> torch.Generator:
         """The augmentation generator of sample ``index`` at the current epoch."""
         words = np.random.SeedSequence([self.seed % 2**64, self.epoch % 2**64, index]).generate_state(2)
@@ -261,21 +269,7 @@ class MTANDataset(Dataset):
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
         index = int(index) % len(self)
-        files = self._files[index]
-        image = self._load(files["image"]).astype(np.float32)
-        if not np.all(np.isfinite(image)):
-            raise DataError(f"{files['image']}: image has NaN or infinite values")
-        sample = {"image": torch.from_numpy(image).permute(2, 0, 1).contiguous()}
-        if "seg" in self.tasks:
-            sample["seg"] = self._label(files["label"])
-        if "depth" in self.tasks:
-            depth = self._load(files["depth"]).astype(np.float32).reshape(self._stored[index])
-            depth[~np.isfinite(depth) | (depth < 0)] = 0.0  # unusable readings count as invalid
-            sample["depth"] = torch.from_numpy(depth)[None]
-        if "normal" in self.tasks:
-            normal = self._load(files["normal"]).astype(np.float32)
-            normal[~np.isfinite(normal).all(axis=2)] = 0.0
-            sample["normal"] = torch.from_numpy(normal).permute(2, 0, 1).contiguous()
+        sample = self._read(index)
         if self._stored[index] != self.size:
             sample = resize_sample(sample, self.size)
         if self.augment:
@@ -301,10 +295,18 @@ def read_meta(root: str | Path) -> dict:
 
     try:
         meta = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
         raise DataError(f"{path}: not valid JSON") from None
     if not isinstance(meta, dict):
         raise DataError(f"{path}: must hold a JSON object")
+    classes = meta.get("num_classes")
+    if classes is not None and (isinstance(classes, bool) or not isinstance(classes, int) or classes < 1):
+        raise DataError(f"{path}: 'num_classes' must be an integer >= 1, got {classes!r}")
+    names = meta.get("class_names")
+    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
+        raise DataError(f"{path}: 'class_names' must be a list of strings, got {names!r}")
     return meta
 
 

@@ -100,8 +100,7 @@ def _check_image(rgb: np.ndarray, what: str) -> tuple[int, int]:
 def _check_plane(arr: np.ndarray, hw: tuple[int, int], name: str, what: str) -> None:
     if not isinstance(arr, np.ndarray) or arr.ndim != 2 or tuple(arr.shape) != hw:
         raise DataError(
-            f"{what}: {name} must be a {hw[0]}×{hw[1]} array like rgb, got shape "
-            f"{getattr(arr, 'shape', None)}"
+            f"{what}: {name} must be a {hw[0]}×{hw[1]} array like rgb, got shape {getattr(arr, 'shape', None)}"
         )
 
 

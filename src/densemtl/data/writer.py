@@ -76,6 +76,10 @@ def synthesize(
     out = Path(out).expanduser()
     if out.exists() and (not out.is_dir() or _is_nonempty_dir(out)):
         raise DataError(f"{out}: already exists and is not empty; refusing to overwrite (choose a new --out)")
+    from densemtl.training.config import MAX_SEED
+
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"seed must be in 0..{MAX_SEED} (2**32 - 1), got {seed!r}")
     for name, value in (("n_train", n_train), ("n_val", n_val)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
@@ -95,7 +99,11 @@ def synthesize(
     for split, n in (("train", n_train), ("val", n_val)):
         dataset = create("synthetic", split, n=int(n), size=(h, w), seed=seed)
         write_mtan_layout(dataset, out, split, progress=progress)
-    meta = {"source": "densemtl data synth", "seed": seed, "size": [h, w],
-            "num_classes": int(dataset.num_classes),  # type: ignore[attr-defined]
-            "class_names": list(getattr(dataset, "class_names", ()))}
+    meta = {
+        "source": "densemtl data synth",
+        "seed": seed,
+        "size": [h, w],
+        "num_classes": int(dataset.num_classes),  # type: ignore[attr-defined]
+        "class_names": list(getattr(dataset, "class_names", ())),
+    }
     (out / "densemtl.json").write_text(json.dumps(meta, indent=2) + "\n")

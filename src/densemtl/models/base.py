@@ -66,6 +66,11 @@ class MultiTaskModel(nn.Module):
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         return self.decode(self.encode(x), (x.shape[-2], x.shape[-1]))
 
+    def min_input_side(self) -> int:
+        """The smallest height and width this model takes (checked before a run is built, so a
+        ``--size`` that does not fit is refused up front). Default 1; poolings raise it."""
+        return 1
+
     # -- which parameters are whose -------------------------------------------------------------
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         """Parameters used by ``task`` alone. Default: those of ``self.heads[task]``."""

@@ -109,6 +109,9 @@ class SegNetCrossStitch(CrossStitchBase):
     def _last_stage(self, task: str) -> nn.Module:
         return self.columns[task].decoder[0]
 
+    def min_input_side(self) -> int:
+        return max(column.min_input_side() for column in self.columns.values())
+
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         cols = [self.columns[t] for t in self.tasks]
         n = len(cols[0].filters)

@@ -139,6 +139,9 @@ class SegNetMTAN(MTANBase):
         for part in (self.encoder_blocks, self.decoder_blocks, self.attention, self.heads):
             xavier_init(part)
 
+    def min_input_side(self) -> int:
+        return self.trunk.min_input_side()
+
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         trunk = self.trunk
         check_input_size("mtan (segnet)", x, len(trunk.filters))

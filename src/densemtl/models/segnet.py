@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from densemtl.errors import ConfigError
 from densemtl.models import register
 from densemtl.models._knobs import check_choice, check_positive_number
 from densemtl.models.base import MultiTaskModel
@@ -33,11 +34,16 @@ def stage_layers(in_channels: int, out_channels: int, n_layers: int) -> nn.Seque
     return nn.Sequential(*layers)
 
 
+class InputSizeError(ConfigError, ValueError):
+    """An input smaller than the architecture takes: a ValueError to library callers, a one-line
+    user error (exit 2) to the CLI, should a size get past the checks made before a run."""
+
+
 def check_input_size(arch: str, x: Tensor, n_stages: int) -> None:
-    """A ``ValueError`` unless both sides of ``x`` survive ``n_stages`` 2×2 poolings."""
+    """An :class:`InputSizeError` unless both sides of ``x`` survive ``n_stages`` 2×2 poolings."""
     min_side = 2**n_stages
     if min(x.shape[-2:]) < min_side:
-        raise ValueError(
+        raise InputSizeError(
             f"{arch} with {n_stages} stages needs inputs of at least {min_side}×{min_side}, "
             f"got {tuple(x.shape[-2:])}; use fewer depth_stages"
         )
@@ -75,6 +81,10 @@ class SegNetTrunk(nn.Module):
     def out_channels(self) -> int:
         return self.filters[0]
 
+    def min_input_side(self) -> int:
+        """Both sides must survive one 2×2 pooling per stage."""
+        return 2 ** len(self.filters)
+
     def forward(self, x: Tensor) -> Tensor:
         check_input_size("segnet", x, len(self.filters))
         indices: list[Tensor] = []
@@ -103,6 +113,9 @@ class SegNetMTL(MultiTaskModel):
     def encode(self, x: Tensor) -> Tensor:
         """The decoder's last feature map, at the input's resolution."""
         return self.trunk(x)
+
+    def min_input_side(self) -> int:
+        return self.trunk.min_input_side()
 
     def decode(self, rep: Tensor, size: tuple[int, int]) -> dict[str, Tensor]:
         return {t: upsample(self.heads[t](rep), size) for t in self.tasks}

@@ -32,6 +32,9 @@ class SingleTaskNetworks(MultiTaskModel):
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         return {t: self.nets[t](x)[t] for t in self.tasks}
 
+    def min_input_side(self) -> int:
+        return max(net.min_input_side() for net in self.nets.values())  # type: ignore[operator]
+
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         """All of ``task``'s own network."""
         if task not in self.nets:

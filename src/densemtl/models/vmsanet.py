@@ -104,6 +104,9 @@ class VMSANet(MultiTaskModel):
             rest = layer(rest)
         return first, rest
 
+    def min_input_side(self) -> int:
+        return self.trunk.min_input_side()
+
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         check_input_size("vmsanet", x, len(self.filters))
         trunk = self.trunk

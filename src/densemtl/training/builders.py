@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,8 +16,9 @@ from densemtl.balancing.base import BalancingMethod
 from densemtl.data import MultiTaskDataset
 from densemtl.errors import ConfigError
 from densemtl.models.base import MultiTaskModel
+from densemtl.registry import did_you_mean
 from densemtl.tasks import task_channels
-from densemtl.training.config import TrainConfig
+from densemtl.training.config import TrainConfig, build_config
 
 
 def resolve_device(name: str) -> torch.device:
@@ -49,7 +51,8 @@ def data_knobs(cfg: TrainConfig) -> dict[str, Any]:
             raise ConfigError(f"--data-arg {key}: set by its own config key, not as a dataset knob")
         if key not in own and not accepts_any:
             raise ConfigError(
-                f"--data-arg {key}: dataset {cfg.dataset!r} has no such knob; valid: {', '.join(own) or 'none'}"
+                f"--data-arg {key}: dataset {cfg.dataset!r} has no such knob{did_you_mean(key, own)}; "
+                f"valid: {', '.join(own) or 'none'}"
             )
     return dict(cfg.data_args)
 
@@ -78,10 +81,65 @@ def create_model(arch: str, arch_args: dict[str, Any], tasks: tuple[str, ...], n
         raise ConfigError(f"--arch-arg for {arch!r}: {e}") from None
 
 
+def check_fits_model(model: MultiTaskModel, arch: str, size: tuple[int, int] | None, flag: str = "--size") -> None:
+    """A ConfigError unless images of ``size`` (H, W) fit ``model`` (its ``min_input_side``)."""
+    if size is None:
+        return
+    need = model.min_input_side()
+    if min(size) < need:
+        raise ConfigError(
+            f"{flag} {size[0]}x{size[1]} does not fit architecture {arch!r}: both sides must be at least "
+            f"{need} pixels (one 2x2 pooling per stage); use a larger {flag} or fewer stages "
+            "(--arch-arg depth_stages=N)"
+        )
+
+
 def build_model(cfg: TrainConfig, tasks: tuple[str, ...], num_classes: int) -> MultiTaskModel:
-    """The config's model, initialised from its seed."""
+    """The config's model, initialised from its seed; a ``cfg.size`` it cannot take is refused."""
     torch.manual_seed(cfg.seed)
-    return create_model(cfg.arch, cfg.arch_args, tasks, num_classes)
+    model = create_model(cfg.arch, cfg.arch_args, tasks, num_classes)
+    check_fits_model(model, cfg.arch, cfg.size)
+    return model
+
+
+def model_from_state(state: Mapping[str, Any], where: str | Path) -> tuple[MultiTaskModel, TrainConfig]:
+    """The main network of checkpoint ``state`` (read from ``where``) and its config, its weights
+    loaded; a checkpoint without its config, tasks or class count, or whose weights do not fit the
+    architecture its config names, is a one-line ConfigError."""
+    for key in ("config", "tasks", "num_classes", "model"):
+        if key not in state:
+            raise ConfigError(f"checkpoint {where} has no {key!r}; it is not a checkpoint of a densemtl run")
+    tasks, classes = state["tasks"], state["num_classes"]
+    if not isinstance(tasks, list | tuple) or not tasks or not all(isinstance(t, str) for t in tasks):
+        raise ConfigError(f"checkpoint {where}: 'tasks' must be a list of task names, got {tasks!r}")
+    if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
+        raise ConfigError(f"checkpoint {where}: 'num_classes' must be an integer >= 1, got {classes!r}")
+    if not isinstance(state["config"], Mapping):
+        raise ConfigError(f"checkpoint {where}: 'config' must be a mapping, got {type(state['config']).__name__}")
+    try:
+        cfg = build_config(state["config"])
+    except ConfigError as e:
+        raise ConfigError(f"checkpoint {where} holds a bad config: {e}") from None
+    try:
+        model = create_model(cfg.arch, cfg.arch_args, tuple(tasks), classes)
+    except ConfigError as e:
+        raise ConfigError(f"checkpoint {where}: {e}") from None
+    weights = state["model"]
+    if not isinstance(weights, Mapping) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise ConfigError(f"checkpoint {where}: 'model' must map parameter names to tensors")
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    mismatched = [k for k in expected if k in weights and weights[k].shape != expected[k].shape]
+    if missing or unexpected or mismatched:
+        first = (mismatched or missing or unexpected)[0]
+        raise ConfigError(
+            f"checkpoint {where} does not match architecture {cfg.arch!r} {cfg.arch_args} for tasks "
+            f"{', '.join(tasks)}: {len(missing)} missing, {len(unexpected)} unexpected, {len(mismatched)} "
+            f"mismatched keys (first: {first!r})"
+        )
+    model.load_state_dict(weights)
+    return model, cfg
 
 
 #: A method's random generator is seeded with the run's seed plus this prime, so that its draws
@@ -89,9 +147,7 @@ def build_model(cfg: TrainConfig, tasks: tuple[str, ...], num_classes: int) -> M
 METHOD_SEED_OFFSET = 7919
 
 
-def build_method(
-    name: str, num_tasks: int, seed: int, knobs: Mapping[str, Any] | None = None
-) -> BalancingMethod:
+def build_method(name: str, num_tasks: int, seed: int, knobs: Mapping[str, Any] | None = None) -> BalancingMethod:
     """The registered method ``name`` with ``knobs`` (``num_tasks`` filled in where its factory
     takes it and it is not given), its generator seeded with ``seed + METHOD_SEED_OFFSET``.
 
@@ -199,6 +255,27 @@ def build_optimizer(
         groups: list[dict[str, Any]] = [{"params": [p for p in model.parameters() if p.requires_grad]}]
         groups += _method_groups(method, cfg.lr)
         opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    step = cfg.lr_step or max(1, (2 * cfg.epochs) // 3)
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=step, gamma=cfg.lr_gamma)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=lr_step_of(cfg), gamma=cfg.lr_gamma)
     return opt, sched
+
+
+def lr_step_of(cfg: TrainConfig) -> int:
+    """Epochs between learning-rate decays: ``lr_step``, by default two thirds of ``epochs``."""
+    return cfg.lr_step or max(1, (2 * cfg.epochs) // 3)
+
+
+def replan_schedule(scheduler: torch.optim.lr_scheduler.StepLR, step_size: int) -> None:
+    """Give a restored step schedule the ``step_size`` of a run of another length (``--resume
+    --epochs``): the learning rate becomes the one a run planned with ``step_size`` from the start
+    has after the epochs already done (the same products of ``gamma``, bit for bit), and decays
+    every ``step_size`` epochs from there."""
+    if scheduler.step_size == step_size:
+        return
+    scheduler.step_size = step_size
+    for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, strict=True):
+        lr = base
+        for epoch in range(1, scheduler.last_epoch + 1):
+            if epoch % step_size == 0:
+                lr = lr * scheduler.gamma
+        group["lr"] = lr
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]

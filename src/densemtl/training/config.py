@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import math
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -25,6 +26,7 @@ from typing import Any
 import yaml
 
 from densemtl.errors import ConfigError
+from densemtl.registry import did_you_mean
 
 
 class _Unset:
@@ -71,6 +73,8 @@ class TrainConfig:
     workers: int = 0
     diagnostics_every: int = 10
     tensorboard: bool = False
+    checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: epoch ends only)
+    skip_nonfinite: int = 0  # steps with a NaN/inf loss or update that may be skipped
 
     def __post_init__(self) -> None:
         given = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not UNSET}
@@ -118,8 +122,15 @@ def preset_values(values: Mapping[str, Any], preset: str = "demo") -> dict[str, 
     return {k: v for k, v in PRESETS[preset](values).items() if k not in values}
 
 
+#: The largest side ``--size`` takes: beyond it one batch of images alone outgrows any GPU.
+MAX_SIDE = 8192
+#: Seeds are 0 .. 2**32 - 1: every generator seeded from them (numpy's, torch's, the data
+#: order's ``seed * 100_003 + epoch``) takes the result without overflow.
+MAX_SEED = 2**32 - 1
+
+
 def parse_size(value: Any, name: str = "--size") -> tuple[int, int]:
-    """'HxW', 'H,W', [H, W] or an int -> (H, W); positive, at least 16 each."""
+    """'HxW', 'H,W', [H, W] or an int -> (H, W); each side 16 .. :data:`MAX_SIDE`."""
     try:
         if isinstance(value, str):
             parts = value.lower().replace(",", "x").split("x")
@@ -132,6 +143,8 @@ def parse_size(value: Any, name: str = "--size") -> tuple[int, int]:
         raise ConfigError(f"{name} {value!r} is not a size; write it as HxW, e.g. 96x128") from None
     if h < 16 or w < 16:
         raise ConfigError(f"{name} {value!r} is too small; both sides must be at least 16 pixels")
+    if h > MAX_SIDE or w > MAX_SIDE:
+        raise ConfigError(f"{name} {value!r} is too large; both sides must be at most {MAX_SIDE} pixels")
     return h, w
 
 
@@ -182,10 +195,12 @@ def _coerce(name: str, value: Any) -> Any:
             return value
         raise ConfigError(f"config key {name!r} must be true or false, got {value!r}")
     if origin is int:
+        value = _numeric_string(value, int)
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"config key {name!r} must be an integer, got {value!r}")
         return value
     if origin is float:
+        value = _numeric_string(value, float)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"config key {name!r} must be a number, got {value!r}")
         return float(value)
@@ -196,14 +211,37 @@ def _coerce(name: str, value: Any) -> Any:
     return value
 
 
+def _numeric_string(value: Any, kind: type) -> Any:
+    """``value`` as a number of ``kind`` when it is a string that spells one (PyYAML reads an
+    unquoted ``1e-3`` as a string: YAML 1.1 wants ``1.0e-3``); anything else unchanged."""
+    if not isinstance(value, str):
+        return value
+    try:
+        number = float(value.strip())
+    except ValueError:
+        return value
+    if kind is int:
+        try:
+            return int(value.strip())
+        except ValueError:
+            return int(number) if number.is_integer() else value
+    return number
+
+
 def check_ranges(cfg: TrainConfig) -> None:
     """Values that parse but make no sense (negative epochs, zero batch, ...)."""
     if cfg.epochs < 0:
         raise ConfigError(f"epochs must be >= 0, got {cfg.epochs}")
     if cfg.batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {cfg.batch_size}")
-    if not cfg.lr > 0:
-        raise ConfigError(f"lr must be > 0, got {cfg.lr}")
+    if not 0 < cfg.lr < math.inf:
+        raise ConfigError(f"lr must be a finite number > 0, got {cfg.lr}")
+    if not 0 <= cfg.weight_decay < math.inf:
+        raise ConfigError(f"weight_decay must be a finite number >= 0, got {cfg.weight_decay}")
+    if not 0 < cfg.lr_gamma < math.inf:
+        raise ConfigError(f"lr_gamma must be a finite number > 0 (the factor on the learning rate), got {cfg.lr_gamma}")
+    if not 0 <= cfg.seed <= MAX_SEED:
+        raise ConfigError(f"seed must be in 0..{MAX_SEED} (2**32 - 1), got {cfg.seed}")
     for name in ("n_train", "n_val"):
         v = getattr(cfg, name)
         if v is not None and v < 1:
@@ -212,7 +250,7 @@ def check_ranges(cfg: TrainConfig) -> None:
         raise ConfigError(f"lr_step must be >= 1, got {cfg.lr_step}")
     if cfg.recompute_every < 1:
         raise ConfigError(f"recompute_every must be >= 1, got {cfg.recompute_every}")
-    if cfg.mimicry_weight < 0 or not cfg.mimicry_temperature > 0:
+    if not 0 <= cfg.mimicry_weight < math.inf or not 0 < cfg.mimicry_temperature < math.inf:
         raise ConfigError(
             f"mimicry_weight must be >= 0 and mimicry_temperature > 0, got {cfg.mimicry_weight}, "
             f"{cfg.mimicry_temperature}"
@@ -223,6 +261,9 @@ def check_ranges(cfg: TrainConfig) -> None:
         raise ConfigError(f"workers must be >= 0, got {cfg.workers}")
     if cfg.diagnostics_every < 0:
         raise ConfigError(f"diagnostics_every must be >= 0 (0 = off), got {cfg.diagnostics_every}")
+    for name in ("checkpoint_every", "skip_nonfinite"):  # steps; 0 = off
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"{name} must be >= 0 (0 = off), got {getattr(cfg, name)}")
 
 
 def build_config(values: Mapping[str, Any]) -> TrainConfig:
@@ -233,7 +274,7 @@ def build_config(values: Mapping[str, Any]) -> TrainConfig:
     for key, value in values.items():
         k = str(key).replace("-", "_")
         if k not in names:
-            raise ConfigError(f"unknown config key {key!r}; valid: {', '.join(sorted(names))}")
+            raise ConfigError(f"unknown config key {key!r}{did_you_mean(k, names)}; valid: {', '.join(sorted(names))}")
         kwargs[k] = value
     return TrainConfig(**kwargs)
 
@@ -267,7 +308,15 @@ def resolve_config(
 
 
 #: Keys that may change when a run is resumed (they do not change its numbers).
-RESUMABLE = ("device", "diagnostics_every", "epochs", "tensorboard", "workers")
+RESUMABLE = (
+    "checkpoint_every",
+    "device",
+    "diagnostics_every",
+    "epochs",
+    "skip_nonfinite",
+    "tensorboard",
+    "workers",
+)
 
 
 def resume_config(
@@ -283,19 +332,25 @@ def resume_config(
     given = build_config(merge_layers(base.to_dict(), load_yaml(yaml) if yaml is not None else {}, overrides))
     for f in dataclasses.fields(TrainConfig):
         if f.name not in RESUMABLE and getattr(given, f.name) != getattr(base, f.name):
-            raise ConfigError(
-                f"cannot change {f.name!r} when resuming {out}; only {', '.join(RESUMABLE)} may change"
-            )
+            raise ConfigError(f"cannot change {f.name!r} when resuming {out}; only {', '.join(RESUMABLE)} may change")
     return given
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file into a flat mapping; missing or malformed file: one-line error."""
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"config file {p} is a folder; pass a YAML file")
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")
     try:
-        data = yaml.safe_load(p.read_text())
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {p} is not a text file (not UTF-8); pass a YAML file") from None
+    except OSError as e:
+        raise ConfigError(f"config file {p} cannot be read ({e.strerror or e})") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""

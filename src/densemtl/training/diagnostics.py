@@ -65,9 +65,7 @@ class GradStats:
         return out
 
 
-def task_gradient_stats(
-    losses: Tensor | Sequence[Tensor], named_params: list[tuple[str, nn.Parameter]]
-) -> GradStats:
+def task_gradient_stats(losses: Tensor | Sequence[Tensor], named_params: list[tuple[str, nn.Parameter]]) -> GradStats:
     """Cosines and block norms of the gradients of ``losses`` (T scalars) w.r.t. ``named_params``.
 
     Pass the T losses as a list where possible: a task's gradient of a stacked vector's entry
@@ -129,6 +127,21 @@ class Diagnostics:
         self._cos_sum: Tensor | None = None
         self._share_sum: dict[str, Tensor] = {}
         self._share_n: dict[str, int] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The epoch's samples so far (a mid-epoch checkpoint resumes the epoch's averages)."""
+        return {
+            "n": self.n,
+            "cos_sum": self._cos_sum,
+            "share_sum": dict(self._share_sum),
+            "share_n": dict(self._share_n),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.n = int(state["n"])
+        self._cos_sum = state["cos_sum"]
+        self._share_sum = dict(state["share_sum"])
+        self._share_n = {k: int(v) for k, v in state["share_n"].items()}
 
     def due(self, step: int) -> bool:
         return self.active and step % self.every == 0

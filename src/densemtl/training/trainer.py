@@ -1,46 +1,55 @@
 """The training loop and the run directory it writes.
 
 RUN/config.yaml (resolved config), RUN/metrics.jsonl (a line per epoch, epoch 0 = before
-training), RUN/summary.json (final and best metrics), RUN/checkpoints/last.pt, RUN/plots/*.png.
-A run resumes exactly: the data order comes from a generator seeded by (seed, epoch), and every
-member's model, optimizer, schedule, method state, method generator and engine state are
-checkpointed.
+training), RUN/summary.json (final and best metrics), RUN/checkpoints/last.pt (the latest state),
+RUN/checkpoints/best.pt (the main network of the epoch >= 1 that improves most on epoch 0 on the
+validation metrics), RUN/plots/*.png. Every file is replaced atomically.
+
+A run resumes exactly, from an epoch end or from within an epoch (``--checkpoint-every N``,
+SIGINT, SIGTERM): the checkpoint holds every member's model, optimizer, schedule, method state,
+method generator and engine state, every global random generator, the epoch and the step within
+it, the epoch's partial sums and the history of records. The data order of an epoch comes from a
+generator seeded by (seed, epoch), so a resumed epoch skips the batches done by index.
+A run that fails before its first checkpoint removes what it wrote, so the same ``--out`` works
+again; after that it stays resumable.
 """
 
 from __future__ import annotations
 
-import json
+import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from densemtl.data import MultiTaskDataset
-from densemtl.engine import StepResult
-from densemtl.errors import ConfigError
+from densemtl.engine import NonFiniteGradientError, StepResult
+from densemtl.errors import ConfigError, Interrupted, RuntimeFault
 from densemtl.models import MultiTaskModel, count_parameters
 from densemtl.report.console import metrics_header, metrics_row
 from densemtl.report.diagnostic_plots import plot_diagnostics
 from densemtl.report.jsonio import dumps
 from densemtl.report.plots import plot_run
 from densemtl.report.visualize import prediction_grid, save_panel
-from densemtl.training.builders import build_datasets, resolve_device
-from densemtl.training.checkpoint import load_checkpoint, save_checkpoint
-from densemtl.training.config import TrainConfig, save_yaml
+from densemtl.training.builders import build_datasets, lr_step_of, replan_schedule, resolve_device
+from densemtl.training.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from densemtl.training.config import TrainConfig
 from densemtl.training.diagnostics import Diagnostics, TensorBoardLog, require_tensorboard
 from densemtl.training.ensemble import Ensemble
 from densemtl.training.evaluation import evaluate_model, move
+from densemtl.training.faults import FiniteGuard
 from densemtl.training.member import Member
+from densemtl.training.resumable import EpochOrder, plain, rng_state, set_rng_state
+from densemtl.training.rundir import best_metrics, best_score, check_out_dir, discard, is_run_dir, read_history
 from densemtl.training.schemes import Scheme, scheme_for
-
-
-def is_run_dir(path: Path) -> bool:
-    return (path / "config.yaml").exists() or (path / "metrics.jsonl").exists()
+from densemtl.training.signals import StopSignals
 
 
 class Trainer:
@@ -49,8 +58,9 @@ class Trainer:
     The run's members (one network, or several under mutual learning) and what a batch does to
     them come from ``scheme`` (default: :func:`~densemtl.training.schemes.scheme_for` ``cfg``).
     The loop below is the same for every scheme: per batch, zero every member's gradients, let
-    the scheme leave each member's update in ``.grad``, sample the diagnostics of the main
-    member, then step each member's optimizer and its engine's ``after_step``.
+    the scheme leave each member's update in ``.grad``, check it is finite, sample the
+    diagnostics of the main member, then step each member's optimizer and its engine's
+    ``after_step``.
     """
 
     def __init__(
@@ -66,6 +76,7 @@ class Trainer:
         self.out = Path(out)
         self.log = log
         self.progress = progress
+        check_out_dir(self.out)
         if resume:
             if not is_run_dir(self.out):
                 raise ConfigError(f"--resume: {self.out} holds no run to resume")
@@ -74,6 +85,7 @@ class Trainer:
                 f"--out {self.out} already holds a run or other files; use --resume to continue it "
                 "or choose another directory (runs are never overwritten)"
             )
+        self.resume = resume
         self.cfg = cfg
         if cfg.tensorboard:
             require_tensorboard()
@@ -83,9 +95,7 @@ class Trainer:
         self.tasks: tuple[str, ...] = tuple(self.train_set.tasks)
         self.num_classes: int = int(self.train_set.num_classes)
         self.scheme = scheme if scheme is not None else scheme_for(cfg)
-        self.members = [
-            Member(cfg, self.tasks, self.num_classes, self.device, spec) for spec in self.scheme.members()
-        ]
+        self.members = [Member(cfg, self.tasks, self.num_classes, self.device, spec) for spec in self.scheme.members()]
         main = self.members[0]
         self.diagnostics = Diagnostics(
             main.model,
@@ -94,8 +104,15 @@ class Trainer:
             main.model.named_shared_parameters(),
             every=cfg.diagnostics_every,
         )
-        self.epoch = 0
+        self.epoch = 0  # epochs done
+        self.step = 0  # batches done in epoch ``epoch + 1``
         self.history: list[dict[str, Any]] = []
+        self.guard = FiniteGuard(self.tasks, cfg.method)
+        self.signals = StopSignals()
+        self._new_epoch_sums()
+        self._rng: dict[str, Any] | None = None  # generator states to set when the run starts
+        self._elapsed = 0.0  # seconds trained by earlier sessions of the run
+        self._started = time.perf_counter()  # when this session's run started
         if resume:
             self._restore()
 
@@ -104,58 +121,133 @@ class Trainer:
         """The main network (the first member): its metrics are the run's."""
         return self.members[0].model
 
+    @property
+    def last_path(self) -> Path:
+        return self.out / "checkpoints" / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.out / "checkpoints" / "best.pt"
+
     # -- data -------------------------------------------------------------------------------------
-    def _loader(self, dataset: MultiTaskDataset, *, shuffle: bool, epoch: int = 0) -> DataLoader:
-        gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
+    def _loader(self, dataset: MultiTaskDataset, *, shuffle: bool, epoch: int = 0, start: int = 0) -> DataLoader:
+        """Batches of ``dataset``; shuffled in the order of (seed, epoch) from batch ``start`` on."""
+        seed = self.cfg.seed * 100_003 + epoch
         dataset.set_epoch(epoch)
         return DataLoader(
             dataset,  # type: ignore[arg-type]
             batch_size=self.cfg.batch_size,
-            shuffle=shuffle,
-            generator=gen if shuffle else None,
+            sampler=EpochOrder(len(dataset), seed, start * self.cfg.batch_size) if shuffle else None,  # type: ignore[arg-type]
+            generator=torch.Generator().manual_seed(seed) if shuffle else None,
             num_workers=self.cfg.workers,
             pin_memory=self.device.type == "cuda",
         )
 
     # -- state ------------------------------------------------------------------------------------
+    def _new_epoch_sums(self) -> None:
+        """Zero the epoch's sums of losses and weights, indexed (member, loss/weight, task)."""
+        self._sums = torch.zeros(len(self.members), 2, len(self.tasks), dtype=torch.float64)
+        self._n = 0  # steps summed
+        self._nonfinite = 0  # steps skipped in this epoch
+
     def state(self) -> dict[str, Any]:
-        """The checkpoint: the main member's parts at the top level, every other one's under its name."""
+        """The checkpoint: the main member's parts at the top level, every other one's under its
+        name; ``epoch`` epochs done and ``step`` batches of the next one."""
         main, *others = self.members
+        partial = None
+        if self.step:
+            partial = {
+                "sums": self._sums.clone(),
+                "n": self._n,
+                "nonfinite": self._nonfinite,
+                "diagnostics": self.diagnostics.state_dict(),
+            }
         return {
             "config": self.cfg.to_dict(),
             "tasks": list(self.tasks),
             "num_classes": self.num_classes,
             "size": list(self.train_set.size),
             "epoch": self.epoch,
+            "step": self.step,
+            "epoch_partial": partial,
+            "history": plain(self.history),
+            "guard": self.guard.state_dict(),
+            "rng": rng_state(),
+            "elapsed_s": self._elapsed + time.perf_counter() - self._started,
             **main.state(),
             **{m.name: m.state() for m in others},
         }
 
     def _restore(self) -> None:
-        state = load_checkpoint(self.out / "checkpoints" / "last.pt")
+        if not self.last_path.is_file():
+            if any(r["epoch"] >= 1 for r in read_history(self.out / "metrics.jsonl")):
+                raise ConfigError(f"--resume: {self.last_path} does not exist; the run cannot be continued")
+            self.log(f"densemtl: {self.out} has no checkpoint yet: starting it from the beginning")
+            return
+        state = load_checkpoint(self.last_path)
         main, *others = self.members
         main.restore(state)
         for m in others:
             if not isinstance(state.get(m.name), dict):
                 raise ConfigError(f"--resume: the checkpoint of {self.out} holds no member {m.name!r}")
             m.restore(state[m.name])
-        self.epoch = int(state["epoch"])
-        lines = (self.out / "metrics.jsonl").read_text().splitlines()
-        self.history = [r for r in (json.loads(x) for x in lines if x.strip()) if r["epoch"] <= self.epoch]
-        self._rewrite_history()
+        self.epoch, self.step = int(state["epoch"]), int(state.get("step", 0))
+        if self.cfg.epochs < self.epoch:
+            raise ConfigError(
+                f"--epochs {self.cfg.epochs} is below the {self.epoch} epochs {self.out} has done; "
+                f"resume with --epochs {self.epoch} or more"
+            )
+        for m in self.members:  # the schedule is part of the run: another --epochs re-plans it
+            replan_schedule(m.scheduler, lr_step_of(self.cfg))
+        history = state.get("history")
+        if history is None:  # a checkpoint from before the history was kept in it
+            history = read_history(self.out / "metrics.jsonl")
+        self.history = [r for r in history if r["epoch"] <= self.epoch]
+        partial = state.get("epoch_partial")
+        if self.step and partial is not None:
+            self._sums, self._n, self._nonfinite = partial["sums"].clone(), int(partial["n"]), int(partial["nonfinite"])
+            self.diagnostics.load_state_dict(partial["diagnostics"])
+        else:
+            self.step = 0
+        self.guard.load_state_dict(state.get("guard") or {})
+        self._rng = state.get("rng")
+        self._elapsed = float(state.get("elapsed_s", 0.0))
 
-    def _rewrite_history(self) -> None:
-        text = "".join(dumps(r) + "\n" for r in self.history)
-        (self.out / "metrics.jsonl").write_text(text)
+    def _save(self) -> None:
+        save_checkpoint(self.last_path, self.state())
+
+    def _write_history(self) -> None:
+        atomic_write_text(self.out / "metrics.jsonl", "".join(dumps(r) + "\n" for r in self.history))
 
     # -- the loop ---------------------------------------------------------------------------------
-    def _record(self, record: dict[str, Any]) -> None:
+    def _end_epoch(self, record: dict[str, Any], *, checkpoint: bool = True) -> None:
+        """Keep ``record``: best.pt if it is the best epoch, last.pt, then metrics.jsonl (a crash
+        between them leaves a checkpoint whose history is the truth on resume)."""
         self.history.append(record)
-        with (self.out / "metrics.jsonl").open("a") as f:
-            f.write(dumps(record) + "\n")
+        self._update_best(record)
+        if checkpoint:
+            self._save()
+        self._write_history()
         if self.tb is not None:
             self.tb.log(record)
         self.log(metrics_row(record["epoch"], record["val"], self.tasks))
+
+    def _update_best(self, record: dict[str, Any]) -> None:
+        """best.pt: the epoch >= 1 (epoch 0 in a run of no epochs) whose validation metrics
+        improve most on epoch 0's (:func:`~densemtl.metrics.relative_improvement`)."""
+        epoch = record["epoch"]
+        score = best_score(self.history, self.cfg.epochs)
+        if score is not None:
+            state = {
+                "config": self.cfg.to_dict(),
+                "tasks": list(self.tasks),
+                "num_classes": self.num_classes,
+                "size": list(self.train_set.size),
+                "epoch": epoch,
+                "score": score,
+                "model": self.model.state_dict(),
+            }
+            save_checkpoint(self.best_path, state)
 
     def validate(self) -> dict[str, Any]:
         """Validation metrics of every member ("val" for the main network, "peer_val", ...) and,
@@ -171,11 +263,22 @@ class Trainer:
             for key, net in nets
         }
 
-    def _train_batch(self, batch: dict[str, Tensor]) -> list[StepResult]:
-        """One step of every member on ``batch`` under the scheme; one result per member."""
+    def _train_batch(self, epoch: int, batch: dict[str, Tensor]) -> list[StepResult] | None:
+        """One step of every member on ``batch`` under the scheme: one result per member, or
+        None for a non-finite step that was skipped."""
         for m in self.members:
             m.optimizer.zero_grad(set_to_none=True)
-        results = self.scheme.step(self.members, batch)
+        try:
+            results: list[StepResult] | None = self.scheme.step(self.members, batch)
+        except NonFiniteGradientError:
+            results = None  # the engine refused the update; the guard names what went wrong
+        problem = self.guard.problem(self.members, results, batch)
+        if problem is not None or results is None:
+            self._nonfinite_step(epoch, problem or "the update is non-finite")
+            return None
+        warning = self.guard.divergence(results)
+        if warning is not None:
+            print(f"densemtl: warning: epoch {epoch} step {self.step + 1}: {warning}", file=sys.stderr)
         main = self.members[0]
         self.diagnostics.observe(batch, main.engine.step_count - 1)  # same weights as the step, before the update
         for m in self.members:
@@ -183,71 +286,139 @@ class Trainer:
             m.engine.after_step(batch)
         return results
 
+    def _nonfinite_step(self, epoch: int, problem: str) -> None:
+        """Skip the step while ``--skip-nonfinite`` allows, else stop the run."""
+        for m in self.members:
+            m.optimizer.zero_grad(set_to_none=True)
+        where = f"epoch {epoch} step {self.step + 1}"
+        allowed = self.cfg.skip_nonfinite
+        if self.guard.skipped < allowed:
+            self.guard.skipped += 1
+            self._nonfinite += 1
+            print(
+                f"densemtl: warning: skipped {where}: {problem} ({self.guard.skipped} of --skip-nonfinite {allowed})",
+                file=sys.stderr,
+            )
+            return
+        if self.last_path.is_file():
+            kept = f"the last good checkpoint {self.last_path} was kept (continue with --resume)"
+        else:
+            kept = "no checkpoint existed yet" + ("" if self.resume else ", so the run directory was removed")
+        spent = f" ({allowed} such steps were already skipped)" if allowed else ""
+        raise RuntimeFault(
+            f"training stopped at {where}: {problem}{spent}; {kept}; lower --lr, check the data, "
+            "or pass --skip-nonfinite N to skip up to N such steps"
+        )
+
+    def _stop_if_signalled(self, *, saved: bool) -> None:
+        """After a SIGINT or SIGTERM: write a checkpoint (unless one was just written) and stop."""
+        if self.signals.received is None:
+            return
+        if not saved:
+            self._save()
+        where = f"epoch {self.epoch + 1} step {self.step}" if self.step else f"the end of epoch {self.epoch}"
+        raise Interrupted(
+            f"training stopped by {self.signals.name} at {where}; checkpoint saved; "
+            f"resume with: densemtl train --resume --out {self.out}",
+            128 + self.signals.received,
+        )
+
     def train_epoch(self, epoch: int) -> dict[str, Any]:
+        """Train epoch ``epoch`` (from batch ``self.step`` on, when resuming within it) and return
+        its record's training fields."""
         for m in self.members:
             m.model.train()
-        loader = self._loader(self.train_set, shuffle=True, epoch=epoch)
-        sums = torch.zeros(len(self.members), 2, len(self.tasks), dtype=torch.float64)  # (member, loss/weight, task)
-        n = 0
+        start = self.step
+        if start == 0:
+            self._new_epoch_sums()
+            self.diagnostics.reset()
+        loader = self._loader(self.train_set, shuffle=True, epoch=epoch, start=start)
         self.scheme.start_epoch(epoch)
-        self.diagnostics.reset()
+        every = self.cfg.checkpoint_every
+        total = start + len(loader)
         bar = tqdm(
             loader,
             desc=f"epoch {epoch}/{self.cfg.epochs}",
+            initial=start,
+            total=total,
             leave=False,
             disable=None if self.progress else True,
             dynamic_ncols=True,
         )
         for batch in bar:
-            for i, r in enumerate(self._train_batch(move(batch, self.device))):
-                sums[i, 0] += r.losses.double().cpu()
-                sums[i, 1] += r.weights.double().cpu()
-            n += 1
-            bar.set_postfix({t: f"{v:.3f}" for t, v in zip(self.tasks, (sums[0, 0] / n).tolist(), strict=True)})
-        means = sums / max(n, 1)
+            results = self._train_batch(epoch, move(batch, self.device))
+            if results is not None:
+                for i, r in enumerate(results):
+                    self._sums[i, 0] += r.losses.double().cpu()
+                    self._sums[i, 1] += r.weights.double().cpu()
+                self._n += 1
+            self.step += 1
+            self._stop_if_signalled(saved=False)
+            if every and self.step % every == 0 and self.step < total:
+                self._save()
+            mean = (self._sums[0, 0] / max(self._n, 1)).tolist()
+            bar.set_postfix({t: f"{v:.3f}" for t, v in zip(self.tasks, mean, strict=True)})
+        means = self._sums / max(self._n, 1)
         record: dict[str, Any] = {}
         for i, m in enumerate(self.members):
-            m.scheduler.step()
+            with warnings.catch_warnings():  # a resumed epoch's last steps may all be done already
+                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()` before", UserWarning)
+                m.scheduler.step()
             m.method.end_epoch(epoch, means[i, 0].float())
             record[m.key("train_loss")] = dict(zip(self.tasks, means[i, 0].tolist(), strict=True))
             record[m.key("weights")] = dict(zip(self.tasks, means[i, 1].tolist(), strict=True))
         record.update(self.scheme.record())
         record.update(self.diagnostics.summary())
+        if self.cfg.skip_nonfinite:
+            record["nonfinite_steps"] = self._nonfinite
         return record
 
     def run(self) -> dict[str, Any]:
-        """Train to ``cfg.epochs`` and return the summary (also written to summary.json)."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "checkpoints").mkdir(exist_ok=True)
-        save_yaml(self.cfg, self.out / "config.yaml")
+        """Train to ``cfg.epochs`` and return the summary (also written to summary.json).
+
+        SIGINT and SIGTERM stop it after the current step with a checkpoint (:class:`Interrupted`).
+        A fresh run that fails before its first checkpoint removes what it wrote.
+        """
+        fresh = not self.resume
+        created = not self.out.exists()
+        try:
+            with self.signals:
+                return self._run()
+        except BaseException:
+            if fresh and not self.last_path.is_file():
+                discard(self.out, created)
+            raise
+
+    def _run(self) -> dict[str, Any]:
+        (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.out / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
         if self.cfg.tensorboard:
             self.tb = TensorBoardLog(self.out / "tensorboard")
-        started = time.perf_counter()
+        self._started = time.perf_counter()
         self.log(metrics_header(self.tasks))
-        if not self.history:
+        if self._rng is not None:
+            set_rng_state(self._rng)
+            self._rng = None
+        if self.history:
+            self._write_history()  # from the checkpoint: a torn or emptied metrics.jsonl does not matter
+        else:
             t0 = time.perf_counter()
-            self._record(
-                {
-                    "epoch": 0,
-                    "train_loss": None,
-                    "weights": None,
-                    **self.validate(),
-                    "lr": self.cfg.lr,
-                    "time_s": round(time.perf_counter() - t0, 3),
-                }
-            )
+            val = self.validate()
+            record = {"epoch": 0, "train_loss": None, "weights": None, **val, "lr": self.cfg.lr}
+            self._end_epoch({**record, "time_s": round(time.perf_counter() - t0, 3)}, checkpoint=False)
+            self._stop_if_signalled(saved=False)
         for epoch in range(self.epoch + 1, self.cfg.epochs + 1):
             t0 = time.perf_counter()
             lr = self.members[0].optimizer.param_groups[0]["lr"]
             train = self.train_epoch(epoch)
             val = self.validate()
-            self.epoch = epoch
-            self._record({"epoch": epoch, **train, **val, "lr": lr, "time_s": round(time.perf_counter() - t0, 3)})
-            save_checkpoint(self.out / "checkpoints" / "last.pt", self.state())
-        if self.epoch == 0:
-            save_checkpoint(self.out / "checkpoints" / "last.pt", self.state())
-        summary = self.summary(time.perf_counter() - started)
-        (self.out / "summary.json").write_text(dumps(summary, indent=2) + "\n")
+            self.epoch, self.step = epoch, 0
+            self._end_epoch({"epoch": epoch, **train, **val, "lr": lr, "time_s": round(time.perf_counter() - t0, 3)})
+            self._stop_if_signalled(saved=True)
+        if not self.last_path.is_file():
+            self._save()
+        summary = self.summary(self._elapsed + time.perf_counter() - self._started)
+        atomic_write_text(self.out / "summary.json", dumps(summary, indent=2) + "\n")
         plot_run(self.history, self.tasks, self.out / "plots")
         plot_diagnostics(self.history, self.tasks, self.out / "plots")
         if self.tb is not None:
@@ -259,23 +430,11 @@ class Trainer:
 
     def summary(self, elapsed: float) -> dict[str, Any]:
         """Final, initial and best metrics (and with several members each peer's and the ensemble's)."""
-        from densemtl.metrics import lower_is_better
-
-        best: dict[str, dict[str, dict[str, float]]] = {}
-        for rec in self.history:
-            for task, ms in rec["val"].items():
-                for name, value in ms.items():
-                    lower = lower_is_better(task, name)
-                    if lower is None or value is None or value != value:  # no direction or no valid pixel
-                        continue
-                    cur = best.setdefault(task, {}).get(name)
-                    if cur is None or (value < cur["value"] if lower else value > cur["value"]):
-                        best[task][name] = {"value": value, "epoch": rec["epoch"]}
         main, *peers = self.members
         out: dict[str, Any] = {
             "metrics": self.history[-1]["val"],
             "initial_metrics": self.history[0]["val"],
-            "best": best,
+            "best": best_metrics(self.history),
             "epochs": self.epoch,
             "dataset": self.cfg.dataset,
             "arch": self.cfg.arch,

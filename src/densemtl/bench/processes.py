@@ -1,0 +1,301 @@
+"""How a bench runs its jobs in processes, and the locks that keep two runs off one directory.
+
+- One ``densemtl bench`` at a time per bench directory: it holds ``BENCH/.lock`` (``flock``,
+  with its pid inside) for the whole run; the kernel releases it when the process ends, however.
+- One process at a time per run directory: a job holds a ``flock`` on its run directory while it
+  checks, trains and evaluates it (a baseline run is shared by every bench of the same settings).
+- Workers are spawned processes that the bench hands one job at a time. Each dies with the bench
+  process (``PR_SET_PDEATHSIG`` on Linux, and everywhere a thread that watches the parent), so a
+  ``kill -9`` of the bench leaves nothing running.
+- SIGINT and SIGTERM stop a bench promptly: queued jobs are dropped, running ones are terminated
+  (their runs continue from their last checkpoint next time), and :class:`Interrupted` says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import multiprocessing
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from densemtl.errors import ConfigError, DenseMTLError, Interrupted, RuntimeFault
+
+if TYPE_CHECKING:  # not at run time: a worker imports this module first, and must start watching fast
+    from densemtl.bench.grid import Job
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no locks (a bench there is one process's business)
+    fcntl = None  # type: ignore[assignment]
+
+#: The lock file of a bench directory.
+BENCH_LOCK = ".lock"
+#: What the message of a stopped bench tells the user to do.
+RESUME_HINT = "rerun the same command to continue"
+#: Seconds a terminated worker gets to exit (a trainer may finish its step) before it is killed.
+GRACE_S = 10.0
+#: Seconds between two looks of a worker at its parent.
+WATCH_S = 0.5
+
+
+# -- locks --------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def bench_lock(out: Path) -> Iterator[None]:
+    """Hold ``out``'s bench lock while inside; a bench already run by another live process is a
+    one-line :class:`ConfigError` naming that process."""
+    if fcntl is None:
+        yield
+        return
+    with (out / BENCH_LOCK).open("a+") as f:  # "a+": never truncates the holder's pid before we hold it
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            pid = f.read().strip()
+            who = f"process {pid}" if pid.isdigit() else "another process"
+            raise ConfigError(
+                f"bench {out} is being run by {who}; wait for it to end (or stop it), then {RESUME_HINT}"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def run_lock(run: Path, log: Callable[[str], None]) -> Iterator[None]:
+    """Hold a lock on the run directory ``run`` (created if missing) while inside; wait, saying so
+    once, while another process holds it. The directory itself is locked, so it must not be removed
+    while inside (empty it instead)."""
+    run.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(run, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"densemtl bench: waiting for {run}: another process is running it")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+# -- signals ------------------------------------------------------------------------------------
+class Stopped(BaseException):
+    """SIGINT or SIGTERM arrived in the bench process (a BaseException, like KeyboardInterrupt)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class StopOnSignals:
+    """While inside, the first SIGINT or SIGTERM raises :class:`Stopped`; after that, or once
+    :meth:`disarm` is called (as a caller starts handling an error), signals are ignored so the
+    clean-up is not cut short. Only in the main thread; elsewhere nothing changes."""
+
+    def __init__(self) -> None:
+        self.armed = True
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.armed:
+            self.armed = False
+            raise Stopped(signum)
+
+    def disarm(self) -> None:
+        self.armed = False
+
+    def __enter__(self) -> StopOnSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+def interrupted(signum: int, done: int, total: int) -> Interrupted:
+    """The one-line error of a bench stopped by ``signum`` (exit status 128 + signum)."""
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        name = f"signal {signum}"
+    return Interrupted(
+        f"bench stopped by {name} with {done} of {total} runs finished (unfinished runs continue from their "
+        f"last checkpoint); {RESUME_HINT}",
+        128 + signum,
+    )
+
+
+# -- workers ------------------------------------------------------------------------------------
+class WorkerError(RuntimeError):
+    """An unexpected error in a worker; the message carries the worker's traceback."""
+
+
+def _die_with(parent: int) -> None:
+    """End this process as soon as ``parent`` is gone."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: the kernel kills us with it
+
+    def watch() -> None:  # also catches a parent that died before prctl, and works off Linux
+        while os.getppid() == parent:
+            time.sleep(WATCH_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="densemtl-parent-watch", daemon=True).start()
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """``exc`` if it is a user-facing error that survives pickling, else a :class:`WorkerError`."""
+    if isinstance(exc, DenseMTLError | OSError | MemoryError):
+        with contextlib.suppress(Exception):
+            pickle.dumps(exc)
+            return exc
+    text = "".join(traceback.format_exception(exc))
+    return WorkerError(f"{type(exc).__name__}: {exc}\n\nin the worker process:\n{text}")
+
+
+def worker_main(conn: Connection, parent: int, threads: int) -> None:
+    """A worker: run the jobs the bench process sends (until ``None``), answer each with
+    ``("done", summary)``, or ``("error", exception)`` and end."""
+    _die_with(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the bench process, which stops us
+    import torch
+    from tqdm import tqdm
+
+    # tqdm's default lock is a multiprocessing semaphore, which a killed worker leaves behind and
+    # the resource tracker then warns about on the user's terminal; a worker needs a thread lock only.
+    tqdm.set_lock(threading.RLock())
+
+    from densemtl.bench.runner import run_job
+
+    torch.set_num_threads(threads)
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):
+            return
+        if job is None:
+            return
+        try:
+            reply: tuple[str, Any] = ("done", run_job(job, log=lambda line: print(line, flush=True)))
+        except BaseException as e:  # noqa: BLE001 - every failure goes back to the bench process
+            reply = ("error", _portable(e))
+        try:
+            conn.send(reply)
+        except OSError:
+            return
+        if reply[0] == "error":
+            return  # the bench process stops on an error: no reason to wait for its word
+
+
+@dataclass
+class _Worker:
+    proc: Any  # multiprocessing.context.SpawnProcess
+    conn: Connection
+    job: Job | None = None
+    t0: float = 0.0
+
+
+def _died(w: _Worker) -> RuntimeFault:
+    w.proc.join(1.0)
+    code = w.proc.exitcode
+    if code is not None and code < 0:
+        how = f"was killed by {signal.Signals(-code).name}" + (" (out of memory?)" if code == -signal.SIGKILL else "")
+    else:
+        how = f"exited with status {code}"
+    name = f"{w.job.kind} {w.job.name}" if w.job else "a job"
+    return RuntimeFault(f"bench: the process running {name} {how}; {RESUME_HINT}")
+
+
+def _stop(workers: list[_Worker], clean: bool) -> None:
+    """End every worker: politely when ``clean`` (all idle), else terminate, then kill after GRACE_S."""
+    workers = [w for w in workers if w.proc.pid is not None]  # started
+    for w in workers:
+        if w.proc.is_alive():
+            if clean:
+                with contextlib.suppress(OSError):
+                    w.conn.send(None)
+            else:
+                w.proc.terminate()
+    deadline = time.monotonic() + GRACE_S
+    for w in workers:
+        w.proc.join(max(0.0, deadline - time.monotonic()))
+        if w.proc.is_alive():
+            w.proc.kill()
+            w.proc.join()
+        w.conn.close()
+
+
+def run_parallel(
+    jobs: list[Job], n_procs: int, threads: int, on_done: Callable[[Job, dict[str, Any], float], None]
+) -> None:
+    """Run ``jobs`` in ``n_procs`` spawned workers, one job at a time each, calling
+    ``on_done(job, summary, seconds)`` in this process as each finishes. A failed job stops the rest
+    and raises its error; so does a worker that dies. Raises :class:`Stopped` on SIGINT/SIGTERM
+    when inside :class:`StopOnSignals`; the workers are gone whenever this returns or raises."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = deque(jobs)
+    workers: list[_Worker] = []
+    clean = False
+    try:
+        for i in range(min(n_procs, len(queue))):
+            ours, theirs = ctx.Pipe()
+            proc = ctx.Process(target=worker_main, args=(theirs, os.getpid(), threads), name=f"densemtl-bench-{i}")
+            workers.append(_Worker(proc, ours))
+            proc.start()
+            theirs.close()  # so that our end reads EOF when the worker dies
+        busy: dict[Connection, _Worker] = {}
+
+        def hand_out(w: _Worker) -> None:
+            w.job, w.t0 = queue.popleft(), time.perf_counter()
+            try:
+                w.conn.send(w.job)
+            except OSError:
+                raise _died(w) from None
+            busy[w.conn] = w
+
+        for w in workers:
+            hand_out(w)
+        while busy:
+            for conn in wait(list(busy)):
+                w = busy.pop(conn)  # type: ignore[arg-type]
+                try:
+                    kind, value = conn.recv()  # type: ignore[union-attr]
+                except (EOFError, OSError):
+                    raise _died(w) from None
+                if kind == "error":
+                    raise value
+                assert w.job is not None
+                on_done(w.job, value, time.perf_counter() - w.t0)
+                w.job = None
+                if queue:
+                    hand_out(w)
+        clean = True
+    finally:
+        _stop(workers, clean)

@@ -1,0 +1,49 @@
+"""Checks on the places a command will write, made before it does any work, so that an
+unwritable ``--out`` or ``--json`` is one line up front instead of a traceback at the end."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from densemtl.errors import ConfigError
+
+
+def _existing_ancestor(path: Path) -> Path:
+    """The nearest existing folder-or-file at or above ``path`` (what a mkdir -p would start from)."""
+    p = path
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _check_creatable(target: Path, flag: str, start: Path | None = None) -> None:
+    """``target`` can be created: the nearest existing ancestor of ``start`` (default ``target``)
+    is a writable folder."""
+    base = _existing_ancestor(target if start is None else start)
+    if not base.is_dir():
+        raise ConfigError(f"{flag} {target}: {base} is a file, not a folder")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {target}: {base} is not writable")
+
+
+def check_output_file(path: str | Path, flag: str) -> Path:
+    """``path`` as a file the command may write (created with its folders, or overwritten)."""
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{flag} {p} is a folder; give a file name")
+    if p.exists():
+        if not os.access(p, os.W_OK):
+            raise ConfigError(f"{flag} {p} is not writable")
+    else:
+        _check_creatable(p, flag, start=p.parent)
+    return p
+
+
+def check_output_dir(path: str | Path, flag: str) -> Path:
+    """``path`` as a folder the command may write files into (created if missing)."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"{flag} {p} is a file, not a folder")
+    _check_creatable(p, flag)
+    return p

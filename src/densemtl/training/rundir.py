@@ -1,0 +1,88 @@
+"""The run directory's rules that do not need a trainer: where a run may be written, reading a
+damaged history, removing what a failed fresh run wrote, and choosing the best epoch."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from densemtl.errors import ConfigError, RuntimeFault
+from densemtl.metrics import lower_is_better, relative_improvement
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / "config.yaml").exists() or (path / "metrics.jsonl").exists()
+
+
+def check_out_dir(out: Path) -> None:
+    """``out`` must be a directory, or a path where one can be made, in a writable place."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a directory")
+    place = out
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    if not place.is_dir():
+        raise ConfigError(f"--out {out}: {place} is a file, not a directory")
+    if not os.access(place, os.W_OK | os.X_OK):
+        raise RuntimeFault(f"cannot write to {place}: permission denied; choose another --out")
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl that are whole lines of JSON (a torn line is left out)."""
+    out: list[dict[str, Any]] = []
+    if path.is_file():
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and isinstance(rec.get("epoch"), int):
+                out.append(rec)
+    return out
+
+
+def discard(out: Path, created: bool) -> None:
+    """Remove what a fresh run wrote into ``out``: the directory if the run made it, else (it was
+    empty before) everything in it."""
+    if created:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for child in list(out.iterdir()) if out.is_dir() else []:
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
+def best_score(history: list[dict[str, Any]], epochs: int) -> float | None:
+    """The selection score of the last record of ``history`` if it is the best epoch so far, else
+    None. The best epoch is the one >= 1 (epoch 0 in a run of no epochs) whose validation metrics
+    improve most on epoch 0's (:func:`~densemtl.metrics.relative_improvement`, NaN never wins over
+    a number); the rule a bench selects its checkpoint by."""
+    epoch = history[-1]["epoch"]
+    if epoch == 0 and epochs > 0:
+        return None
+    ref = history[0]["val"]
+    scores = [relative_improvement(r["val"], ref) for r in history if r["epoch"] >= min(1, epoch)]
+    score = scores[-1]
+    earlier = [s for s in scores[:-1] if not math.isnan(s)]
+    return score if not earlier or (not math.isnan(score) and score > max(earlier)) else None
+
+
+def best_metrics(history: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """The best value of every validation metric over ``history``, with its epoch."""
+    best: dict[str, dict[str, dict[str, float]]] = {}
+    for rec in history:
+        for task, ms in rec["val"].items():
+            for name, value in ms.items():
+                lower = lower_is_better(task, name)
+                if lower is None or value is None or value != value:  # no direction or no valid pixel
+                    continue
+                cur = best.setdefault(task, {}).get(name)
+                if cur is None or (value < cur["value"] if lower else value > cur["value"]):
+                    best[task][name] = {"value": value, "epoch": rec["epoch"]}
+    return best

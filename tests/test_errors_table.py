@@ -1,0 +1,361 @@
+"""Every row of docs/errors.md, run: the exact one-line message, the exit status, nothing written.
+
+The table is the test's data, so the documentation cannot drift from what densemtl says. Each row
+names a command over the placeholders ``TMP`` (a scratch folder, also the working directory),
+``DATA`` (a tiny dataset in the MTAN layout, ``TMP/data``), ``RUN`` (a run trained on it,
+``TMP/run``) and ``FILE`` (a text file, ``TMP/notes.txt``); ``SETUP`` below breaks what the row's
+"what is wrong" column says. In a message, ``…`` stands for any text (a listing, another helper's
+wording). Every command runs in-process and must leave every file under ``TMP`` as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from densemtl.cli.main import main
+from densemtl.data.writer import synthesize
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
+ROW = re.compile(r"^\|\s*`([a-z0-9-]+)`\s*\|(.*)\|\s*`densemtl ([^`]+)`\s*\|\s*`([^`]+)`\s*\|\s*([0-9]+)\s*\|\s*$")
+PLACEHOLDER = re.compile(r"\b(TMP|DATA|RUN|FILE)\b")
+
+
+def table() -> list[tuple[str, str, str, int]]:
+    """(id, command after ``densemtl``, message, exit status) of each row of docs/errors.md."""
+    rows = []
+    for line in DOC.read_text().splitlines():
+        m = ROW.match(line)
+        if m:
+            rows.append((m.group(1), m.group(3), m.group(4), int(m.group(5))))
+    return rows
+
+
+# -- what each row breaks --------------------------------------------------------------------------
+def _npy(paths: dict[str, Path], rel: str) -> Path:
+    return paths["DATA"] / rel
+
+
+def _rewrite(rel: str, fn: Callable[[np.ndarray], np.ndarray]) -> Callable[[dict[str, Path]], None]:
+    def setup(paths: dict[str, Path]) -> None:
+        p = _npy(paths, rel)
+        np.save(p, fn(np.load(p)))
+
+    return setup
+
+
+def _every(folder: str, fn: Callable[[np.ndarray], np.ndarray]) -> Callable[[dict[str, Path]], None]:
+    def setup(paths: dict[str, Path]) -> None:
+        for p in sorted((paths["DATA"] / folder).glob("*.npy")):
+            np.save(p, fn(np.load(p)))
+
+    return setup
+
+
+def _write(rel: str, content: bytes | str) -> Callable[[dict[str, Path]], None]:
+    def setup(paths: dict[str, Path]) -> None:
+        p = paths["TMP"] / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(content.encode() if isinstance(content, str) else content)
+
+    return setup
+
+
+def _truncate(rel: str, keep: float) -> Callable[[dict[str, Path]], None]:
+    def setup(paths: dict[str, Path]) -> None:
+        p = paths["TMP"] / rel
+        data = p.read_bytes()
+        p.write_bytes(data[: int(len(data) * keep)])
+
+    return setup
+
+
+def _checkpoint(edit: Callable[[dict], None]) -> Callable[[dict[str, Path]], None]:
+    def setup(paths: dict[str, Path]) -> None:
+        p = paths["RUN"] / "checkpoints" / "last.pt"
+        state = torch.load(p, map_location="cpu", weights_only=True)
+        edit(state)
+        torch.save(state, p)
+
+    return setup
+
+
+def _meta(edit: Callable[[dict], None]) -> Callable[[dict[str, Path]], None]:
+    def setup(paths: dict[str, Path]) -> None:
+        p = paths["DATA"] / "densemtl.json"
+        meta = json.loads(p.read_text())
+        edit(meta)
+        p.write_text(json.dumps(meta))
+
+    return setup
+
+
+class _RunsCode:
+    """Unpickling this would run ``touch``: the file appearing would fail the "nothing written" check."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return os.system, (f"touch {self.marker}",)
+
+
+def _pickle_payload(paths: dict[str, Path]) -> None:
+    p = paths["RUN"] / "checkpoints" / "last.pt"
+    state = torch.load(p, map_location="cpu", weights_only=True)
+    state["extra"] = _RunsCode(paths["TMP"] / "pwned")
+    torch.save(state, p)
+
+
+def _same_stem(paths: dict[str, Path]) -> None:
+    img = np.random.default_rng(0).random((32, 40, 3)).astype(np.float32)
+    (paths["TMP"] / "sub").mkdir()
+    np.save(paths["TMP"] / "a.npy", img)
+    np.save(paths["TMP"] / "sub" / "a.npy", img)
+
+
+def _set(key: str, value: object) -> Callable[[dict], None]:
+    return lambda d: d.__setitem__(key, value)
+
+
+def _scale_width(state: dict) -> None:
+    state["config"]["arch_args"]["width"] = 0.25
+
+
+SETUP: dict[str, Callable[[dict[str, Path]], None]] = {
+    "config-binary": _write("bin.yaml", b"\x89PNG\r\n\x1a\n\xff\xfe\x00\x01"),
+    "yaml-invalid": _write("c.yaml", "lr: [1\n"),
+    "yaml-list": _write("c.yaml", "- 1\n- 2\n"),
+    "yaml-unknown-key": _write("c.yaml", "epochz: 3\n"),
+    "yaml-not-number": _write("c.yaml", "lr: many\n"),
+    "yaml-float-epochs": _write("c.yaml", "epochs: 2.5\n"),
+    "yaml-bool": _write("c.yaml", "augment: 3\n"),
+    "yaml-size": _write("c.yaml", "size: [16]\n"),
+    "yaml-knobs": _write("c.yaml", "arch_args: 3\n"),
+    "yaml-empty-value": _write("c.yaml", "epochs:\n"),
+    "yaml-lr-string-negative": _write("c.yaml", "lr: -1e-3\n"),
+    "split-missing": lambda p: shutil.rmtree(p["DATA"] / "val"),
+    "file-empty": _write("data/train/image/0.npy", b""),
+    "file-truncated": _truncate("data/train/depth/1.npy", 0.5),
+    "file-not-npy": _write("data/train/normal/2.npy", "depth in metres\n"),
+    "image-int": _rewrite("train/image/1.npy", lambda a: (a * 255).astype(np.int64)),
+    "image-gray": _rewrite("train/image/1.npy", lambda a: a[..., 0]),
+    "depth-size": _rewrite("train/depth/2.npy", lambda a: a[:16, :20]),
+    "count-mismatch": lambda p: shutil.copy(_npy(p, "train/label/0.npy"), _npy(p, "train/label/4.npy")),
+    "index-gap": lambda p: _npy(p, "train/depth/3.npy").rename(_npy(p, "train/depth/7.npy")),
+    "stray-file": _write("data/train/image/notes.txt", "x"),
+    "label-range": _rewrite("train/label/0.npy", lambda a: np.where(a == 1, 20.0, a).astype(a.dtype)),
+    "label-255": _rewrite("train/label/0.npy", lambda a: np.where(a == 1, 255.0, a).astype(a.dtype)),
+    "label-fraction": _rewrite("train/label/0.npy", lambda a: a + 0.5),
+    "image-nan": _rewrite("train/image/0.npy", lambda a: np.full_like(a, np.nan)),
+    "normals-x100": _every("train/normal", lambda a: a * 100),
+    "depth-negative": _every("train/depth", lambda a: -a),
+    "meta-type": _meta(_set("num_classes", "seven")),
+    "meta-names": _meta(_set("class_names", "floor")),
+    "meta-not-json": _write("data/densemtl.json", "{num_classes: 7"),
+    "check-label-late": _rewrite("val/label/1.npy", lambda a: np.where(a == 1, 9.0, a).astype(a.dtype)),
+    "check-image-late": _rewrite("train/image/3.npy", lambda a: np.where(a > 0.5, np.inf, a)),
+    "check-normals-late": _rewrite("val/normal/1.npy", lambda a: a * 100),
+    "check-depth-negative": _every("val/depth", lambda a: -a),
+    "ckpt-garbage": _write("x.pt", b"not a checkpoint at all"),
+    "ckpt-truncated": _truncate("run/checkpoints/last.pt", 0.5),
+    "ckpt-pickle": _pickle_payload,
+    "ckpt-other-width": _checkpoint(_scale_width),
+    "ckpt-no-tasks": _checkpoint(lambda s: s.pop("tasks")),
+    "ckpt-task-set": _checkpoint(_set("tasks", ["seg", "depth"])),
+    "ckpt-unknown-task": _checkpoint(_set("tasks", ["sge", "depth", "normal"])),
+    "eval-classes": _meta(_set("num_classes", 13)),
+    "predict-not-image": _write("notes.png", "a text file named .png\n"),
+    "predict-nan": lambda p: np.save(p["TMP"] / "nan.npy", np.full((32, 40, 3), np.nan, np.float32)),
+    "predict-gray": lambda p: np.save(p["TMP"] / "gray.npy", np.zeros((32, 40), np.float32)),
+    "predict-same-stem": _same_stem,
+    "size-arch-data": lambda p: synthesize(p["TMP"] / "d16", 2, 1, (16, 20), 0),
+    "ckpt-predict-pickle": lambda p: (_pickle_payload(p), _same_stem(p)),
+}
+#: Rows that only mean something on a machine without a CUDA device.
+NEEDS_NO_GPU = {"device-cuda", "eval-device-cuda"}
+
+
+# -- fixtures --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny synthetic dataset in the MTAN layout and a run trained on it (epoch 0 checkpoint)."""
+    root = tmp_path_factory.mktemp("errors-base")
+    torch.set_num_threads(1)
+    synthesize(root / "data", 4, 2, (32, 40), 0)
+    args = ["train", "--dataset", "nyuv2", "--data-root", str(root / "data"), "--epochs", "0", "--batch-size", "2"]
+    args += ["--arch-arg", "width=0.125", "--arch-arg", "depth_stages=3", "--quiet", "--out", str(root / "run")]
+    assert main(args) == 0
+    return root
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    """Every file under ``root`` with its content's hash, every folder as "dir"."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        out[rel] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def expected_pattern(message: str, paths: dict[str, Path]) -> re.Pattern[str]:
+    """The row's message as a regex: placeholders replaced by the paths, ``…`` as any text."""
+    parts = [PLACEHOLDER.sub(lambda m: str(paths[m.group(1)]), piece) for piece in message.split("…")]
+    return re.compile("densemtl: error: " + ".*".join(re.escape(piece) for piece in parts))
+
+
+ROWS = table()
+
+
+def test_the_table_is_big_and_consistent() -> None:
+    ids = [r[0] for r in ROWS]
+    assert len(ids) >= 40 and len(set(ids)) == len(ids)
+    assert set(SETUP) <= set(ids), sorted(set(SETUP) - set(ids))
+    assert {status for *_, status in ROWS} <= {1, 2}
+
+
+@pytest.mark.parametrize(("row", "command", "message", "status"), ROWS, ids=[r[0] for r in ROWS])
+def test_row(
+    row: str,
+    command: str,
+    message: str,
+    status: int,
+    base: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if row in NEEDS_NO_GPU and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    shutil.copytree(base / "data", tmp_path / "data")
+    shutil.copytree(base / "run", tmp_path / "run")
+    paths = {"TMP": tmp_path, "DATA": tmp_path / "data", "RUN": tmp_path / "run", "FILE": tmp_path / "notes.txt"}
+    paths["FILE"].write_text("not what the command wants\n")
+    if row in SETUP:
+        SETUP[row](paths)
+    monkeypatch.chdir(tmp_path)
+    before = _snapshot(tmp_path)
+    argv = [PLACEHOLDER.sub(lambda m: str(paths[m.group(1)]), arg) for arg in shlex.split(command)]
+    capsys.readouterr()
+    try:
+        rc = main(argv)
+    except SystemExit as e:  # argparse's usage errors
+        rc = e.code
+    out, err = capsys.readouterr()
+    assert rc == status, err
+    assert err.endswith("\n") and err.count("\n") == 1, err
+    assert "Traceback" not in out + err
+    assert expected_pattern(message, paths).fullmatch(err.rstrip("\n")), err
+    assert _snapshot(tmp_path) == before  # nothing written, created or overwritten
+
+
+# -- what the table cannot show: inputs that are accepted, and faults a test must provoke -----------
+def test_unquoted_exponent_in_yaml_is_a_number(tmp_path: Path) -> None:
+    from densemtl.training.config import resolve_config
+
+    conf = tmp_path / "c.yaml"
+    conf.write_text("lr: 1e-3\nepochs: 1e1\nweight_decay: '0'\n")  # PyYAML reads 1e-3 as a string
+    cfg = resolve_config(yaml=conf)
+    assert (cfg.lr, cfg.epochs, cfg.weight_decay) == (1e-3, 10, 0.0)
+
+
+def test_unreadable_config_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf = tmp_path / "c.yaml"
+    conf.write_text("epochs: 1\n")
+
+    def refuse(self: Path, *args: object, **kwargs: object) -> str:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_text", refuse)  # root reads any mode, so refuse it here
+    assert main(["train", "--config", str(conf), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"densemtl: error: config file {conf} cannot be read (Permission denied)\n"
+    assert not (tmp_path / "run").exists()
+
+
+def test_data_check_reads_every_file_and_warns_on_unusable_depth(
+    base: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(base / "data", data)
+    assert main(["data", "check", "--data-root", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "train: 4 samples" in out and "val: 2 samples" in out and "warning" not in out
+    for i in (1, 2):  # some negative readings, and a map with no valid pixel: read as invalid, not refused
+        p = data / "train" / "depth" / f"{i}.npy"
+        d = np.load(p)
+        d[:4] = -1.0
+        np.save(p, d if i == 1 else -np.abs(d))
+    assert main(["data", "check", "--data-root", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "warning: 2 depth files hold negative" in out and "warning: 1 depth files have no valid pixel" in out
+
+
+def test_normals_slightly_off_unit_are_accepted(base: Path, tmp_path: Path) -> None:
+    """Resizing leaves some short normals at edges: a few percent are tolerated, ×100 is not."""
+    from densemtl import data as datasets
+
+    shutil.copytree(base / "data", tmp_path / "data")
+    p = tmp_path / "data" / "train" / "normal" / "0.npy"
+    n = np.load(p)
+    n[0, :20] *= 0.5  # 20 of 1280 pixels (1.6 %) at length 0.5
+    np.save(p, n)
+    ds = datasets.create("nyuv2", "train", root=str(tmp_path / "data"))
+    assert ds.scan()["samples"] == 4  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("arch", "knobs"),
+    [
+        ("segnet", {"depth_stages": 4}),
+        ("mtan", {"depth_stages": 4}),
+        ("crossstitch", {"depth_stages": 4}),
+        ("vmsanet", {"depth_stages": 4, "scales": (2,)}),
+        ("single", {"base_args": {"width": 0.125, "depth_stages": 4}}),
+        ("hps", {}),
+    ],
+)
+def test_min_input_side_is_what_the_forward_takes(arch: str, knobs: dict) -> None:
+    from densemtl import models
+
+    torch.manual_seed(0)
+    tiny = {**models.MODELS.tiny(arch), **knobs}
+    model = models.create(arch, {"seg": 3, "depth": 1}, **tiny).eval()
+    side = model.min_input_side()
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, side, side + 3))["seg"].shape[-2:] == (side, side + 3)
+        if side > 1:
+            with pytest.raises(ValueError):
+                model(torch.rand(1, 3, side - 1, side + 3))
+
+
+@pytest.mark.parametrize(
+    ("fault", "line"),
+    [
+        (lambda: torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 74.50 GiB"), "out of GPU memory"),
+        (MemoryError, "out of memory"),
+    ],
+)
+def test_running_out_of_memory_is_one_line_exit_1(
+    fault: Callable[[], BaseException], line: str, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from densemtl.cli import inspect_cmd
+
+    def run_out(args: object) -> int:
+        raise fault()
+
+    monkeypatch.setattr(inspect_cmd, "run_eval", run_out)
+    assert main(["eval", "--checkpoint", "x.pt"]) == 1
+    assert capsys.readouterr().err == f"densemtl: error: {line}; use a smaller --size or --batch-size\n"
