@@ -136,7 +136,7 @@ def batches(n: int = 5) -> list[dict[str, Tensor]]:
 
 def tiny_setup(**mao_kwargs: float) -> tuple[Tiny, MAO, TrainConfig]:
     torch.manual_seed(0)
-    return Tiny(), MAO(**mao_kwargs), TrainConfig(method="mao", lr=0.05, epochs=3)  # type: ignore[arg-type]
+    return Tiny(), MAO(**mao_kwargs), TrainConfig(method="mao", lr=0.05, epochs=3, lr_step=2)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])

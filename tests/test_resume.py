@@ -1,6 +1,6 @@
 """Exact resume: a run stopped at any step (a signal, a crash after a ``checkpoint_every`` save, an
 epoch end) and resumed writes the same metrics.jsonl as the run that never stopped, to the last
-digit; a longer ``--epochs`` re-plans the schedule; the history comes from the checkpoint."""
+digit; a longer ``--epochs`` is the longer run; the history comes from the checkpoint."""
 
 from __future__ import annotations
 
@@ -146,21 +146,29 @@ def test_a_run_stopped_at_an_epoch_end_resumes_exactly(tmp_path: Path, reference
 
 
 @pytest.mark.parametrize("damage", ["torn", "emptied"])
-def test_extending_a_run_replans_its_schedule_and_ignores_a_damaged_history(
+def test_extending_a_run_equals_the_longer_run_and_ignores_a_damaged_history(
     damage: str, tmp_path: Path, reference: Callable
 ) -> None:
-    # --epochs 1 plans lr_step 1 and --epochs 3 plans lr_step 2: the extended run must follow the latter
+    # The issue's case: --epochs 2, then --resume --epochs 4, equals --epochs 4. The schedule does not
+    # depend on --epochs (the demo preset's lr_step is 10; here 2, so the extension crosses a decay).
     run = tmp_path / "run"
-    trainer(run, method="famo", epochs=1).run()
+    trainer(run, method="famo", epochs=2, lr_step=2).run()
     path = run / "metrics.jsonl"
     text = path.read_text()
     path.write_text(text[: len(text) - 25] if damage == "torn" else "")
-    trainer(run, resume=True, method="famo", epochs=3).run()
-    expected = reference(method="famo", epochs=3)
-    assert [r["lr"] for r in expected] == [2e-3, 2e-3, 2e-3, 1e-3]
+    trainer(run, resume=True, method="famo", epochs=4, lr_step=2).run()
+    expected = reference(method="famo", epochs=4, lr_step=2)
+    assert [r["lr"] for r in expected] == [2e-3, 2e-3, 2e-3, 1e-3, 1e-3]
     assert records(run) == expected
-    assert yaml.safe_load((run / "config.yaml").read_text())["epochs"] == 3
-    assert json.loads((run / "summary.json").read_text())["epochs"] == 3
+    assert yaml.safe_load((run / "config.yaml").read_text())["epochs"] == 4
+    assert json.loads((run / "summary.json").read_text())["epochs"] == 4
+
+
+def test_extending_with_the_default_schedule_is_exact(tmp_path: Path, reference: Callable) -> None:
+    run = tmp_path / "run"
+    trainer(run, epochs=2).run()
+    trainer(run, resume=True, epochs=4).run()
+    assert records(run) == reference(epochs=4)
 
 
 def test_resuming_with_fewer_epochs_than_done_is_refused(tmp_path: Path) -> None:

@@ -26,8 +26,8 @@ def test_task_channels() -> None:
 def test_registry_lists_and_refuses() -> None:
     assert {"seg", "depth", "normal"} <= set(tasks.available())
     assert tasks.get("Depth").name == "depth"
-    with pytest.raises(ConfigError, match="unknown task 'edges'; valid: .*depth.*normal.*seg"):
-        tasks.get("edges")
+    with pytest.raises(ConfigError, match="unknown task 'nope'; valid: .*depth.*normal.*seg"):
+        tasks.get("nope")
 
 
 @pytest.mark.parametrize("name", ["seg", "depth", "normal"])

@@ -38,7 +38,14 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--batch-size", {"type": int}),
     ("--lr", {"type": float, "help": "Adam learning rate"}),
     ("--weight-decay", {"type": float}),
-    ("--lr-step", {"type": int, "help": "halve (lr_gamma) the learning rate every N epochs"}),
+    (
+        "--lr-step",
+        {
+            "type": int,
+            "help": "multiply the learning rate by --lr-gamma every N epochs (default: constant; the "
+            "synthetic demo preset: 10)",
+        },
+    ),
     ("--lr-gamma", {"type": float}),
     ("--seed", {"type": int}),
     ("--device", {"help": "cpu, cuda, cuda:N or auto"}),
@@ -96,7 +103,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--resume",
         action="store_true",
         help="continue the run in --out exactly, from its last checkpoint (an epoch end, --checkpoint-every, "
-        "or a SIGINT/SIGTERM); another --epochs re-plans the default lr schedule (lr_step) for the new length",
+        "or a SIGINT/SIGTERM); a larger --epochs extends it into exactly the longer run",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--tensorboard", action="store_true", help="also write RUN/tensorboard/ event files")

@@ -2,7 +2,11 @@
 
 The renderer (rooms, objects, ray casting, shading) lives in :mod:`densemtl.data.scenes`; this
 module wraps it as a map-style dataset (:class:`SyntheticScenes`, cached, optionally augmented)
-and registers the ``synthetic`` factory. ``render_scene``, ``camera_intrinsics``, ``CLASS_NAMES``
+and registers the ``synthetic`` factory. Besides the default tasks (seg, depth, normal) it can
+yield ``edge`` (the object and room boundaries, one pixel thin, from the renderer's instance,
+surface and depth discontinuities: :func:`scene_edges`) and ``saliency`` (the objects against the
+room) when asked with ``tasks=`` (``--data-arg tasks=seg,depth,normal,edge,saliency``); the default
+samples are unchanged by that. ``render_scene``, ``camera_intrinsics``, ``CLASS_NAMES``
 and ``NUM_CLASSES`` are re-exported here for existing imports.
 """
 
@@ -40,16 +44,62 @@ __all__ = [
     "SPLIT_CODES",
     "SeedLike",
     "SyntheticScenes",
+    "TASKS",
     "camera_intrinsics",
     "render",
     "render_scene",
     "sample_scene",
+    "scene_edges",
     "synthetic",
 ]
 
 SPLIT_CODES = {"train": 0, "val": 1}
 DEFAULT_N = {"train": 512, "val": 128}
 MIN_SIDE = 16
+#: Every task the scenes can yield; the first three are the default.
+TASKS: tuple[str, ...] = ("seg", "depth", "normal", "edge", "saliency")
+DEFAULT_TASKS: tuple[str, ...] = TASKS[:3]
+#: Neighbouring pixels whose depths differ by more than this fraction of the nearer one are an
+#: occlusion boundary even on one object.
+DEPTH_JUMP = 0.05
+
+
+def scene_edges(instance: np.ndarray, surface: np.ndarray, depth: np.ndarray) -> np.ndarray:
+    """(H, W) float32 boundary map (1 = edge) of a render's ``instance``, ``surface`` and ``depth``.
+
+    Two 4-neighbours are separated by a boundary when they belong to different objects (or one to
+    the room), to different faces of the room (its wall, floor and ceiling creases), or to
+    different faces of one object whose depths jump by more than :data:`DEPTH_JUMP` of the nearer
+    one (an object occluding itself; on one face a fast change of depth is only a grazing view).
+    Only the nearer pixel of each such pair is marked (the first on a tie), so boundaries are one
+    pixel thin and lie on the occluding side, as a detector would place them.
+    """
+    edge = np.zeros(instance.shape, bool)
+    for axis in (0, 1):
+        a = [slice(None), slice(None)]
+        b = [slice(None), slice(None)]
+        a[axis], b[axis] = slice(None, -1), slice(1, None)
+        ia, ib, da, db = instance[tuple(a)], instance[tuple(b)], depth[tuple(a)], depth[tuple(b)]
+        other_face = surface[tuple(a)] != surface[tuple(b)]
+        # a depth jump on one plane is a grazing view, not an edge: only between faces
+        jump = other_face & (np.abs(da - db) > DEPTH_JUMP * np.minimum(da, db))
+        cut = (ia != ib) | (other_face & (ia == 0)) | jump
+        edge[tuple(a)] |= cut & (da <= db)
+        edge[tuple(b)] |= cut & (db < da)
+    return edge.astype(np.float32)
+
+
+def _check_tasks(tasks: object) -> tuple[str, ...]:
+    """``tasks`` ("a,b" or a list) as a tuple of known, distinct names, or a ConfigError."""
+    names = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else tasks
+    ok = isinstance(names, list | tuple) and len(names) > 0 and all(isinstance(t, str) for t in names)
+    if not ok:
+        raise ConfigError(f"tasks {tasks!r} is invalid for the synthetic dataset: need names like seg,depth,edge")
+    unknown = [t for t in names if t not in TASKS]
+    if unknown or len(set(names)) != len(names):
+        what = f"unknown task {unknown[0]!r}" if unknown else "a task is repeated"
+        raise ConfigError(f"tasks {tasks!r} is invalid for the synthetic dataset ({what}); valid: {', '.join(TASKS)}")
+    return tuple(names)
 
 
 def _check_size(size: object) -> tuple[int, int]:
@@ -69,7 +119,7 @@ class SyntheticScenes(Dataset):
     :meth:`set_epoch`) each epoch to draw new augmentations.
     """
 
-    tasks = ("seg", "depth", "normal")
+    tasks: tuple[str, ...] = DEFAULT_TASKS
     num_classes = NUM_CLASSES
     class_names = CLASS_NAMES
 
@@ -80,6 +130,7 @@ class SyntheticScenes(Dataset):
         size: tuple[int, int] | None = DEFAULT_SIZE,
         seed: int = 0,
         augment: bool = False,
+        tasks: str | Sequence[str] = DEFAULT_TASKS,
     ) -> None:
         if split not in SPLIT_CODES:
             raise ConfigError(f"split {split!r} is invalid for the synthetic dataset; valid: train, val")
@@ -88,6 +139,7 @@ class SyntheticScenes(Dataset):
             raise ConfigError(f"n {n!r} is invalid for the synthetic dataset: need a positive integer")
         self.split, self.n, self.size = split, int(n), _check_size(DEFAULT_SIZE if size is None else size)
         self.seed, self.augment, self.epoch = int(seed), bool(augment), 0
+        self.tasks = _check_tasks(tasks)
         self._cache: dict[int, dict[str, torch.Tensor]] = {}
 
     def __len__(self) -> int:
@@ -101,18 +153,24 @@ class SyntheticScenes(Dataset):
         """The seed tuple given to :func:`render_scene` for ``index``."""
         return (self.seed, SPLIT_CODES[self.split], int(index))
 
+    def _sample(self, out: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """The image and the targets of ``self.tasks``, in that order, from one render."""
+        every = {
+            "seg": lambda: torch.from_numpy(out["seg"]),
+            "depth": lambda: torch.from_numpy(out["depth"])[None],
+            "normal": lambda: torch.from_numpy(out["normal"]).permute(2, 0, 1).contiguous(),
+            "edge": lambda: torch.from_numpy(scene_edges(out["instance"], out["surface"], out["depth"]))[None],
+            "saliency": lambda: torch.from_numpy((out["instance"] > 0).astype(np.float32))[None],
+        }
+        sample = {"image": torch.from_numpy(out["image"]).permute(2, 0, 1).contiguous()}
+        return sample | {t: every[t]() for t in self.tasks}
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if not -self.n <= index < self.n:
             raise IndexError(f"index {index} out of range for {self.n} synthetic scenes")
         index = int(index) % self.n
         if index not in self._cache:
-            out = render_scene(self.seed_of(index), self.size)
-            self._cache[index] = {
-                "image": torch.from_numpy(out["image"]).permute(2, 0, 1).contiguous(),
-                "seg": torch.from_numpy(out["seg"]),
-                "depth": torch.from_numpy(out["depth"])[None],
-                "normal": torch.from_numpy(out["normal"]).permute(2, 0, 1).contiguous(),
-            }
+            self._cache[index] = self._sample(render_scene(self.seed_of(index), self.size))
         sample = {key: value.clone() for key, value in self._cache[index].items()}
         if not self.augment:
             return sample
@@ -137,10 +195,12 @@ def synthetic(
     seed: int = 0,
     n: int | None = None,
     num_classes: int | None = None,
+    tasks: str = ",".join(DEFAULT_TASKS),
 ) -> SyntheticScenes:
-    """Procedurally rendered rooms (7 classes, depth, normals); no files, any resolution."""
+    """Procedurally rendered rooms (7 classes, depth, normals; edges and saliency on request with
+    ``tasks``, e.g. ``seg,depth,normal,edge,saliency``); no files, any resolution."""
     if root is not None:
         raise ConfigError(f"--data-root is not used by the synthetic dataset; got {root!r} (leave it out)")
     if num_classes not in (None, NUM_CLASSES):
         raise ConfigError(f"num_classes {num_classes!r} is invalid: the synthetic dataset has {NUM_CLASSES}")
-    return SyntheticScenes(split, n, size, seed, augment)
+    return SyntheticScenes(split, n, size, seed, augment, tasks)

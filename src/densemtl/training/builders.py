@@ -259,23 +259,14 @@ def build_optimizer(
     return opt, sched
 
 
+#: The step size of a schedule that never decays (``lr_step`` None: a constant learning rate).
+NO_DECAY = 2**31 - 1
+
+
 def lr_step_of(cfg: TrainConfig) -> int:
-    """Epochs between learning-rate decays: ``lr_step``, by default two thirds of ``epochs``."""
-    return cfg.lr_step or max(1, (2 * cfg.epochs) // 3)
+    """Epochs between learning-rate decays: ``lr_step``, or never (None).
 
-
-def replan_schedule(scheduler: torch.optim.lr_scheduler.StepLR, step_size: int) -> None:
-    """Give a restored step schedule the ``step_size`` of a run of another length (``--resume
-    --epochs``): the learning rate becomes the one a run planned with ``step_size`` from the start
-    has after the epochs already done (the same products of ``gamma``, bit for bit), and decays
-    every ``step_size`` epochs from there."""
-    if scheduler.step_size == step_size:
-        return
-    scheduler.step_size = step_size
-    for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, strict=True):
-        lr = base
-        for epoch in range(1, scheduler.last_epoch + 1):
-            if epoch % step_size == 0:
-                lr = lr * scheduler.gamma
-        group["lr"] = lr
-    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+    The schedule does not depend on ``epochs``, so that a run extended with ``--resume --epochs``
+    is the run that was planned that long from the start (a default derived from ``epochs`` would
+    have decayed a short run's last epochs that a longer one trains at the full rate)."""
+    return cfg.lr_step or NO_DECAY

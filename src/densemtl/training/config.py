@@ -66,7 +66,7 @@ class TrainConfig:
     batch_size: int = 16
     lr: float = 2e-3
     weight_decay: float = 0.0
-    lr_step: int | None = None
+    lr_step: int | None = UNSET
     lr_gamma: float = 0.5
     seed: int = 0
     device: str = "cpu"
@@ -95,9 +95,9 @@ class TrainConfig:
 
 #: What a preset-dependent key is when no preset fills it: the dataset's own size, all its
 #: samples, the architecture's default knobs.
-UNFILLED: dict[str, Any] = {"size": None, "n_train": None, "n_val": None, "arch_args": {}}
+UNFILLED: dict[str, Any] = {"size": None, "n_train": None, "n_val": None, "arch_args": {}, "lr_step": None}
 #: The demo's data sizes (synthetic scenes only) and knobs per architecture.
-DEMO: dict[str, Any] = {"size": (64, 80), "n_train": 320, "n_val": 96}
+DEMO: dict[str, Any] = {"size": (64, 80), "n_train": 320, "n_val": 96, "lr_step": 10}
 DEMO_ARCH_ARGS: dict[str, dict[str, Any]] = {"segnet": {"width": 0.25, "depth_stages": 4}}
 
 

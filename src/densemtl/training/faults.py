@@ -13,13 +13,16 @@ per run: a task loss above :data:`DIVERGENCE_FACTOR` times its first step's valu
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from densemtl.engine import StepResult
+from densemtl.errors import RuntimeFault
 from densemtl.training.member import Member
 
 #: a task loss this many times its first step's value (or 1e-3, if larger) is warned about
@@ -100,6 +103,27 @@ class FiniteGuard:
                         f"value {f:.3g}: training is diverging; try a lower --lr"
                     )
         return None
+
+    def skip_or_stop(self, where: str, problem: str, allowed: int, last: Path | None, resumed: bool) -> None:
+        """Count a non-finite step at ``where`` as skipped if fewer than ``allowed`` were (a warning
+        on stderr); else stop the run with a :class:`RuntimeFault` saying what was kept (``last``,
+        the last good checkpoint, if any) and what to do."""
+        if self.skipped < allowed:
+            self.skipped += 1
+            print(
+                f"densemtl: warning: skipped {where}: {problem} ({self.skipped} of --skip-nonfinite {allowed})",
+                file=sys.stderr,
+            )
+            return
+        if last is not None:
+            kept = f"the last good checkpoint {last} was kept (continue with --resume)"
+        else:
+            kept = "no checkpoint existed yet" + ("" if resumed else ", so the run directory was removed")
+        spent = f" ({allowed} such steps were already skipped)" if allowed else ""
+        raise RuntimeFault(
+            f"training stopped at {where}: {problem}{spent}; {kept}; lower --lr, check the data, "
+            "or pass --skip-nonfinite N to skip up to N such steps"
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {"skipped": self.skipped, "first": self.first, "warned": self.warned}

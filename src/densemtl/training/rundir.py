@@ -12,6 +12,7 @@ from typing import Any
 
 from densemtl.errors import ConfigError, RuntimeFault
 from densemtl.metrics import lower_is_better, relative_improvement
+from densemtl.models import count_parameters
 
 
 def is_run_dir(path: Path) -> bool:
@@ -86,3 +87,31 @@ def best_metrics(history: list[dict[str, Any]]) -> dict[str, dict[str, dict[str,
                 if cur is None or (value < cur["value"] if lower else value > cur["value"]):
                     best[task][name] = {"value": value, "epoch": rec["epoch"]}
     return best
+
+
+def run_summary(trainer: Any, elapsed: float) -> dict[str, Any]:
+    """The summary.json of ``trainer`` (a :class:`~densemtl.training.trainer.Trainer`): final,
+    initial and best metrics (and with several members each peer's and the ensemble's)."""
+    main, *peers = trainer.members
+    out: dict[str, Any] = {
+        "metrics": trainer.history[-1]["val"],
+        "initial_metrics": trainer.history[0]["val"],
+        "best": best_metrics(trainer.history),
+        "epochs": trainer.epoch,
+        "dataset": trainer.cfg.dataset,
+        "arch": trainer.cfg.arch,
+        "method": trainer.cfg.method,
+        "tasks": list(trainer.tasks),
+        "num_classes": trainer.num_classes,
+        "parameters": count_parameters(main.model),
+        "time_s": round(elapsed, 2),
+    }
+    for m in peers:
+        out[m.key("arch")] = m.arch
+        out[m.key("metrics")] = trainer.history[-1][m.key("val")]
+    if peers:
+        out["ensemble_metrics"] = trainer.history[-1]["ensemble_val"]
+    for m in peers:
+        out[m.key("parameters")] = count_parameters(m.model)
+        out[m.key("arch_args")] = m.arch_args
+    return out

@@ -31,14 +31,14 @@ from tqdm import tqdm
 
 from densemtl.data import MultiTaskDataset
 from densemtl.engine import NonFiniteGradientError, StepResult
-from densemtl.errors import ConfigError, Interrupted, RuntimeFault
-from densemtl.models import MultiTaskModel, count_parameters
+from densemtl.errors import ConfigError, Interrupted
+from densemtl.models import MultiTaskModel
 from densemtl.report.console import metrics_header, metrics_row
 from densemtl.report.diagnostic_plots import plot_diagnostics
 from densemtl.report.jsonio import dumps
 from densemtl.report.plots import plot_run
 from densemtl.report.visualize import prediction_grid, save_panel
-from densemtl.training.builders import build_datasets, lr_step_of, replan_schedule, resolve_device
+from densemtl.training.builders import build_datasets, resolve_device
 from densemtl.training.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from densemtl.training.config import TrainConfig
 from densemtl.training.diagnostics import Diagnostics, TensorBoardLog, require_tensorboard
@@ -47,7 +47,7 @@ from densemtl.training.evaluation import evaluate_model, move
 from densemtl.training.faults import FiniteGuard
 from densemtl.training.member import Member
 from densemtl.training.resumable import EpochOrder, plain, rng_state, set_rng_state
-from densemtl.training.rundir import best_metrics, best_score, check_out_dir, discard, is_run_dir, read_history
+from densemtl.training.rundir import best_score, check_out_dir, discard, is_run_dir, read_history, run_summary
 from densemtl.training.schemes import Scheme, scheme_for
 from densemtl.training.signals import StopSignals
 
@@ -150,6 +150,16 @@ class Trainer:
         self._n = 0  # steps summed
         self._nonfinite = 0  # steps skipped in this epoch
 
+    def _header(self, epoch: int) -> dict[str, Any]:
+        """What a checkpoint says about its run (enough to rebuild the model): config, tasks, sizes."""
+        return {
+            "config": self.cfg.to_dict(),
+            "tasks": list(self.tasks),
+            "num_classes": self.num_classes,
+            "size": list(self.train_set.size),
+            "epoch": epoch,
+        }
+
     def state(self) -> dict[str, Any]:
         """The checkpoint: the main member's parts at the top level, every other one's under its
         name; ``epoch`` epochs done and ``step`` batches of the next one."""
@@ -163,11 +173,7 @@ class Trainer:
                 "diagnostics": self.diagnostics.state_dict(),
             }
         return {
-            "config": self.cfg.to_dict(),
-            "tasks": list(self.tasks),
-            "num_classes": self.num_classes,
-            "size": list(self.train_set.size),
-            "epoch": self.epoch,
+            **self._header(self.epoch),
             "step": self.step,
             "epoch_partial": partial,
             "history": plain(self.history),
@@ -197,8 +203,6 @@ class Trainer:
                 f"--epochs {self.cfg.epochs} is below the {self.epoch} epochs {self.out} has done; "
                 f"resume with --epochs {self.epoch} or more"
             )
-        for m in self.members:  # the schedule is part of the run: another --epochs re-plans it
-            replan_schedule(m.scheduler, lr_step_of(self.cfg))
         history = state.get("history")
         if history is None:  # a checkpoint from before the history was kept in it
             history = read_history(self.out / "metrics.jsonl")
@@ -238,16 +242,7 @@ class Trainer:
         epoch = record["epoch"]
         score = best_score(self.history, self.cfg.epochs)
         if score is not None:
-            state = {
-                "config": self.cfg.to_dict(),
-                "tasks": list(self.tasks),
-                "num_classes": self.num_classes,
-                "size": list(self.train_set.size),
-                "epoch": epoch,
-                "score": score,
-                "model": self.model.state_dict(),
-            }
-            save_checkpoint(self.best_path, state)
+            save_checkpoint(self.best_path, {**self._header(epoch), "score": score, "model": self.model.state_dict()})
 
     def validate(self) -> dict[str, Any]:
         """Validation metrics of every member ("val" for the main network, "peer_val", ...) and,
@@ -287,28 +282,13 @@ class Trainer:
         return results
 
     def _nonfinite_step(self, epoch: int, problem: str) -> None:
-        """Skip the step while ``--skip-nonfinite`` allows, else stop the run."""
+        """Skip the step while ``--skip-nonfinite`` allows (else the guard stops the run)."""
         for m in self.members:
             m.optimizer.zero_grad(set_to_none=True)
+        last = self.last_path if self.last_path.is_file() else None
         where = f"epoch {epoch} step {self.step + 1}"
-        allowed = self.cfg.skip_nonfinite
-        if self.guard.skipped < allowed:
-            self.guard.skipped += 1
-            self._nonfinite += 1
-            print(
-                f"densemtl: warning: skipped {where}: {problem} ({self.guard.skipped} of --skip-nonfinite {allowed})",
-                file=sys.stderr,
-            )
-            return
-        if self.last_path.is_file():
-            kept = f"the last good checkpoint {self.last_path} was kept (continue with --resume)"
-        else:
-            kept = "no checkpoint existed yet" + ("" if self.resume else ", so the run directory was removed")
-        spent = f" ({allowed} such steps were already skipped)" if allowed else ""
-        raise RuntimeFault(
-            f"training stopped at {where}: {problem}{spent}; {kept}; lower --lr, check the data, "
-            "or pass --skip-nonfinite N to skip up to N such steps"
-        )
+        self.guard.skip_or_stop(where, problem, self.cfg.skip_nonfinite, last, self.resume)
+        self._nonfinite += 1
 
     def _stop_if_signalled(self, *, saved: bool) -> None:
         """After a SIGINT or SIGTERM: write a checkpoint (unless one was just written) and stop."""
@@ -430,26 +410,4 @@ class Trainer:
 
     def summary(self, elapsed: float) -> dict[str, Any]:
         """Final, initial and best metrics (and with several members each peer's and the ensemble's)."""
-        main, *peers = self.members
-        out: dict[str, Any] = {
-            "metrics": self.history[-1]["val"],
-            "initial_metrics": self.history[0]["val"],
-            "best": best_metrics(self.history),
-            "epochs": self.epoch,
-            "dataset": self.cfg.dataset,
-            "arch": self.cfg.arch,
-            "method": self.cfg.method,
-            "tasks": list(self.tasks),
-            "num_classes": self.num_classes,
-            "parameters": count_parameters(main.model),
-            "time_s": round(elapsed, 2),
-        }
-        for m in peers:
-            out[m.key("arch")] = m.arch
-            out[m.key("metrics")] = self.history[-1][m.key("val")]
-        if peers:
-            out["ensemble_metrics"] = self.history[-1]["ensemble_val"]
-        for m in peers:
-            out[m.key("parameters")] = count_parameters(m.model)
-            out[m.key("arch_args")] = m.arch_args
-        return out
+        return run_summary(self, elapsed)
