@@ -135,8 +135,9 @@ class BenchGrid:
         """A hash of the data and training settings that the baseline standing for ``arch`` depends on."""
         cfg = build_config({**self.base, "arch_args": self.knobs(arch)}).to_dict()
         settings = {k: cfg[k] for k in BASELINE_KEYS}
-        if cfg["data_args"]:  # only when set, so that the keys of benches without knobs stay the same
-            settings["data_args"] = cfg["data_args"]
+        for key in ("data_args", "tasks"):  # only when set, so that the keys of benches without them stay the same
+            if cfg[key]:
+                settings[key] = cfg[key]
         settings["base"] = arch
         if settings["data_root"]:
             settings["data_root"] = str(Path(settings["data_root"]).expanduser().resolve())

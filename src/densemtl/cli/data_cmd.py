@@ -1,4 +1,5 @@
-"""``densemtl data synth`` (write a synthetic dataset in the MTAN layout) and ``data check``."""
+"""``densemtl data synth`` (write synthetic scenes in the MTAN, NYUD-MT or PASCAL-Context layout)
+and ``data check``."""
 
 from __future__ import annotations
 
@@ -8,32 +9,57 @@ import argparse
 def add_parser(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser("data", help="write or check datasets on disk")
     dsub = d.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    s = dsub.add_parser("synth", help="write synthetic scenes as ROOT/{train,val}/{image,label,depth,normal}/i.npy")
+    s = dsub.add_parser("synth", help="write synthetic scenes in a real dataset's layout (MTAN's by default)")
+    s.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="mtan",
+        help="mtan: ROOT/{train,val}/{image,label,depth,normal}/i.npy (--dataset nyuv2); nyud: NYUD-MT "
+        "(--dataset nyud); pascal_context: PASCAL-MT (--dataset pascal_context)",
+    )
     s.add_argument("--out", required=True, metavar="DIR", help="a new or empty directory")
     s.add_argument("--n-train", type=int, default=64)
     s.add_argument("--n-val", type=int, default=16)
     s.add_argument("--size", default="96x128", help="HxW")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=run_synth)
-    c = dsub.add_parser("check", help="validate a dataset in the MTAN layout (reads every file)")
-    c.add_argument("--dataset", default="nyuv2", help="nyuv2 or cityscapes")
+    c = dsub.add_parser("check", help="validate a dataset on disk (reads every file)")
+    c.add_argument("--dataset", default="nyuv2", help="nyuv2, cityscapes, nyud or pascal_context")
     c.add_argument("--data-root", required=True)
     c.add_argument("--num-classes", type=int)
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=run_check)
 
 
+LAYOUTS = ("mtan", "nyud", "pascal_context")
+
+
 def run_synth(args: argparse.Namespace) -> int:
-    from densemtl.data.writer import synthesize
     from densemtl.errors import ConfigError
     from densemtl.training.config import parse_size
 
     size = parse_size(args.size)
     if args.n_train < 1 or args.n_val < 1:
         raise ConfigError("--n-train and --n-val must be at least 1")
-    synthesize(args.out, args.n_train, args.n_val, size, args.seed)
-    print(f"densemtl: wrote {args.n_train} train and {args.n_val} val scenes at {size[0]}x{size[1]} to {args.out}")
-    print(f"  train on it with: densemtl train --dataset nyuv2 --data-root {args.out}")
+    dataset = {"mtan": "nyuv2", "nyud": "nyud", "pascal_context": "pascal_context"}[args.layout]
+    if args.layout == "nyud":
+        from densemtl.data.writer_nyud import write_nyud
+
+        write_nyud(args.out, args.n_train, args.n_val, size, args.seed)
+    elif args.layout == "pascal_context":
+        from densemtl.data.writer_pascal import write_pascal
+
+        write_pascal(args.out, args.n_train, args.n_val, size, args.seed)
+    else:
+        from densemtl.data.writer import synthesize
+
+        synthesize(args.out, args.n_train, args.n_val, size, args.seed)
+    print(
+        f"densemtl: wrote {args.n_train} train and {args.n_val} val scenes at {size[0]}x{size[1]} to {args.out} "
+        f"({args.layout} layout)"
+    )
+    extra = "" if args.layout == "mtan" else f" --size {size[0]}x{size[1]}"
+    print(f"  train on it with: densemtl train --dataset {dataset} --data-root {args.out}{extra}")
     return 0
 
 
@@ -44,24 +70,32 @@ def run_check(args: argparse.Namespace) -> int:
     from densemtl import data
     from densemtl.errors import ConfigError
 
-    if args.dataset not in ("nyuv2", "cityscapes"):
+    checkable = ("nyuv2", "cityscapes", "nyud", "pascal_context")
+    if args.dataset not in checkable:
         data.DATASETS.get(args.dataset)  # unknown name -> ConfigError with a did-you-mean
-        raise ConfigError(f"data check reads datasets in the MTAN layout (nyuv2, cityscapes), not {args.dataset!r}")
+        raise ConfigError(f"data check reads datasets on disk ({', '.join(checkable)}), not {args.dataset!r}")
     opened = [
         data.create(args.dataset, split, root=args.data_root, num_classes=args.num_classes)
         for split in ("train", "val")
     ]
+    if not all(hasattr(ds, "scan") for ds in opened):
+        raise ConfigError(f"dataset {args.dataset!r} cannot be checked: it has no scan()")
     for ds in opened:
         counts = ds.scan(progress=not args.quiet)  # type: ignore[attr-defined]
         print(
             f"{ds.split}: {len(ds)} samples, size {ds.size}, tasks {', '.join(ds.tasks)}, "  # type: ignore[attr-defined]
             f"{ds.num_classes} classes: ok"
         )
-        if counts["depth_unusable"]:
+        standard = getattr(ds, "standard_counts", {}).get(ds.split)  # type: ignore[attr-defined]
+        if standard and len(ds) != standard:
+            print(f"  note: the standard {ds.split} split has {standard} samples")
+        if counts.get("depth_unusable"):
             print(
                 f"  warning: {counts['depth_unusable']} depth files hold negative, NaN or infinite readings "
                 "(read as invalid pixels)"
             )
+        if "depth_empty" not in counts:
+            continue
         if counts["depth_empty"] == counts["samples"]:
             print("  warning: no depth file has a valid pixel: the depth task would learn nothing")
         elif counts["depth_empty"]:

@@ -8,15 +8,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from densemtl.training.config import DEMO, TrainConfig, parse_kv, parse_size
+from densemtl.training.config import DEMO, TrainConfig, parse_kv, parse_size, parse_tasks
 
 FLAGS: list[tuple[str, dict[str, Any]]] = [
-    ("--dataset", {"help": "synthetic (default), nyuv2 or cityscapes"}),
+    ("--dataset", {"help": "synthetic (default), nyuv2, cityscapes, nyud or pascal_context"}),
     (
         "--data-root",
         {"help": "root of a dataset in the MTAN layout ROOT/{train,val}/{image,label,depth,normal}"},
     ),
     ("--size", {"help": "HxW to train at (default: the dataset's own)"}),
+    ("--tasks", {"help": "comma-separated tasks to train, a subset of the dataset's (default: all of them)"}),
     ("--n-train", {"type": int, "help": "number of training samples (synthetic size, or a subset)"}),
     ("--n-val", {"type": int, "help": "number of validation samples"}),
     ("--num-classes", {"type": int, "help": "cityscapes: 7 (default) or 19"}),
@@ -120,6 +121,8 @@ def given_flags(args: argparse.Namespace, flags: list[str], knobs: list[tuple[st
             values[key] = getattr(args, key)
     if isinstance(values.get("size"), str):
         values["size"] = parse_size(values["size"])
+    if isinstance(values.get("tasks"), str):
+        values["tasks"] = parse_tasks(values["tasks"], "--tasks")
     for flag in ("--augment", "--tensorboard"):
         if getattr(args, flag[2:], False):
             values[flag[2:]] = True

@@ -29,3 +29,29 @@ class MultiTaskDataset(Protocol):
     def __getitem__(self, index: int) -> dict[str, Tensor]: ...
 
     def set_epoch(self, epoch: int) -> None: ...
+
+
+class TaskSubset:
+    """``base`` with only ``tasks`` (in that order): what ``--tasks`` trains on. Its samples hold the
+    image and those tasks' targets; everything else (size, classes, epoch) is the base's."""
+
+    def __init__(self, base: MultiTaskDataset, tasks: list[str] | tuple[str, ...]) -> None:
+        self.base = base
+        self.tasks = tuple(tasks)
+        self.num_classes = base.num_classes
+        self.size = base.size
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        sample = self.base[index]
+        return {k: v for k, v in sample.items() if k == "image" or k in self.tasks}
+
+    def set_epoch(self, epoch: int) -> None:
+        self.base.set_epoch(epoch)
+
+    def __getattr__(self, name: str) -> object:  # the base's own extras (scan, root, ...)
+        if name == "base":
+            raise AttributeError(name)
+        return getattr(self.base, name)

@@ -27,6 +27,8 @@ __all__ = [
     "cityscapes_disparity_from_png",
     "cityscapes_frame",
     "cityscapes_id_lut",
+    "label_edges",
+    "nyud_frame",
     "nyuv2_frame",
     "nyuv2_map40to13",
     "read_map40to13",
@@ -258,3 +260,55 @@ def write_frame(
             np.save(path, np.ascontiguousarray(arr), allow_pickle=False)
         except OSError as exc:
             raise DataError(f"{path}: cannot write ({exc.strerror or exc})") from exc
+
+
+def label_edges(label: np.ndarray) -> np.ndarray:
+    """(H, W) bool boundary map of a label map: a pixel whose right or lower 4-neighbour has another
+    label (unlabelled 0 counts as a label), so boundaries are one pixel thin, on the upper/left side."""
+    lab = np.asarray(label)
+    edge = np.zeros(lab.shape, bool)
+    edge[:, :-1] |= lab[:, :-1] != lab[:, 1:]
+    edge[:-1, :] |= lab[:-1, :] != lab[1:, :]
+    return edge
+
+
+def nyud_frame(
+    rgb: np.ndarray,
+    depth_mm: np.ndarray,
+    label40: np.ndarray,
+    normals: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Convert one NYUv2 frame to the files of an NYUD-MT sample, at its own size.
+
+    ``rgb`` H×W×3 uint8; ``depth_mm`` H×W millimetres (0 = no reading); ``label40`` H×W with
+    0 = unlabelled and 1..40 the classes; ``normals`` H×W×3 unit vectors (all-zero = none) or None.
+    Returns the arrays as the layout stores them, keyed by folder: ``images`` (uint8 RGB),
+    ``segmentation`` (uint8 0..40), ``depth`` (float32 metres, 0 = invalid), ``normals`` (uint8,
+    v = round((n + 1)·255/2); grey 128 where there is no normal: read back as invalid) and ``edge``
+    (uint8 0/255: the boundaries of ``label40``, :func:`label_edges`).
+    """
+    what = "nyud frame"
+    hw = _check_image(rgb, what)
+    _check_plane(depth_mm, hw, "depth_mm", what)
+    _check_plane(label40, hw, "label40", what)
+    lab = np.asarray(label40).astype(np.int64)
+    if lab.min() < 0 or lab.max() > 40:
+        raise DataError(f"{what}: label40 values must be 0 (unlabelled) or 1..40, found {lab.min()}..{lab.max()}")
+    depth = np.asarray(depth_mm).astype(np.float64)
+    if not np.all(np.isfinite(depth)) or depth.min() < 0:
+        raise DataError(f"{what}: depth_mm must be finite and >= 0 (0 = no reading)")
+    if normals is None:
+        encoded = np.full((*hw, 3), 128, np.uint8)
+    else:
+        n = np.asarray(normals, dtype=np.float64)
+        if n.shape != (*hw, 3) or not np.all(np.isfinite(n)):
+            raise DataError(f"{what}: normals must be a finite {hw[0]}×{hw[1]}×3 array, got shape {n.shape}")
+        encoded = np.clip(np.round((n + 1.0) * 127.5), 0, 255).astype(np.uint8)
+        encoded[np.all(n == 0, axis=2)] = 128
+    return {
+        "images": np.ascontiguousarray(rgb),
+        "segmentation": lab.astype(np.uint8),
+        "depth": (depth / 1000.0).astype(np.float32),
+        "normals": encoded,
+        "edge": (label_edges(lab) * 255).astype(np.uint8),
+    }

@@ -14,6 +14,7 @@ from densemtl import methods as method_registry
 from densemtl import models as model_registry
 from densemtl.balancing.base import BalancingMethod
 from densemtl.data import MultiTaskDataset
+from densemtl.data.base import TaskSubset
 from densemtl.errors import ConfigError
 from densemtl.models.base import MultiTaskModel
 from densemtl.registry import did_you_mean
@@ -70,6 +71,14 @@ def build_datasets(cfg: TrainConfig) -> tuple[MultiTaskDataset, MultiTaskDataset
     val = data_registry.create(cfg.dataset, "val", augment=False, n=cfg.n_val, **common)
     if len(train) == 0 or len(val) == 0:
         raise ConfigError(f"dataset {cfg.dataset!r} has an empty train or val split")
+    if cfg.tasks is not None:
+        missing = [t for t in cfg.tasks if t not in train.tasks]
+        if missing:
+            raise ConfigError(
+                f"--tasks {','.join(cfg.tasks)}: dataset {cfg.dataset!r} has no task {', '.join(missing)}; "
+                f"it has {', '.join(train.tasks)}"
+            )
+        train, val = TaskSubset(train, cfg.tasks), TaskSubset(val, cfg.tasks)
     return train, val
 
 

@@ -51,6 +51,7 @@ class TrainConfig:
     num_classes: int | None = None
     augment: bool = False
     data_args: dict[str, Any] = field(default_factory=dict)  # the dataset factory's own knobs
+    tasks: list[str] | None = None  # the tasks to train, a subset of the dataset's (None: all of them)
     arch: str = "segnet"
     arch_args: dict[str, Any] = UNSET
     method: str = "ew"
@@ -148,6 +149,21 @@ def parse_size(value: Any, name: str = "--size") -> tuple[int, int]:
     return h, w
 
 
+def parse_tasks(value: Any, name: str = "tasks") -> list[str]:
+    """'seg,depth' or ['seg', 'depth'] -> ['seg', 'depth']: non-empty, no repeats (names are
+    checked against the dataset's tasks when it is opened)."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(t, str) for t in items):
+        raise ConfigError(f"{name} must be a comma-separated list of task names, got {value!r}")
+    out = [t.strip().lower() for t in items if t.strip()]
+    if not out:
+        raise ConfigError(f"{name} must name at least one task, got {value!r}")
+    repeated = sorted({t for t in out if out.count(t) > 1})
+    if repeated:
+        raise ConfigError(f"{name} names {', '.join(repeated)} more than once")
+    return out
+
+
 def parse_value(text: str) -> Any:
     """A knob value from the command line: YAML scalar semantics ('3' -> 3, 'true' -> True)."""
     try:
@@ -182,6 +198,8 @@ def _coerce(name: str, value: Any) -> Any:
         raise ConfigError(f"config key {name!r} cannot be empty")
     if name == "size":
         return parse_size(value, "size")
+    if name == "tasks":
+        return parse_tasks(value)
     base = (
         next((a for a in args if a is not type(None)), hint) if optional or isinstance(hint, types.UnionType) else hint
     )

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from densemtl.data import MultiTaskDataset
 from densemtl.engine import NonFiniteGradientError, StepResult
-from densemtl.errors import ConfigError, Interrupted
+from densemtl.errors import ConfigError, Interrupted, RuntimeFault
 from densemtl.models import MultiTaskModel
 from densemtl.report.console import metrics_header, metrics_row
 from densemtl.report.diagnostic_plots import plot_diagnostics
@@ -370,7 +370,12 @@ class Trainer:
             raise
 
     def _run(self) -> dict[str, Any]:
-        (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        try:
+            (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RuntimeFault(
+                f"cannot create the run directory {self.out}: {e.strerror or e}; choose another --out"
+            ) from None
         atomic_write_text(self.out / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
         if self.cfg.tensorboard:
             self.tb = TensorBoardLog(self.out / "tensorboard")
