@@ -210,3 +210,35 @@ def test_unknown_prediction_key_is_an_error_not_normals() -> None:
 def test_seg_needs_classes() -> None:
     with pytest.raises(ConfigError, match="num_classes must be >= 1 for seg"):
         StreamingMetrics(["seg"], num_classes=0)
+
+
+def test_delta_m_counts_edge_ods_and_saliency_max_f_only() -> None:
+    from densemtl.metrics import delta_m, in_delta_m, relative_improvement
+
+    assert in_delta_m("edge", "ods_f") and not in_delta_m("edge", "loss") and not in_delta_m("edge", "ois_f")
+    assert in_delta_m("seg", "miou") and in_delta_m("normal", "ang_mean")  # the NYUv2 tasks: every metric
+    base = {"edge": {"ods_f": 0.5, "ois_f": 0.5, "loss": 0.2}, "saliency": {"max_f": 0.8, "iou": 0.5}}
+    run = {"edge": {"ods_f": 0.55, "ois_f": 0.1, "loss": 9.0}, "saliency": {"max_f": 0.8, "iou": 0.1}}
+    assert delta_m(run, base) == pytest.approx((10.0 + 0.0) / 2)
+    assert relative_improvement(run, base) == pytest.approx(5.0)
+
+
+def test_a_dataset_sets_its_tasks_metric_knobs() -> None:
+    from densemtl.data.nyud import NYUDDataset
+    from densemtl.errors import ConfigError
+    from densemtl.metrics import StreamingMetrics
+    from densemtl.tasks import get
+
+    assert NYUDDataset.task_args == {"edge": {"max_dist": 0.011}}
+    # a map shifted by 2 px on a 64x80 image: inside NYUD's 0.011 x diagonal (1.13 px)? no; inside 0.04? yes
+    target = torch.zeros(1, 1, 64, 80)
+    target[0, 0, :, 40] = 1
+    pred = torch.full((1, 1, 64, 80), -8.0)
+    pred[0, 0, :, 42] = 8.0
+    tight = StreamingMetrics(["edge"], 1, {"edge": {"max_dist": 0.011}})
+    loose = StreamingMetrics(["edge"], 1, {"edge": {"max_dist": 0.04}})
+    for meter in (tight, loose):
+        meter.update({"edge": pred}, {"edge": target})
+    assert tight.compute()["edge"]["ods_f"] < 0.1 < 0.9 < loose.compute()["edge"]["ods_f"]
+    with pytest.raises(ConfigError, match="task 'edge'"):
+        get("edge", nope=1)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -22,6 +23,15 @@ from densemtl import tasks as task_registry
 from densemtl.errors import ConfigError
 
 Metrics = dict[str, dict[str, float]]
+
+
+def in_delta_m(task: str, metric: str) -> bool:
+    """Whether ``metric`` of ``task`` counts in Δm% and model selection (the task's
+    ``delta_metrics``; every metric of a task that names none)."""
+    if task not in task_registry.available():
+        return True
+    chosen = task_registry.get(task).delta_metrics
+    return chosen is None or metric in chosen
 
 
 def lower_is_better(task: str, metric: str) -> bool | None:
@@ -41,10 +51,13 @@ class StreamingMetrics:
     :func:`evaluate` on the concatenated batches (seg and normals exactly, depth to float64
     rounding of the summation order). Each task supplies its own accumulator."""
 
-    def __init__(self, tasks: Iterable[str], num_classes: int) -> None:
+    def __init__(
+        self, tasks: Iterable[str], num_classes: int, task_args: Mapping[str, Mapping[str, Any]] | None = None
+    ) -> None:
         self.tasks = tuple(tasks)
         self.num_classes = num_classes
-        self._specs = {t: task_registry.get(t) for t in self.tasks}
+        args = task_args or {}
+        self._specs = {t: task_registry.get(t, **args.get(t, {})) for t in self.tasks}
         self.reset()
 
     def reset(self) -> None:
@@ -104,6 +117,8 @@ def delta_m(metrics: Mapping[str, Mapping[str, float]], baseline: Mapping[str, M
             if name not in baseline[task]:
                 continue
             key = f"{task}/{name}"
+            if not in_delta_m(task, name):
+                continue
             lower = lower_is_better(task, name)
             if lower is None:
                 raise ConfigError(f"delta_m: unknown metric {key!r}, cannot tell whether lower is better")
@@ -130,6 +145,8 @@ def relative_improvement(metrics: Metrics, reference: Metrics) -> float:
             ref = reference.get(task, {}).get(name)
             lower = lower_is_better(task, name)  # the direction the task declares
             if ref is None or lower is None or value is None or ref == 0 or math.isnan(value) or math.isnan(ref):
+                continue
+            if not in_delta_m(task, name):
                 continue
             terms.append((-1.0 if lower else 1.0) * (value - ref) / abs(ref) * 100.0)
     return math.fsum(terms) / len(terms) if terms else float("nan")

@@ -60,6 +60,7 @@ class Holdout(Dataset):
         self.tasks = base.tasks
         self.num_classes = base.num_classes
         self.size = base.size
+        self.task_args = getattr(base, "task_args", None)  # its tasks' metric knobs (NYUD's edge tolerance)
 
     def set_epoch(self, epoch: int) -> None:
         self.base.set_epoch(epoch)
@@ -101,7 +102,12 @@ class BenchTrainer(Trainer):
         self.model.load_state_dict(best["model"])
         selected = next(r for r in self.history if r["epoch"] == best["epoch"])
         test = evaluate_model(
-            self.model, self._loader(self.test_set, shuffle=False), self.tasks, self.num_classes, self.device
+            self.model,
+            self._loader(self.test_set, shuffle=False),
+            self.tasks,
+            self.num_classes,
+            self.device,
+            task_args=getattr(self.test_set, "task_args", None),
         )
         summary["bench"] = {
             "selected_epoch": int(best["epoch"]),

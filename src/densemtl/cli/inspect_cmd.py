@@ -72,7 +72,15 @@ def run_eval(args: argparse.Namespace) -> int:
     if not tasks:
         raise ConfigError(f"dataset {name!r} has none of the checkpoint's tasks {state['tasks']}")
     loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size)
-    metrics = evaluate_model(model, loader, tasks, state["num_classes"], resolve_device(args.device), progress=True)
+    metrics = evaluate_model(
+        model,
+        loader,
+        tasks,
+        state["num_classes"],
+        resolve_device(args.device),
+        progress=True,
+        task_args=getattr(ds, "task_args", None),
+    )
     print(f"densemtl: {name} {args.split} ({len(ds)} images), checkpoint epoch {state['epoch']}")  # type: ignore[arg-type]
     print(metrics_header(tasks))
     print(metrics_row(state["epoch"], metrics, tasks))

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from torch import Tensor
 
+from densemtl.errors import ConfigError
 from densemtl.registry import Registry
 from densemtl.tasks.base import Column, MetricAccumulator, Task
 
@@ -43,9 +44,14 @@ def available() -> list[str]:
     return TASKS.available()
 
 
-def get(name: str) -> Task:
-    """A ready instance of task ``name``; an unknown name is a ConfigError listing the valid ones."""
-    return TASKS.get(name)()
+def get(name: str, **knobs: Any) -> Task:
+    """A ready instance of task ``name`` with ``knobs`` (a dataset's ``task_args``, e.g. NYUD's edge
+    tolerance); an unknown name or knob is a ConfigError listing the valid ones."""
+    cls = TASKS.get(name)
+    try:
+        return cls(**knobs)
+    except TypeError as e:
+        raise ConfigError(f"task {name!r}: {e}") from None
 
 
 def task_channels(tasks: Iterable[str], num_classes: int) -> dict[str, int]:

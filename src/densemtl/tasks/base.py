@@ -70,6 +70,8 @@ class Task(ABC):
         lower_is_better: every metric's name, in display order, and whether lower is better
             (Δm% and model selection read it).
         primary: the one metric that tables and model selection use.
+        delta_metrics: the metrics Δm% and model selection average over (default: every metric
+            with a direction); edges count their ODS F only, as the field's Δm% does.
         columns: the console table columns (default: every metric, 3 decimals).
         interpolation: how a resize of the sample resizes the target: ``"nearest-exact"`` keeps
             invalid markers (-1 labels, 0 depth) exact; ``"bilinear"`` suits smooth targets.
@@ -78,6 +80,7 @@ class Task(ABC):
     name: ClassVar[str] = ""
     lower_is_better: ClassVar[dict[str, bool]] = {}
     primary: ClassVar[str] = ""
+    delta_metrics: ClassVar[tuple[str, ...] | None] = None
     columns: ClassVar[tuple[Column, ...]] = ()
     interpolation: ClassVar[str] = "nearest-exact"
 

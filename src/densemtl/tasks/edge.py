@@ -124,6 +124,7 @@ class Edge(Task):
 
     lower_is_better = {"ods_f": False, "ois_f": False, "loss": True}
     primary = "ods_f"
+    delta_metrics = ("ods_f",)  # the field's Δm% (InvPT, MTI-Net)
     columns = (Column("ods_f", "odsF"), Column("ois_f", "oisF"), Column("loss", "edgeLoss", "{:.4f}"))
 
     def __init__(self, pos_weight: float = 0.95, max_dist: float = 0.0075, thresholds: int = 99, nms: bool = False):

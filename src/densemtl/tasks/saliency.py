@@ -84,6 +84,7 @@ class Saliency(Task):
 
     lower_is_better = {"max_f": False, "iou": False}
     primary = "max_f"
+    delta_metrics = ("max_f",)  # the field's Δm% (InvPT, MTI-Net)
     columns = (Column("max_f", "maxF"), Column("iou", "salIoU"))
 
     def channels(self, num_classes: int) -> int:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -25,11 +26,13 @@ def evaluate_model(
     *,
     progress: bool = False,
     desc: str = "eval",
+    task_args: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Metrics of ``model`` over every batch of ``loader`` (``densemtl.metrics.evaluate`` shape)."""
+    """Metrics of ``model`` over every batch of ``loader`` (``densemtl.metrics.evaluate`` shape);
+    ``task_args`` are the dataset's knobs of its tasks' metrics (NYUD's edge tolerance)."""
     was_training = model.training
     model.eval()
-    meter = StreamingMetrics(tasks, num_classes)
+    meter = StreamingMetrics(tasks, num_classes, task_args)
     for batch in tqdm(loader, desc=desc, leave=False, disable=None if progress else True, dynamic_ncols=True):
         batch = move(batch, device)
         preds = model(batch["image"])

@@ -253,7 +253,14 @@ class Trainer:
             nets.append(("ensemble_val", Ensemble(*(m.model for m in self.members))))
         return {
             key: evaluate_model(
-                net, loader, self.tasks, self.num_classes, self.device, progress=self.progress, desc="validate"
+                net,
+                loader,
+                self.tasks,
+                self.num_classes,
+                self.device,
+                progress=self.progress,
+                desc="validate",
+                task_args=getattr(self.val_set, "task_args", None),
             )
             for key, net in nets
         }
