@@ -60,18 +60,40 @@ def rand(T: int, P: int, seed: int, dtype: torch.dtype = torch.float64) -> torch
     return torch.randn(T, P, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
-def special_matrices() -> dict[str, torch.Tensor]:
-    equal = rand(3, 9, 1)
+#: the numbers of tasks the properties below are checked at besides their own (3: NYUv2; 5: PASCAL-Context)
+TASK_COUNTS = (3, 5)
+
+
+def special_matrices(T: int = 3) -> dict[str, torch.Tensor]:
+    """Degenerate Jacobians with ``T`` rows (T = 3: the original cases; T = 5: their five-task analogues)."""
+    if T == 3:
+        equal = rand(3, 9, 1)
+        equal[1] = equal[0]
+        zero_row = rand(3, 9, 2)
+        zero_row[1] = 0.0
+        return {
+            "equal_rows": equal,
+            "zero_row": zero_row,
+            "opposite": torch.stack([rand(1, 9, 3)[0], -rand(1, 9, 3)[0]]),
+            "low_rank": rand(5, 2, 4) @ rand(2, 9, 5),
+            "all_zero": torch.zeros(3, 9, dtype=torch.float64),
+            "one_column": rand(3, 1, 6),
+        }
+    equal = rand(T, 9, 11)
     equal[1] = equal[0]
-    zero_row = rand(3, 9, 2)
+    equal[T - 1] = equal[0]
+    zero_row = rand(T, 9, 12)
     zero_row[1] = 0.0
+    zero_row[T - 1] = 0.0
+    g, h = rand(2, 9, 13)
+    opposite = torch.stack([g, -g, h, -h, *([g + h] * (T - 4))])
     return {
         "equal_rows": equal,
         "zero_row": zero_row,
-        "opposite": torch.stack([rand(1, 9, 3)[0], -rand(1, 9, 3)[0]]),
-        "low_rank": rand(5, 2, 4) @ rand(2, 9, 5),
-        "all_zero": torch.zeros(3, 9, dtype=torch.float64),
-        "one_column": rand(3, 1, 6),
+        "opposite": opposite,
+        "low_rank": rand(T, 1, 14) @ rand(1, 9, 15),  # every row parallel or anti-parallel
+        "all_zero": torch.zeros(T, 9, dtype=torch.float64),
+        "one_column": rand(T, 1, 16),
     }
 
 
@@ -97,8 +119,9 @@ def test_extreme_scales_float32(name: str, scale: float) -> None:
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("case", list(special_matrices()))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_degenerate_jacobians_give_finite_output(name: str, case: str, dtype: torch.dtype) -> None:
-    J = special_matrices()[case].to(dtype)
+@pytest.mark.parametrize("T", TASK_COUNTS)
+def test_degenerate_jacobians_give_finite_output(name: str, case: str, dtype: torch.dtype, T: int) -> None:
+    J = special_matrices(T)[case].to(dtype)
     for scale in (1.0, 1e-8, 1e8):
         out = make(name)(scale * J)
         assert out.shape == (J.shape[1],)
@@ -109,8 +132,9 @@ def test_degenerate_jacobians_give_finite_output(name: str, case: str, dtype: to
 
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("scale", [1e-6, 1e6])
-def test_scaling(name: str, scale: float) -> None:
-    J = rand(3, 12, 7)
+@pytest.mark.parametrize("T", TASK_COUNTS)
+def test_scaling(name: str, scale: float, T: int) -> None:
+    J = rand(T, 12, 7)
     out, scaled = make(name)(J), make(name)(scale * J)
     assert torch.isfinite(scaled).all()
     degree = SCALE_DEGREE.get(name, 1)
@@ -120,16 +144,17 @@ def test_scaling(name: str, scale: float) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_state_dict_round_trip(name: str) -> None:
+@pytest.mark.parametrize("T", TASK_COUNTS)
+def test_state_dict_round_trip(name: str, T: int) -> None:
     method = make(name, seed=3)
     for seed in range(3):
-        method(rand(3, 10, seed))
+        method(rand(T, 10, seed))
     state = copy.deepcopy(method.state_dict())
     assert method.generator is not None
     restored = cast(Aggregator, create(name))
     restored.load_state_dict(state)
     restored.set_generator(torch.Generator().set_state(method.generator.get_state()))
-    J = rand(3, 10, 99)
+    J = rand(T, 10, 99)
     assert torch.equal(method(J), restored(J))
 
 
@@ -145,15 +170,16 @@ def test_gramian_source_means_weights_of_the_gramian_times_J(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_row_weights_are_the_weights_of_the_update(name: str) -> None:
+@pytest.mark.parametrize("T", TASK_COUNTS)
+def test_row_weights_are_the_weights_of_the_update(name: str, T: int) -> None:
     # The engine scales each head by row_weights: they must be the w with out = wᵀJ.
     method = make(name)
     for seed in range(3):
-        J = rand(3, 8, seed)
+        J = rand(T, 8, seed)
         out = method(J)
         w = method.row_weights()
         if w is not None:
-            assert w.shape == (3,)
+            assert w.shape == (T,)
             assert torch.allclose(out, w.to(J) @ J, rtol=1e-10, atol=1e-12)
 
 

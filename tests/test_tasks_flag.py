@@ -24,10 +24,25 @@ def test_a_subset_trains_and_is_recorded(tmp_path: Path, tiny_args: list[str]) -
     assert main(["eval", "--checkpoint", str(out)]) == 0
 
 
+def test_synthetic_scenes_render_the_tasks_asked_for(tmp_path: Path, tiny_args: list[str]) -> None:
+    out = tmp_path / "run"
+    assert main(["train", *tiny_args, "--tasks", "seg,edge", "--out", str(out)]) == 0
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert list(last["val"]) == ["seg", "edge"] and "ods_f" in last["val"]["edge"]
+
+
+def test_a_dataset_without_the_task_names_what_it_has(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = tmp_path / "data"
+    assert main(["data", "synth", "--out", str(data), "--n-train", "2", "--n-val", "1", "--size", "32x40"]) == 0
+    args = ["train", "--dataset", "nyuv2", "--data-root", str(data), "--tasks", "depth,edge", "--epochs", "0"]
+    assert main([*args, "--out", str(tmp_path / "run")]) == 2
+    assert "dataset 'nyuv2' has no task edge; it has seg, depth, normal" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ("seg,edge", "dataset 'synthetic' has no task edge; it has seg, depth, normal"),
+        ("seg,parts", "unknown task 'parts'"),
         ("seg,seg", "names seg more than once"),
         (",", "must name at least one task"),
     ],

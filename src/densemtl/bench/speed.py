@@ -24,7 +24,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +42,7 @@ from densemtl.engine import MODES, Engine
 from densemtl.errors import ConfigError
 from densemtl.models.base import MultiTaskModel
 from densemtl.tasks import task_channels
-from densemtl.training.builders import build_method, build_optimizer, resolve_device
+from densemtl.training.builders import build_method, build_optimizer, data_knobs, resolve_device
 from densemtl.training.config import TrainConfig, parse_kv, parse_size
 
 #: the dataset every row is timed on; its tasks are the default ``tasks``
@@ -113,17 +113,35 @@ class Runner:
 
 
 def make_batch(
-    size: tuple[int, int], batch_size: int, tasks: tuple[str, ...], num_classes: int, seed: int, device: torch.device
+    size: tuple[int, int],
+    batch_size: int,
+    tasks: tuple[str, ...],
+    num_classes: int,
+    seed: int,
+    device: torch.device,
+    data_args: Mapping[str, Any] | None = None,
 ) -> dict[str, Tensor]:
-    """``batch_size`` synthetic training images and their labels, stacked (image + the tasks)."""
-    dataset = data_registry.create(DATASET, "train", n=batch_size, size=size, seed=seed, num_classes=num_classes)
+    """``batch_size`` synthetic training images and their labels, stacked (image + the tasks);
+    ``data_args``: the dataset's own knobs, as ``--data-arg`` gives them to ``train``."""
+    knobs = dict(data_args or {})
+    dataset = data_registry.create(
+        DATASET, "train", n=batch_size, size=size, seed=seed, num_classes=num_classes, **knobs
+    )
     samples = [dataset[i] for i in range(batch_size)]
     return {k: torch.stack([s[k] for s in samples]).to(device) for k in ("image", *tasks)}
 
 
-def dataset_tasks() -> tuple[str, ...]:
-    """The tasks of the benchmark's dataset, in its order (the default ``tasks``)."""
-    return tuple(data_registry.create(DATASET, "train", n=1).tasks)
+def check_data_args(data_args: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The benchmark dataset's knobs (``--data-arg``, e.g. ``tasks=seg,depth,normal,edge,saliency``),
+    checked as ``train`` checks them: an unknown or standard key is a one-line ConfigError."""
+    if not data_args:
+        return {}
+    return data_knobs(TrainConfig(dataset=DATASET, data_args=dict(data_args)))
+
+
+def dataset_tasks(data_args: Mapping[str, Any] | None = None) -> tuple[str, ...]:
+    """The tasks of the benchmark's dataset with knobs ``data_args``, in its order (the default ``tasks``)."""
+    return tuple(data_registry.create(DATASET, "train", n=1, **check_data_args(data_args)).tasks)
 
 
 def _optimizer(model: MultiTaskModel, method: BalancingMethod | None) -> torch.optim.Optimizer:
@@ -164,13 +182,17 @@ def _check_settings(
     grad_mode: str | None,
     warmup: int,
     repeats: int,
+    data_args: Mapping[str, Any] | None = None,
 ) -> tuple[tuple[int, int], tuple[str, ...]]:
     hw = parse_size(size)
-    known = dataset_tasks()
+    known = dataset_tasks(data_args)
     task_tuple = known if tasks is None else tuple(tasks)
     unknown = [t for t in task_tuple if t not in known]
     if unknown or not task_tuple or len(set(task_tuple)) != len(task_tuple):
-        raise ConfigError(f"--tasks {','.join(task_tuple)!r}: give distinct tasks among {', '.join(known)}")
+        hint = (
+            "" if not unknown or data_args else " (more with --data-arg tasks=..., e.g. seg,depth,normal,edge,saliency)"
+        )
+        raise ConfigError(f"--tasks {','.join(task_tuple)!r}: give distinct tasks among {', '.join(known)}{hint}")
     for flag, value, low in (("--batch-size", batch_size, 1), ("--repeats", repeats, 1), ("--warmup", warmup, 0)):
         if not isinstance(value, int) or value < low:
             raise ConfigError(f"{flag} must be an integer >= {low}, got {value!r}")
@@ -215,6 +237,7 @@ def measure_speed(
     size: tuple[int, int] | str = (96, 128),
     batch_size: int = 8,
     tasks: Sequence[str] | None = None,
+    data_args: Mapping[str, Any] | None = None,
     num_classes: int = 7,
     recompute_every: int = 1,
     grad_mode: str | None = None,
@@ -225,7 +248,8 @@ def measure_speed(
     progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Time one training step (``engine.step`` + Adam + ``engine.after_step``) of each method and
-    of EW; one row each. ``tasks`` None: every task of the synthetic dataset.
+    of EW; one row each. ``tasks`` None: every task of the synthetic dataset with knobs
+    ``data_args`` (``{"tasks": "seg,depth,normal,edge,saliency"}`` renders five).
 
     ``methods=None`` means every registered method; settings a method cannot use (a
     ``grad_mode`` or ``recompute_every``) then give an ``n/a`` row, whereas for methods named
@@ -236,11 +260,11 @@ def measure_speed(
     ``recompute_every``, ``times_ms``, ``min_ms`` with ``ratio_to_ew_min`` (fastest over fastest, a
     check on a noisy machine) and the issue's ``target`` with ``met`` (judged on the medians).
     """
-    hw, task_tuple = _check_settings(size, batch_size, tasks, recompute_every, grad_mode, warmup, repeats)
+    hw, task_tuple = _check_settings(size, batch_size, tasks, recompute_every, grad_mode, warmup, repeats, data_args)
     names, strict = _method_names(methods)
     dev = resolve_device(device)
     knobs = dict(DEFAULT_ARCH_ARGS.get(arch, {}) if arch_args is None else arch_args)
-    batch = make_batch(hw, batch_size, task_tuple, num_classes, seed, dev)
+    batch = make_batch(hw, batch_size, task_tuple, num_classes, seed, dev, check_data_args(data_args))
     torch.manual_seed(seed)
     try:
         template = model_registry.create(arch, task_channels(task_tuple, num_classes), **knobs).to(dev).train()

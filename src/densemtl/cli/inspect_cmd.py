@@ -26,7 +26,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--device", default="cpu")
     e.add_argument("--json", metavar="FILE", help="also write the metrics as JSON")
     e.set_defaults(func=run_eval)
-    p = sub.add_parser("predict", help="write prediction images (input, seg, depth, normals)")
+    p = sub.add_parser("predict", help="write prediction images (the input, then a tile per task)")
     p.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG/JPEG files or H×W×3 .npy arrays")
     p.add_argument("--out", required=True, metavar="DIR")

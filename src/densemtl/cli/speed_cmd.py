@@ -29,7 +29,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--arch-arg", action="append", metavar="KEY=VALUE", help="an architecture knob (repeatable)")
     p.add_argument("--size", default="96x128", help="HxW of the synthetic images (default: 96x128)")
     p.add_argument("--batch-size", type=int, default=8, help="images per step (default: 8)")
-    p.add_argument("--tasks", help="comma-separated tasks (default: every task of the synthetic dataset)")
+    p.add_argument(
+        "--tasks",
+        help="comma-separated tasks, a subset of the synthetic dataset's (default: all of them; seg,depth,normal "
+        "unless --data-arg tasks=... asks for more)",
+    )
+    p.add_argument(
+        "--data-arg",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a synthetic dataset knob, as for train (repeatable), e.g. tasks=seg,depth,normal,edge,saliency",
+    )
     p.add_argument("--recompute-every", type=int, default=1, help="reuse Gramian weightings' weights for k steps")
     p.add_argument("--grad-mode", help="representation, gramian or parameters (default: each method's own)")
     p.add_argument("--repeats", type=int, default=5, help="timed steps per method, interleaved (default: 5)")
@@ -99,7 +109,10 @@ def run(args: argparse.Namespace) -> int:
     methods = [m for m in args.methods.split(",") if m.strip()] if args.methods is not None else None
     if methods is not None and not methods:
         raise ConfigError("--methods is empty; give comma-separated method names (densemtl list)")
-    tasks = dataset_tasks() if args.tasks is None else tuple(t.strip() for t in args.tasks.split(",") if t.strip())
+    data_args = parse_kv(args.data_arg, "--data-arg") if args.data_arg else {}
+    tasks = (
+        dataset_tasks(data_args) if args.tasks is None else tuple(t.strip() for t in args.tasks.split(",") if t.strip())
+    )
     arch_args = parse_kv(args.arch_arg, "--arch-arg") if args.arch_arg else None
     out = Path(args.json) if args.json else None
     if out is not None and not out.parent.is_dir():
@@ -112,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         size=size,
         batch_size=args.batch_size,
         tasks=tasks,
+        data_args=data_args,
         recompute_every=args.recompute_every,
         grad_mode=args.grad_mode,
         warmup=args.warmup,
@@ -126,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
         "size": list(size),
         "batch_size": args.batch_size,
         "tasks": list(tasks),
+        "data_args": data_args,
         "recompute_every": args.recompute_every,
         "grad_mode": args.grad_mode,
         "warmup": args.warmup,

@@ -67,6 +67,8 @@ def build_datasets(cfg: TrainConfig) -> tuple[MultiTaskDataset, MultiTaskDataset
         "num_classes": cfg.num_classes,
         **data_knobs(cfg),
     }
+    if cfg.tasks is not None and "tasks" not in cfg.data_args and "tasks" in data_registry.DATASETS.knobs(cfg.dataset):
+        common["tasks"] = ",".join(cfg.tasks)  # a dataset that makes targets on request makes these
     train = data_registry.create(cfg.dataset, "train", augment=cfg.augment, n=cfg.n_train, **common)
     val = data_registry.create(cfg.dataset, "val", augment=False, n=cfg.n_val, **common)
     if len(train) == 0 or len(val) == 0:
