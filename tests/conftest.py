@@ -49,6 +49,16 @@ def tiny_args() -> list[str]:
     return list(TINY_TRAIN)
 
 
+@pytest.fixture
+def no_plots(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No figures at the end of a run: they take most of a tiny run's time and decide nothing in
+    the tests that use this (``pytestmark = pytest.mark.usefixtures("no_plots")``)."""
+    import densemtl.training.trainer as trainer_module
+
+    for name in ("plot_run", "plot_diagnostics", "save_panel"):
+        monkeypatch.setattr(trainer_module, name, lambda *a, **k: None)
+
+
 Partition = tuple[set[int], set[int], list[set[int]]]
 
 

@@ -31,13 +31,8 @@ TINY: dict[str, Any] = {
     "diagnostics_every": 0,
 }
 
-
-@pytest.fixture(autouse=True)
-def no_plots(monkeypatch: pytest.MonkeyPatch) -> None:
-    import densemtl.training.trainer as trainer_module
-
-    for name in ("plot_run", "plot_diagnostics", "save_panel"):
-        monkeypatch.setattr(trainer_module, name, lambda *a, **k: None)
+# the figures at the end of a run take most of a tiny run's time and decide nothing here
+pytestmark = pytest.mark.usefixtures("no_plots")
 
 
 LIVE: list[Trainer] = []  # the trainer being run, whose (epoch, step) the poison reads

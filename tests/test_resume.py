@@ -28,14 +28,8 @@ TINY: dict[str, Any] = {
     "diagnostics_every": 2,
 }
 
-
-@pytest.fixture(autouse=True)
-def no_plots(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The figures at the end of a run take most of a tiny run's time and decide nothing here."""
-    import densemtl.training.trainer as trainer_module
-
-    for name in ("plot_run", "plot_diagnostics", "save_panel"):
-        monkeypatch.setattr(trainer_module, name, lambda *a, **k: None)
+# the figures at the end of a run take most of a tiny run's time and decide nothing here
+pytestmark = pytest.mark.usefixtures("no_plots")
 
 
 def records(run: Path) -> list[dict[str, Any]]:

@@ -32,6 +32,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from densemtl.errors import ConfigError, DenseMTLError, Interrupted, RuntimeFault
+from densemtl.training.signals import SignalScope
 
 if TYPE_CHECKING:  # not at run time: a worker imports this module first, and must start watching fast
     from densemtl.bench.grid import Job
@@ -109,14 +110,14 @@ class Stopped(BaseException):
         self.signum = signum
 
 
-class StopOnSignals:
+class StopOnSignals(SignalScope):
     """While inside, the first SIGINT or SIGTERM raises :class:`Stopped`; after that, or once
     :meth:`disarm` is called (as a caller starts handling an error), signals are ignored so the
     clean-up is not cut short. Only in the main thread; elsewhere nothing changes."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.armed = True
-        self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.armed:
@@ -127,15 +128,8 @@ class StopOnSignals:
         self.armed = False
 
     def __enter__(self) -> StopOnSignals:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
+        super().__enter__()
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
 
 
 def interrupted(signum: int, done: int, total: int) -> Interrupted:

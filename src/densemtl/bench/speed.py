@@ -14,14 +14,15 @@ recomputation once per unit. Peak memory comes from one extra unit per method ru
 The row ``naive-loop`` is the reference the engine is measured against: T separate backward
 passes, each followed by flattening every shared parameter's gradient into a new tensor, and the
 mean of the rows copied back into ``.grad`` parameter by parameter, as LibMTL does.
+
+The settings, the batch, the method specs, the optimizers and the machine description live in
+:mod:`densemtl.bench.speed_setup`; their public names are re-exported here.
 """
 
 from __future__ import annotations
 
 import copy
 import gc
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -32,23 +33,42 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from densemtl import data as data_registry
-from densemtl import methods as method_registry
 from densemtl import models as model_registry
 from densemtl.balancing.base import BalancingMethod
 from densemtl.bench.memory import MemoryProbe
+from densemtl.bench.speed_setup import (
+    DATASET,
+    DEFAULT_ARCH_ARGS,
+    bench_optimizer,
+    check_data_args,
+    check_settings,
+    dataset_tasks,
+    machine_info,
+    make_batch,
+    method_names,
+    method_spec,
+)
 from densemtl.bench.targets import BASELINE, NAIVE, assess
-from densemtl.engine import MODES, Engine
+from densemtl.engine import Engine
 from densemtl.errors import ConfigError
 from densemtl.models.base import MultiTaskModel
 from densemtl.tasks import task_channels
-from densemtl.training.builders import build_method, build_optimizer, data_knobs, resolve_device
-from densemtl.training.config import TrainConfig, parse_kv, parse_size
+from densemtl.training.builders import build_method, resolve_device
 
-#: the dataset every row is timed on; its tasks are the default ``tasks``
-DATASET = "synthetic"
-#: architecture knobs used when none are given: the small default model of the benchmark
-DEFAULT_ARCH_ARGS: dict[str, dict[str, Any]] = {"segnet": {"width": 0.25}}
+__all__ = [
+    "DATASET",
+    "DEFAULT_ARCH_ARGS",
+    "MEMORY_NOTE",
+    "NaiveLoop",
+    "Runner",
+    "check_data_args",
+    "dataset_tasks",
+    "machine_info",
+    "make_batch",
+    "measure_speed",
+    "method_spec",
+]
+
 MEMORY_NOTE = (
     "peak bytes of live tensors allocated since the method's model copy was made (parameters, "
     "gradients, Adam state, engine buffers, activations), during one unit after warm-up; "
@@ -112,50 +132,6 @@ class Runner:
     peak_bytes: int | None = None
 
 
-def make_batch(
-    size: tuple[int, int],
-    batch_size: int,
-    tasks: tuple[str, ...],
-    num_classes: int,
-    seed: int,
-    device: torch.device,
-    data_args: Mapping[str, Any] | None = None,
-) -> dict[str, Tensor]:
-    """``batch_size`` synthetic training images and their labels, stacked (image + the tasks);
-    ``data_args``: the dataset's own knobs, as ``--data-arg`` gives them to ``train``."""
-    knobs = dict(data_args or {})
-    dataset = data_registry.create(
-        DATASET, "train", n=batch_size, size=size, seed=seed, num_classes=num_classes, **knobs
-    )
-    samples = [dataset[i] for i in range(batch_size)]
-    return {k: torch.stack([s[k] for s in samples]).to(device) for k in ("image", *tasks)}
-
-
-def check_data_args(data_args: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The benchmark dataset's knobs (``--data-arg``, e.g. ``tasks=seg,depth,normal,edge,saliency``),
-    checked as ``train`` checks them: an unknown or standard key is a one-line ConfigError."""
-    if not data_args:
-        return {}
-    return data_knobs(TrainConfig(dataset=DATASET, data_args=dict(data_args)))
-
-
-def dataset_tasks(data_args: Mapping[str, Any] | None = None) -> tuple[str, ...]:
-    """The tasks of the benchmark's dataset with knobs ``data_args``, in its order (the default ``tasks``)."""
-    return tuple(data_registry.create(DATASET, "train", n=1, **check_data_args(data_args)).tasks)
-
-
-def _optimizer(model: MultiTaskModel, method: BalancingMethod | None) -> torch.optim.Optimizer:
-    """The optimizer training would use: Adam over every parameter, or, for a method that steps
-    the shared parameters itself (MAO), plain SGD on them and AdamW on the rest."""
-    if method is not None and method.requirements.optimizer == "sgd":
-        return build_optimizer(TrainConfig(lr=1e-4), model, method)[0]
-    groups: list[dict[str, Any]] = [{"params": [p for p in model.parameters() if p.requires_grad]}]
-    extra = method.parameters() if method is not None else []
-    if extra:
-        groups.append({"params": extra, "weight_decay": 0.0})
-    return torch.optim.Adam(groups, lr=1e-4)
-
-
 def _run_unit(runner: Runner, batch: dict[str, Tensor], steps: int) -> None:
     for _ in range(steps):
         runner.optimizer.zero_grad(set_to_none=True)
@@ -172,61 +148,6 @@ def _sync(device: torch.device) -> None:
 def _message(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0] if text else ''}".strip()
-
-
-def _check_settings(
-    size: Any,
-    batch_size: int,
-    tasks: Sequence[str] | None,
-    recompute_every: int,
-    grad_mode: str | None,
-    warmup: int,
-    repeats: int,
-    data_args: Mapping[str, Any] | None = None,
-) -> tuple[tuple[int, int], tuple[str, ...]]:
-    hw = parse_size(size)
-    known = dataset_tasks(data_args)
-    task_tuple = known if tasks is None else tuple(tasks)
-    unknown = [t for t in task_tuple if t not in known]
-    if unknown or not task_tuple or len(set(task_tuple)) != len(task_tuple):
-        hint = (
-            "" if not unknown or data_args else " (more with --data-arg tasks=..., e.g. seg,depth,normal,edge,saliency)"
-        )
-        raise ConfigError(f"--tasks {','.join(task_tuple)!r}: give distinct tasks among {', '.join(known)}{hint}")
-    for flag, value, low in (("--batch-size", batch_size, 1), ("--repeats", repeats, 1), ("--warmup", warmup, 0)):
-        if not isinstance(value, int) or value < low:
-            raise ConfigError(f"{flag} must be an integer >= {low}, got {value!r}")
-    if not isinstance(recompute_every, int) or recompute_every < 1:
-        raise ConfigError(f"--recompute-every must be an integer >= 1, got {recompute_every!r}")
-    if grad_mode is not None and grad_mode not in MODES:
-        raise ConfigError(f"--grad-mode {grad_mode!r} is not a mode; valid: {', '.join(MODES)}")
-    return hw, task_tuple
-
-
-def method_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """``"famo:update=next_batch"`` -> ``("famo", {"update": "next_batch"})``: a method name,
-    then any number of ``:key=value`` knobs (values read as YAML scalars), so that two variants
-    of one method can be timed side by side. An unknown name is a ConfigError listing the valid ones."""
-    name, *items = str(spec).strip().split(":")
-    name = name.strip().lower()
-    method_registry.METHODS.get(name)
-    return name, parse_kv(items, f"--methods {spec!r}:")
-
-
-def _method_names(methods: Sequence[str] | None) -> tuple[list[str], bool]:
-    """Requested methods (validated, in order, without duplicates or plain EW) as specs
-    (:func:`method_spec`), and whether they were explicit."""
-    if methods is None:
-        return [m for m in method_registry.available() if m != BASELINE], False
-    names: list[str] = []
-    for raw in methods:
-        spec = str(raw).strip().lower()
-        if not spec:
-            continue
-        method_spec(spec)
-        if spec != BASELINE and spec not in names:
-            names.append(spec)
-    return names, True
 
 
 def measure_speed(
@@ -260,8 +181,8 @@ def measure_speed(
     ``recompute_every``, ``times_ms``, ``min_ms`` with ``ratio_to_ew_min`` (fastest over fastest, a
     check on a noisy machine) and the issue's ``target`` with ``met`` (judged on the medians).
     """
-    hw, task_tuple = _check_settings(size, batch_size, tasks, recompute_every, grad_mode, warmup, repeats, data_args)
-    names, strict = _method_names(methods)
+    hw, task_tuple = check_settings(size, batch_size, tasks, recompute_every, grad_mode, warmup, repeats, data_args)
+    names, strict = method_names(methods)
     dev = resolve_device(device)
     knobs = dict(DEFAULT_ARCH_ARGS.get(arch, {}) if arch_args is None else arch_args)
     batch = make_batch(hw, batch_size, task_tuple, num_classes, seed, dev, check_data_args(data_args))
@@ -319,11 +240,11 @@ def _set_up(
                 model = copy.deepcopy(template)
                 if method is None:
                     naive = NaiveLoop(model, tasks)
-                    runner = Runner(name, naive.mode, 1, model, _optimizer(model, None), naive.step)
+                    runner = Runner(name, naive.mode, 1, model, bench_optimizer(model, None), naive.step)
                 else:
                     mode = None if name == BASELINE else grad_mode
                     engine = Engine(model, method, tasks, mode=mode, recompute_every=k)
-                    optimizer = _optimizer(model, method)
+                    optimizer = bench_optimizer(model, method)
                     runner = Runner(name, engine.mode, k, model, optimizer, engine.step, engine.after_step)
                 _run_unit(runner, batch, warmup)
                 with probe.window():
@@ -397,23 +318,3 @@ def _summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row["ratio_to_naive"] = _ratio(row["step_ms"], naive.get("step_ms")) if exact else None
         assess(row)
     return rows
-
-
-def machine_info(device: str = "cpu") -> dict[str, Any]:
-    """Where the numbers were taken: processor, core count, torch threads and versions."""
-    dev = resolve_device(device)
-    name = platform.processor() or platform.machine()
-    if dev.type == "cuda":
-        name = torch.cuda.get_device_name(dev)
-    elif os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            models = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        name = models[0] if models else name
-    return {
-        "device": str(dev),
-        "device_name": name,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }

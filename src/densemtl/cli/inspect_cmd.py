@@ -9,8 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from densemtl.cli.paths import check_output_dir, check_output_file
 from densemtl.errors import ConfigError, DataError
+from densemtl.paths import check_output_dir, check_output_file
 from densemtl.report.jsonio import dumps
 
 

@@ -102,7 +102,8 @@ def _load() -> float | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from densemtl.bench.speed import DEFAULT_ARCH_ARGS, MEMORY_NOTE, dataset_tasks, machine_info, measure_speed
+    from densemtl.bench.speed import MEMORY_NOTE, measure_speed
+    from densemtl.bench.speed_setup import DEFAULT_ARCH_ARGS, dataset_tasks, machine_info
     from densemtl.training.config import parse_kv, parse_size
 
     size = parse_size(args.size)

@@ -6,10 +6,11 @@ Every problem is a ``DataError`` (or ``ConfigError`` for a bad argument) naming 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from densemtl.errors import ConfigError, DataError
 
@@ -35,6 +36,38 @@ def check_size(size: Sequence[int] | None) -> tuple[int, int] | None:
         return check_int(h, "size", 1), check_int(w, "size", 1)
     except (TypeError, ValueError, ConfigError):
         raise ConfigError(f"size must be (H, W) with positive integers, got {size!r}") from None
+
+
+def sample_generator(seed: int, epoch: int, index: int, *salt: int) -> torch.Generator:
+    """The augmentation generator of sample ``index`` at ``epoch``, from (``seed``, ``epoch``,
+    ``index``, ``*salt``); a dataset's ``salt`` keeps its draws apart from another's."""
+    words = np.random.SeedSequence([seed % 2**64, epoch % 2**64, index, *salt]).generate_state(2)
+    return torch.Generator().manual_seed((int(words[0]) << 31 ^ int(words[1])) & (2**63 - 1))
+
+
+def checking(count: int, split: str, progress: bool) -> Iterator[int]:
+    """``range(count)``, with a progress bar on a terminal when ``progress`` (for ``scan``)."""
+    from tqdm import tqdm
+
+    return iter(
+        tqdm(range(count), desc=f"checking {split}", unit="sample", leave=False, disable=None if progress else True)
+    )
+
+
+def check_tasks(tasks: object, valid: Sequence[str], message: str, repeated: str) -> tuple[str, ...]:
+    """``tasks`` (comma-separated or a sequence) as a tuple of distinct names from ``valid``; else a
+    ConfigError ``message`` formatted with ``tasks`` (its repr), ``what`` (the unknown name, or
+    ``repeated``) and ``valid`` (comma-separated)."""
+    if isinstance(tasks, str):
+        names: list | None = [t.strip() for t in tasks.split(",")]
+    else:
+        names = list(tasks) if isinstance(tasks, Iterable) else None
+    unknown = [t for t in names if t not in valid] if names is not None else []
+    ok = bool(names) and all(isinstance(t, str) for t in names)  # type: ignore[union-attr]
+    if not ok or unknown or len(set(names)) != len(names):  # type: ignore[arg-type]
+        what = f"unknown task {unknown[0]!r}" if unknown else repeated
+        raise ConfigError(message.format(tasks=repr(tasks), what=what, valid=", ".join(valid)))
+    return tuple(names)  # type: ignore[arg-type]
 
 
 def hw_text(hw: tuple[int, int]) -> str:

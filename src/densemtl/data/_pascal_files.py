@@ -58,7 +58,6 @@ NORMAL_TOLERANCE, NORMAL_BAD_FRACTION = 0.25, 0.05
 #: Fill of padded pixels per key: ignore / invalid; the image gets the ImageNet mean colour (InvPT
 #: pads the normalised image with 0).
 PAD_VALUE = {"image": 0.0, "seg": -1, "parts": -1, "saliency": 255.0, "normal": 0.0, "edge": 255.0}
-IMAGE_PAD = (0.485, 0.456, 0.406)
 IGNORE_PNG = 255
 FITS = ("pad", "resize")
 T = TypeVar("T")

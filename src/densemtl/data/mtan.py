@@ -18,7 +18,16 @@ import torch
 from torch.utils.data import Dataset
 
 from densemtl.data import register
-from densemtl.data._files import check_header, check_int, check_size, hw_text, list_indices, one_line
+from densemtl.data._files import (
+    check_header,
+    check_int,
+    check_size,
+    checking,
+    hw_text,
+    list_indices,
+    one_line,
+    sample_generator,
+)
 from densemtl.data.preprocess import CITYSCAPES_CATEGORIES, CITYSCAPES_TRAIN_NAMES, NYUV2_13_NAMES
 from densemtl.data.transforms import random_scale_crop_flip, resize_sample
 from densemtl.errors import ConfigError, DataError
@@ -237,17 +246,8 @@ class MTANDataset(Dataset):
         infinite readings, read as invalid) and ``depth_empty`` (depth files with no valid pixel).
         The first bad file raises ``DataError``; so does a split without a valid depth pixel.
         """
-        from tqdm import tqdm
-
         counts = {"samples": 0, "depth_unusable": 0, "depth_empty": 0}
-        indices = tqdm(
-            range(len(self)),
-            desc=f"checking {self.split}",
-            unit="sample",
-            leave=False,
-            disable=None if progress else True,
-        )
-        for i in indices:
+        for i in checking(len(self), self.split, progress):
             sample = self._read(i)
             counts["samples"] += 1
             if "depth" in sample:
@@ -260,10 +260,7 @@ class MTANDataset(Dataset):
 
     def generator(self, index: int) -> torch.Generator:
         """The augmentation generator of sample ``index`` at the current epoch."""
-        words = np.random.SeedSequence([self.seed % 2**64, self.epoch % 2**64, index]).generate_state(2)
-        g = torch.Generator()
-        g.manual_seed((int(words[0]) << 31 ^ int(words[1])) & (2**63 - 1))
-        return g
+        return sample_generator(self.seed, self.epoch, index)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if not -len(self) <= index < len(self):

@@ -30,13 +30,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from densemtl.data import register
-from densemtl.data._files import check_int, check_size, hw_text, one_line, read_header
+from densemtl.data._files import check_int, check_size, check_tasks, checking, hw_text, one_line, sample_generator
+from densemtl.data._fit import fit_sample as fit_to
+from densemtl.data._nyud_files import header, load_npy, pixels
 from densemtl.data.mtan import NORMAL_BAD_FRACTION, NORMAL_TOLERANCE
-from densemtl.data.transforms import random_scale_crop_flip, resize_sample
+from densemtl.data.transforms import random_scale_crop_flip
 from densemtl.errors import ConfigError, DataError
 
 __all__ = ["NYUD_40_NAMES", "NYUDDataset", "STANDARD_COUNTS", "fit_sample", "nyud"]
@@ -65,97 +66,14 @@ _FOLDERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "normal": ("normals", (".png", ".npy")),
     "edge": ("edge", (".png", ".npy")),
 }
-#: Padding: the ImageNet mean colour (0 after the usual normalisation, as InvPT pads the normalised
-#: image with 0) and each target's invalid marker.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
+#: Padding: each target's invalid marker (the image takes the ImageNet mean colour, 0 after the
+#: usual normalisation, as InvPT pads the normalised image with 0).
 _FILL = {"seg": -1, "depth": 0.0, "normal": 0.0, "edge": -1.0}
-_GREY_MODES = ("L", "P", "I", "I;16")
-
-
-def _windows(src: int, dst: int) -> tuple[slice, slice]:
-    """(source, destination) slices of one axis: centred crop when ``src`` > ``dst``, else centred pad."""
-    if src >= dst:
-        off = (src - dst) // 2
-        return slice(off, off + dst), slice(0, dst)
-    off = (dst - src) // 2
-    return slice(0, src), slice(off, off + src)
 
 
 def fit_sample(sample: dict[str, torch.Tensor], size: tuple[int, int], fit: str = "pad") -> dict[str, torch.Tensor]:
     """``sample`` at ``size``: centred pad (invalid markers) / centred crop, or ``fit="resize"``."""
-    height, width = (int(s) for s in sample["image"].shape[-2:])
-    if (height, width) == tuple(size):
-        return sample
-    if fit == "resize":
-        out = resize_sample(sample, size)
-        if "normal" in out:
-            n = out["normal"]
-            out["normal"] = n / n.norm(dim=0, keepdim=True).clamp_min(1e-12)
-        return out
-    (rs, rd), (cs, cd) = _windows(height, size[0]), _windows(width, size[1])
-    out = {}
-    for key, x in sample.items():
-        if key == "image":
-            canvas = torch.tensor(IMAGENET_MEAN, dtype=x.dtype)[:, None, None].repeat(1, *size)
-        else:
-            canvas = torch.full((*x.shape[:-2], *size), _FILL[key], dtype=x.dtype)
-        canvas[..., rd, cd] = x[..., rs, cs]
-        out[key] = canvas
-    return out
-
-
-def _check_tasks(tasks: str | Sequence[str]) -> tuple[str, ...]:
-    names = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else list(tasks)
-    unknown = [t for t in names if t not in TASKS]
-    if not names or unknown or len(set(names)) != len(names) or not all(isinstance(t, str) for t in names):
-        what = f"unknown task {unknown[0]!r}" if unknown else "empty or repeated"
-        raise ConfigError(f"nyud tasks {tasks!r} are invalid ({what}); valid: {', '.join(TASKS)}")
-    return tuple(names)
-
-
-def _open_png(path: Path) -> Image.Image:
-    try:
-        return Image.open(path)  # parses the header only
-    except Exception as exc:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ...
-        raise DataError(f"{path}: not a readable image ({one_line(exc)})") from exc
-
-
-def _pixels(path: Path, rgb: bool = False) -> np.ndarray:
-    """The decoded pixels; with ``rgb`` a palette or alpha image becomes RGB (labels keep indices)."""
-    im = _open_png(path)
-    try:
-        with im:
-            return np.array(im.convert("RGB") if rgb and im.mode not in ("RGB", "L") else im)
-    except Exception as exc:  # truncated or corrupt data
-        raise DataError(f"{path}: cannot decode image ({one_line(exc)})") from exc
-
-
-def _load_npy(path: Path) -> np.ndarray:
-    try:
-        return np.load(path, allow_pickle=False)
-    except Exception as exc:
-        raise DataError(f"{path}: cannot read .npy ({one_line(exc)})") from exc
-
-
-def _header(path: Path, key: str) -> tuple[int, int]:
-    """(H, W) of one file from its header; its mode or dtype checked for ``key``."""
-    if path.suffix == ".npy":
-        shape, dtype = read_header(path)
-        channels = 3 if key == "normal" else 1
-        ok = (len(shape) == 2 and channels == 1) or (len(shape) == 3 and shape[2] == channels)
-        if not ok or dtype.kind not in ("f" if key != "edge" else "fiub"):
-            want = "H×W×3 float" if key == "normal" else "H×W (or H×W×1) float"
-            raise DataError(f"{path}: {key} must be {want}, got shape {shape} dtype {dtype}")
-        return shape[0], shape[1]
-    with _open_png(path) as im:
-        mode, (w, h) = im.mode, im.size
-    if key == "normal" and mode != "RGB":
-        raise DataError(f"{path}: normals must be an 8-bit RGB image, got mode {mode}")
-    if key in ("seg", "edge") and mode not in _GREY_MODES:
-        raise DataError(f"{path}: {key} must be a single-channel image, got mode {mode}")
-    if key == "image" and mode not in ("RGB", "L", "RGBA", "P"):
-        raise DataError(f"{path}: image must be an 8-bit RGB image, got mode {mode}")
-    return h, w
+    return fit_to(sample, size, _FILL, fit)
 
 
 class NYUDDataset(Dataset):
@@ -186,7 +104,9 @@ class NYUDDataset(Dataset):
         if fit not in ("pad", "resize"):
             raise ConfigError(f"nyud: fit must be 'pad' or 'resize', got {fit!r}")
         self.split, self.fit, self.augment = split, fit, bool(augment)
-        self.tasks = _check_tasks(tasks)
+        self.tasks = check_tasks(
+            tasks, TASKS, "nyud tasks {tasks} are invalid ({what}); valid: {valid}", "empty or repeated"
+        )
         self.seed = check_int(seed, "seed", -(2**63))
         self.scales = tuple(float(s) for s in scales)
         self.epoch = 0
@@ -257,9 +177,9 @@ class NYUDDataset(Dataset):
         return files
 
     def _check_headers(self, files: dict[str, Path]) -> tuple[int, int]:
-        hw = _header(files["image"], "image")
+        hw = header(files["image"], "image")
         for key, path in files.items():
-            if key != "image" and (other := _header(path, key)) != hw:
+            if key != "image" and (other := header(path, key)) != hw:
                 raise DataError(f"{path}: size {hw_text(other)} differs from {files['image']} ({hw_text(hw)})")
         return hw
 
@@ -287,7 +207,7 @@ class NYUDDataset(Dataset):
         self.epoch = int(epoch)
 
     def _image(self, path: Path) -> torch.Tensor:
-        rgb = _pixels(path, rgb=True)
+        rgb = pixels(path, rgb=True)
         if rgb.dtype != np.uint8:
             raise DataError(f"{path}: image must have 8-bit channels, got {rgb.dtype}")
         if rgb.ndim == 2:
@@ -295,7 +215,7 @@ class NYUDDataset(Dataset):
         return torch.from_numpy(rgb.astype(np.float32) / 255.0).permute(2, 0, 1).contiguous()
 
     def _seg(self, path: Path) -> torch.Tensor:
-        lab = _pixels(path).astype(np.int64)
+        lab = pixels(path).astype(np.int64)
         lo, hi = int(lab.min()), int(lab.max())
         if lo < 0 or hi > NUM_CLASSES:
             hint = " (store unlabelled as 0, not 255)" if hi == 255 else ""
@@ -303,7 +223,7 @@ class NYUDDataset(Dataset):
         return torch.from_numpy(lab - 1)
 
     def _depth(self, path: Path) -> torch.Tensor:
-        raw = _load_npy(path).astype(np.float32)
+        raw = load_npy(path).astype(np.float32)
         depth = raw.reshape(raw.shape[:2]).copy()
         depth[~np.isfinite(depth) | (depth < 0)] = 0.0
         if depth.size and depth.max() > MAX_DEPTH_M:
@@ -312,10 +232,10 @@ class NYUDDataset(Dataset):
 
     def _normal(self, path: Path) -> torch.Tensor:
         if path.suffix == ".npy":
-            n = _load_npy(path).astype(np.float32)
+            n = load_npy(path).astype(np.float32)
             n[~np.isfinite(n).all(axis=2)] = 0.0
         else:
-            v = _pixels(path, rgb=True)
+            v = pixels(path, rgb=True)
             if v.dtype != np.uint8:
                 raise DataError(f"{path}: normals must have 8-bit channels, got {v.dtype}")
             n = v.astype(np.float32) * (2.0 / 255.0) - 1.0
@@ -333,14 +253,14 @@ class NYUDDataset(Dataset):
 
     def _edge(self, path: Path) -> torch.Tensor:
         if path.suffix == ".npy":
-            e = _load_npy(path).astype(np.float32)
+            e = load_npy(path).astype(np.float32)
             e = e.reshape(e.shape[:2])
             if not np.all(np.isfinite(e)) or e.min() < 0 or e.max() > 1:
                 raise DataError(
                     f"{path}: edge values must be in 0..1 (1 = edge), found {np.nanmin(e):g}..{np.nanmax(e):g}"
                 )
             return torch.from_numpy(e)[None]
-        v = _pixels(path)
+        v = pixels(path)
         if v.dtype != np.uint8:
             raise DataError(f"{path}: edge must be an 8-bit image (0 or 255), got {v.dtype}")
         if v.max() == 1:
@@ -361,12 +281,8 @@ class NYUDDataset(Dataset):
     def scan(self, progress: bool = False) -> dict[str, int]:
         """Read and check every sample (the first bad file raises DataError); return counts:
         ``samples``, ``depth_unusable`` (files with negative/non-finite readings), ``depth_empty``."""
-        from tqdm import tqdm
-
         counts = {"samples": 0, "depth_unusable": 0, "depth_empty": 0}
-        for i in tqdm(
-            range(len(self)), desc=f"checking {self.split}", unit="sample", leave=False, disable=not progress
-        ):
+        for i in checking(len(self), self.split, progress):
             sample = self._read(i)
             counts["samples"] += 1
             if "depth" in sample:
@@ -377,8 +293,7 @@ class NYUDDataset(Dataset):
 
     def generator(self, index: int) -> torch.Generator:
         """The augmentation generator of sample ``index`` at the current epoch."""
-        words = np.random.SeedSequence([self.seed % 2**64, self.epoch % 2**64, index, 0x4E59]).generate_state(2)
-        return torch.Generator().manual_seed((int(words[0]) << 31 ^ int(words[1])) & (2**63 - 1))
+        return sample_generator(self.seed, self.epoch, index, 0x4E59)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if not -len(self) <= index < len(self):

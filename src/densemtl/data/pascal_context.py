@@ -35,12 +35,12 @@ import torch
 from torch.utils.data import Dataset
 
 from densemtl.data import register
-from densemtl.data._files import check_int, check_size, hw_text, one_line
+from densemtl.data._files import check_int, check_size, check_tasks, checking, hw_text, one_line, sample_generator
+from densemtl.data._fit import fit_sample
 from densemtl.data._pascal_files import (
     DEFAULT_SIZE,
     FITS,
     IGNORE_PNG,
-    IMAGE_PAD,
     NORMAL_BAD_FRACTION,
     NORMAL_TOLERANCE,
     NORMAL_VALID_IDS,
@@ -58,7 +58,7 @@ from densemtl.data._pascal_files import (
     path_of,
     read_image,
 )
-from densemtl.data.transforms import random_scale_crop_flip, resize_sample
+from densemtl.data.transforms import random_scale_crop_flip
 from densemtl.errors import ConfigError, DataError
 
 __all__ = [
@@ -101,7 +101,9 @@ class PascalContext(Dataset):
         if fit not in FITS:
             raise ConfigError(f"pascal_context: fit must be one of {', '.join(FITS)}, got {fit!r}")
         self.split, self.fit, self.augment, self.epoch = split, fit, bool(augment), 0
-        self.tasks = _check_tasks(tasks)
+        self.tasks = check_tasks(
+            tasks, TASKS, "tasks {tasks} is invalid for pascal_context ({what}); valid: {valid}", "need distinct names"
+        )
         self.num_classes = check_int(num_classes, "pascal_context num_classes", 1)
         self.class_names = (
             VOC_CLASSES if self.num_classes == len(VOC_CLASSES) else tuple(f"class{i}" for i in range(self.num_classes))
@@ -228,17 +230,8 @@ class PascalContext(Dataset):
     def scan(self, progress: bool = False) -> dict[str, int]:
         """Read and check every sample. Counts: ``samples``, ``with_person`` (images with a part
         label); ``depth_unusable`` / ``depth_empty`` are 0 (no depth), for ``data check``."""
-        from tqdm import tqdm
-
         counts = {"samples": 0, "with_person": 0, "depth_unusable": 0, "depth_empty": 0}
-        bar = tqdm(
-            range(len(self)),
-            desc=f"checking {self.split}",
-            unit="sample",
-            leave=False,
-            disable=None if progress else True,
-        )
-        for i in bar:
+        for i in checking(len(self), self.split, progress):
             sample = self._read(i)
             counts["samples"] += 1
             counts["with_person"] += int("parts" in sample and bool((sample["parts"] > 0).any()))
@@ -254,34 +247,7 @@ class PascalContext(Dataset):
 
     def generator(self, index: int) -> torch.Generator:
         """The augmentation generator of sample ``index`` at the current epoch."""
-        words = np.random.SeedSequence([self.seed % 2**64, self.epoch % 2**64, index, 0x9A5]).generate_state(2)
-        return torch.Generator().manual_seed((int(words[0]) << 31 ^ int(words[1])) & (2**63 - 1))
-
-    def _fit(self, sample: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """``sample`` brought to ``self.size``: shrunk to fit first with ``fit="resize"``, then
-        centre-cropped where larger and centre-padded with the ignore values where smaller."""
-        (h, w), (th, tw) = sample["image"].shape[-2:], self.size
-        if self.fit == "resize" and (h > th or w > tw):
-            s = min(th / h, tw / w)
-            sample = resize_sample(sample, (max(1, round(h * s)), max(1, round(w * s))))
-            if "normal" in sample:  # nearest keeps unit vectors; renormalise all the same
-                n = sample["normal"]
-                sample["normal"] = n / n.norm(dim=0, keepdim=True).clamp_min(1e-12)
-            h, w = sample["image"].shape[-2:]
-        top, left = max(h - th, 0) // 2, max(w - tw, 0) // 2
-        ch, cw = min(h, th), min(w, tw)
-        pad_top, pad_left = (th - ch) // 2, (tw - cw) // 2
-        out = {}
-        for key, x in sample.items():
-            x = x[..., top : top + ch, left : left + cw]
-            if (ch, cw) != (th, tw):
-                canvas = torch.full((*x.shape[:-2], th, tw), PAD_VALUE[key], dtype=x.dtype)
-                if key == "image":
-                    canvas[:] = torch.tensor(IMAGE_PAD, dtype=x.dtype)[:, None, None]
-                canvas[..., pad_top : pad_top + ch, pad_left : pad_left + cw] = x
-                x = canvas
-            out[key] = x.contiguous()
-        return out
+        return sample_generator(self.seed, self.epoch, index, 0x9A5)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if not -len(self) <= index < len(self):
@@ -289,7 +255,7 @@ class PascalContext(Dataset):
         index = int(index) % len(self)
         sample = self._read(index)
         if self._stored[index] != self.size:
-            sample = self._fit(sample)
+            sample = fit_sample(sample, self.size, PAD_VALUE, "shrink" if self.fit == "resize" else "pad")
         if self.augment:
             sample = random_scale_crop_flip(sample, self.generator(index), scales=self.scales)
         if "parts" in sample and not (sample["parts"] > 0).any():
@@ -301,16 +267,6 @@ class PascalContext(Dataset):
             f"PascalContext({self.split!r}, root={str(self.root)!r}, n={len(self)}, size={self.size}, "
             f"tasks={','.join(self.tasks)}, fit={self.fit!r}, augment={self.augment})"
         )
-
-
-def _check_tasks(tasks: object) -> tuple[str, ...]:
-    names = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else tasks
-    ok = isinstance(names, list | tuple) and len(names) > 0 and all(isinstance(t, str) for t in names)
-    unknown = [t for t in names if t not in TASKS] if ok else []  # type: ignore[union-attr]
-    if not ok or unknown or len(set(names)) != len(names):  # type: ignore[arg-type]
-        what = f"unknown task {unknown[0]!r}" if unknown else "need distinct names"
-        raise ConfigError(f"tasks {tasks!r} is invalid for pascal_context ({what}); valid: {', '.join(TASKS)}")
-    return tuple(names)  # type: ignore[arg-type]
 
 
 @register("pascal_context")

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from densemtl.data import register
+from densemtl.data._files import check_tasks
 from densemtl.data.scenes import (
     CLASS_NAMES,
     DEFAULT_SIZE,
@@ -89,19 +90,6 @@ def scene_edges(instance: np.ndarray, surface: np.ndarray, depth: np.ndarray) ->
     return edge.astype(np.float32)
 
 
-def _check_tasks(tasks: object) -> tuple[str, ...]:
-    """``tasks`` ("a,b" or a list) as a tuple of known, distinct names, or a ConfigError."""
-    names = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else tasks
-    ok = isinstance(names, list | tuple) and len(names) > 0 and all(isinstance(t, str) for t in names)
-    if not ok:
-        raise ConfigError(f"tasks {tasks!r} is invalid for the synthetic dataset: need names like seg,depth,edge")
-    unknown = [t for t in names if t not in TASKS]
-    if unknown or len(set(names)) != len(names):
-        what = f"unknown task {unknown[0]!r}" if unknown else "a task is repeated"
-        raise ConfigError(f"tasks {tasks!r} is invalid for the synthetic dataset ({what}); valid: {', '.join(TASKS)}")
-    return tuple(names)
-
-
 def _check_size(size: object) -> tuple[int, int]:
     """``size`` as (H, W) ints, or a ConfigError naming it."""
     ok = isinstance(size, Sequence) and len(size) == 2
@@ -139,7 +127,8 @@ class SyntheticScenes(Dataset):
             raise ConfigError(f"n {n!r} is invalid for the synthetic dataset: need a positive integer")
         self.split, self.n, self.size = split, int(n), _check_size(DEFAULT_SIZE if size is None else size)
         self.seed, self.augment, self.epoch = int(seed), bool(augment), 0
-        self.tasks = _check_tasks(tasks)
+        message = "tasks {tasks} is invalid for the synthetic dataset ({what}); valid: {valid}"
+        self.tasks = check_tasks(tasks, TASKS, message, "a task is repeated")
         self._cache: dict[int, dict[str, torch.Tensor]] = {}
 
     def __len__(self) -> int:

@@ -27,50 +27,11 @@ from torch import Tensor
 
 from densemtl.errors import ConfigError
 from densemtl.tasks import register
+from densemtl.tasks._binary import BinaryMapTask, binary_valid
 from densemtl.tasks._edge_eval import default_thresholds, image_counts, ods_ois
-from densemtl.tasks.base import Column, Task, check_shape, zero_loss
+from densemtl.tasks.base import Column, check_shape, zero_loss
 
 _NAN = float("nan")
-
-
-def binary_valid(target: Tensor) -> Tensor:
-    """Valid pixels of a binary target: 0 or 1 (a value in [0, 1]); shape as ``target``."""
-    return (target >= 0) & (target <= 1)
-
-
-def binary_mimicry(pred: Tensor, peer: Tensor, target: Tensor, temperature: float) -> Tensor:
-    """τ² · mean over valid pixels of KL(Bernoulli(σ(peer/τ)) ‖ Bernoulli(σ(pred/τ)))."""
-    mask = binary_valid(target)
-    if not mask.any():
-        return zero_loss(pred)
-    x, q = pred / temperature, torch.sigmoid(peer.detach() / temperature)
-    # KL = q·(log q − log p) + (1−q)·(log(1−q) − log(1−p)); the p terms are BCE-with-logits
-    # (F.binary_cross_entropy would refuse to run under autocast, hence xlogy for the q terms)
-    neg_entropy = torch.special.xlogy(q, q) + torch.special.xlogy(1 - q, 1 - q)
-    kl = F.binary_cross_entropy_with_logits(x, q, reduction="none") + neg_entropy
-    return kl[mask].mean() * temperature**2
-
-
-def binary_ensemble(preds: list[Tensor]) -> Tensor:
-    """The logit of the members' mean probability (probabilities clamped to [1e-6, 1 − 1e-6])."""
-    total = torch.sigmoid(preds[0])
-    for p in preds[1:]:
-        total = total + torch.sigmoid(p)
-    return torch.logit(total / len(preds), eps=1e-6)
-
-
-def grey_probability(pred: Tensor) -> np.ndarray:
-    """(H,W,3) uint8 grey map of σ(logit) of a (1,H,W) prediction (white = 1)."""
-    p = torch.sigmoid(pred.detach().float().cpu()[0]).numpy()
-    grey = (np.nan_to_num(p) * 255).round().astype(np.uint8)
-    return np.repeat(grey[..., None], 3, axis=-1)
-
-
-def grey_target(target: Tensor) -> np.ndarray:
-    """(H,W,3) uint8 grey map of a (1,H,W) binary target; ignored pixels black."""
-    t = target.detach().float().cpu()[0]
-    grey = torch.where(binary_valid(t), t, torch.zeros_like(t)).numpy()
-    return np.repeat((grey * 255).round().astype(np.uint8)[..., None], 3, axis=-1)
 
 
 def balanced_bce_sum(pred: Tensor, target: Tensor, pos_weight: float) -> tuple[Tensor, int]:
@@ -110,7 +71,7 @@ class EdgeAccumulator:
 
 
 @register("edge")
-class Edge(Task):
+class Edge(BinaryMapTask):
     """Per-pixel boundary probability; class-balanced BCE; ODS/OIS F-measures.
 
     Knobs: ``pos_weight`` w in (0, 1) (0.95, as MTI-Net and InvPT on NYUD and PASCAL),
@@ -119,7 +80,8 @@ class Edge(Task):
     ``nms`` whether to suppress non-maxima before thresholding (off, as seism and BSDS, which
     only thin). Mimicry (MDML): the binary KL divergence to the peer's probabilities over the
     valid pixels. Ensemble: the mean probability, as a logit. A flip mirrors the map; a zoom
-    leaves it as it is.
+    leaves it as it is. Pictures: σ(logit) as a grey map, white = certain edge; a target's edges
+    white, the rest (and ignored pixels) black.
     """
 
     lower_is_better = {"ods_f": False, "ois_f": False, "loss": True}
@@ -136,12 +98,6 @@ class Edge(Task):
             raise ConfigError(f"edge: thresholds must be a positive integer, got {thresholds!r}")
         self.pos_weight, self.max_dist, self.thresholds, self.nms = float(pos_weight), float(max_dist), thresholds, nms
 
-    def channels(self, num_classes: int) -> int:
-        return 1
-
-    def valid(self, target: Tensor) -> Tensor:
-        return binary_valid(target)
-
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         """Balanced BCE with positive weight ``pos_weight`` over the valid pixels (0 if none)."""
         total, n = balanced_bce_sum(pred, target, self.pos_weight)
@@ -149,17 +105,3 @@ class Edge(Task):
 
     def accumulator(self, num_classes: int) -> EdgeAccumulator:
         return EdgeAccumulator(self)
-
-    def mimicry(self, pred: Tensor, peer: Tensor, target: Tensor, temperature: float = 1.0) -> Tensor:
-        return binary_mimicry(pred, peer, target, temperature)
-
-    def ensemble(self, preds: list[Tensor]) -> Tensor:
-        return binary_ensemble(preds)
-
-    def colour(self, pred: Tensor, num_classes: int, reference: Tensor | None = None) -> np.ndarray:
-        """σ(logit) as a grey map: white = certain edge."""
-        return grey_probability(pred)
-
-    def colour_target(self, target: Tensor, num_classes: int) -> np.ndarray:
-        """Edges white, the rest (and ignored pixels) black."""
-        return grey_target(target)

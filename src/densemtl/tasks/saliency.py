@@ -13,14 +13,13 @@ not per image), with p = σ(logit) and the thresholds t = 0.05, 0.10, …, 0.95:
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from densemtl.tasks import register
-from densemtl.tasks.base import Column, Task, check_shape, zero_loss
-from densemtl.tasks.edge import binary_ensemble, binary_mimicry, binary_valid, grey_probability, grey_target
+from densemtl.tasks._binary import BinaryMapTask, binary_valid
+from densemtl.tasks.base import Column, check_shape, zero_loss
 
 #: 0.05, 0.10, …, 0.95 (k / 20 exactly, so that 0.5 is one of them).
 SALIENCY_THRESHOLDS = torch.arange(1, 20, dtype=torch.float64) / 20
@@ -75,23 +74,19 @@ class SaliencyAccumulator:
 
 
 @register("saliency")
-class Saliency(Task):
+class Saliency(BinaryMapTask):
     """Per-pixel probability of belonging to a salient object; BCE loss; maxF and IoU.
 
     Mimicry (MDML): the binary KL divergence to the peer's probabilities over the valid pixels.
     Ensemble: the mean probability, as a logit. A flip mirrors the map; a zoom leaves it as it is.
+    Pictures: σ(logit) as a grey map, white = salient; a target's salient pixels white, the rest
+    (and ignored pixels) black.
     """
 
     lower_is_better = {"max_f": False, "iou": False}
     primary = "max_f"
     delta_metrics = ("max_f",)  # the field's Δm% (InvPT, MTI-Net)
     columns = (Column("max_f", "maxF"), Column("iou", "salIoU"))
-
-    def channels(self, num_classes: int) -> int:
-        return 1
-
-    def valid(self, target: Tensor) -> Tensor:
-        return binary_valid(target)
 
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         """Mean binary cross-entropy (with logits) over the valid pixels (0 if none)."""
@@ -103,17 +98,3 @@ class Saliency(Task):
 
     def accumulator(self, num_classes: int) -> SaliencyAccumulator:
         return SaliencyAccumulator()
-
-    def mimicry(self, pred: Tensor, peer: Tensor, target: Tensor, temperature: float = 1.0) -> Tensor:
-        return binary_mimicry(pred, peer, target, temperature)
-
-    def ensemble(self, preds: list[Tensor]) -> Tensor:
-        return binary_ensemble(preds)
-
-    def colour(self, pred: Tensor, num_classes: int, reference: Tensor | None = None) -> np.ndarray:
-        """σ(logit) as a grey map: white = salient."""
-        return grey_probability(pred)
-
-    def colour_target(self, target: Tensor, num_classes: int) -> np.ndarray:
-        """Salient pixels white, the rest (and ignored pixels) black."""
-        return grey_target(target)

@@ -13,23 +13,31 @@ from typing import Any
 from densemtl.errors import ConfigError, RuntimeFault
 from densemtl.metrics import lower_is_better, relative_improvement
 from densemtl.models import count_parameters
+from densemtl.paths import existing_ancestor
 
 
 def is_run_dir(path: Path) -> bool:
     return (path / "config.yaml").exists() or (path / "metrics.jsonl").exists()
 
 
-def check_out_dir(out: Path) -> None:
-    """``out`` must be a directory, or a path where one can be made, in a writable place."""
+def check_out_dir(out: Path, *, resume: bool = False) -> None:
+    """``out`` must be a directory, or a path where one can be made, in a writable place; with
+    ``resume`` it must hold a run, else it must not (runs are never overwritten)."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file, not a directory")
-    place = out
-    while not place.exists() and place != place.parent:
-        place = place.parent
+    place = existing_ancestor(out)
     if not place.is_dir():
         raise ConfigError(f"--out {out}: {place} is a file, not a directory")
     if not os.access(place, os.W_OK | os.X_OK):
         raise RuntimeFault(f"cannot write to {place}: permission denied; choose another --out")
+    if resume:
+        if not is_run_dir(out):
+            raise ConfigError(f"--resume: {out} holds no run to resume")
+    elif out.exists() and (is_run_dir(out) or any(out.iterdir())):
+        raise ConfigError(
+            f"--out {out} already holds a run or other files; use --resume to continue it "
+            "or choose another directory (runs are never overwritten)"
+        )
 
 
 def read_history(path: Path) -> list[dict[str, Any]]:

@@ -12,23 +12,56 @@ from __future__ import annotations
 
 import signal
 import threading
-from types import FrameType, TracebackType
+from types import FrameType
 from typing import Any
+
+from densemtl.errors import Interrupted
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-class StopSignals:
+class SignalScope:
+    """While inside (in the main thread; elsewhere nothing changes), SIGINT and SIGTERM go to
+    :meth:`_handle`; the previous handlers come back on exit. Subclasses say what a signal does."""
+
+    def __init__(self) -> None:
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> SignalScope:
+        if threading.current_thread() is threading.main_thread():
+            for sig in SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+class StopSignals(SignalScope):
     """Records SIGINT / SIGTERM while active instead of letting them kill the process."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.received: int | None = None
-        self._previous: dict[int, Any] = {}
 
     @property
     def name(self) -> str:
         """The received signal's name ("SIGTERM"), or "" when none was received."""
         return signal.Signals(self.received).name if self.received is not None else ""
+
+    def stopped(self, where: str, resume: str) -> Interrupted:
+        """The error to stop with after the received signal, a checkpoint saved at ``where``;
+        exit status 128 + the signal's number, and the ``resume`` command in the message."""
+        assert self.received is not None
+        return Interrupted(
+            f"training stopped by {self.name} at {where}; checkpoint saved; resume with: {resume}",
+            128 + self.received,
+        )
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.received is not None:
@@ -37,14 +70,5 @@ class StopSignals:
 
     def __enter__(self) -> StopSignals:
         self.received = None
-        if threading.current_thread() is threading.main_thread():
-            for sig in SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
+        super().__enter__()
         return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()

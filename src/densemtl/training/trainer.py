@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from densemtl.data import MultiTaskDataset
 from densemtl.engine import NonFiniteGradientError, StepResult
-from densemtl.errors import ConfigError, Interrupted, RuntimeFault
+from densemtl.errors import ConfigError, RuntimeFault
 from densemtl.models import MultiTaskModel
 from densemtl.report.console import metrics_header, metrics_row
 from densemtl.report.diagnostic_plots import plot_diagnostics
@@ -43,11 +43,12 @@ from densemtl.training.checkpoint import atomic_write_text, load_checkpoint, sav
 from densemtl.training.config import TrainConfig
 from densemtl.training.diagnostics import Diagnostics, TensorBoardLog, require_tensorboard
 from densemtl.training.ensemble import Ensemble
+from densemtl.training.epoch import EpochTotals
 from densemtl.training.evaluation import evaluate_model, move
 from densemtl.training.faults import FiniteGuard
 from densemtl.training.member import Member
 from densemtl.training.resumable import EpochOrder, plain, rng_state, set_rng_state
-from densemtl.training.rundir import best_score, check_out_dir, discard, is_run_dir, read_history, run_summary
+from densemtl.training.rundir import best_score, check_out_dir, discard, read_history, run_summary
 from densemtl.training.schemes import Scheme, scheme_for
 from densemtl.training.signals import StopSignals
 
@@ -76,15 +77,7 @@ class Trainer:
         self.out = Path(out)
         self.log = log
         self.progress = progress
-        check_out_dir(self.out)
-        if resume:
-            if not is_run_dir(self.out):
-                raise ConfigError(f"--resume: {self.out} holds no run to resume")
-        elif self.out.exists() and (is_run_dir(self.out) or any(self.out.iterdir())):
-            raise ConfigError(
-                f"--out {self.out} already holds a run or other files; use --resume to continue it "
-                "or choose another directory (runs are never overwritten)"
-            )
+        check_out_dir(self.out, resume=resume)
         self.resume = resume
         self.cfg = cfg
         if cfg.tensorboard:
@@ -109,7 +102,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.guard = FiniteGuard(self.tasks, cfg.method)
         self.signals = StopSignals()
-        self._new_epoch_sums()
+        self.totals = EpochTotals(len(self.members), self.tasks)
         self._rng: dict[str, Any] | None = None  # generator states to set when the run starts
         self._elapsed = 0.0  # seconds trained by earlier sessions of the run
         self._started = time.perf_counter()  # when this session's run started
@@ -144,12 +137,6 @@ class Trainer:
         )
 
     # -- state ------------------------------------------------------------------------------------
-    def _new_epoch_sums(self) -> None:
-        """Zero the epoch's sums of losses and weights, indexed (member, loss/weight, task)."""
-        self._sums = torch.zeros(len(self.members), 2, len(self.tasks), dtype=torch.float64)
-        self._n = 0  # steps summed
-        self._nonfinite = 0  # steps skipped in this epoch
-
     def _header(self, epoch: int) -> dict[str, Any]:
         """What a checkpoint says about its run (enough to rebuild the model): config, tasks, sizes."""
         return {
@@ -166,12 +153,7 @@ class Trainer:
         main, *others = self.members
         partial = None
         if self.step:
-            partial = {
-                "sums": self._sums.clone(),
-                "n": self._n,
-                "nonfinite": self._nonfinite,
-                "diagnostics": self.diagnostics.state_dict(),
-            }
+            partial = {**self.totals.state_dict(), "diagnostics": self.diagnostics.state_dict()}
         return {
             **self._header(self.epoch),
             "step": self.step,
@@ -209,7 +191,7 @@ class Trainer:
         self.history = [r for r in history if r["epoch"] <= self.epoch]
         partial = state.get("epoch_partial")
         if self.step and partial is not None:
-            self._sums, self._n, self._nonfinite = partial["sums"].clone(), int(partial["n"]), int(partial["nonfinite"])
+            self.totals.load_state_dict(partial)
             self.diagnostics.load_state_dict(partial["diagnostics"])
         else:
             self.step = 0
@@ -295,7 +277,7 @@ class Trainer:
         last = self.last_path if self.last_path.is_file() else None
         where = f"epoch {epoch} step {self.step + 1}"
         self.guard.skip_or_stop(where, problem, self.cfg.skip_nonfinite, last, self.resume)
-        self._nonfinite += 1
+        self.totals.nonfinite += 1
 
     def _stop_if_signalled(self, *, saved: bool) -> None:
         """After a SIGINT or SIGTERM: write a checkpoint (unless one was just written) and stop."""
@@ -304,11 +286,7 @@ class Trainer:
         if not saved:
             self._save()
         where = f"epoch {self.epoch + 1} step {self.step}" if self.step else f"the end of epoch {self.epoch}"
-        raise Interrupted(
-            f"training stopped by {self.signals.name} at {where}; checkpoint saved; "
-            f"resume with: densemtl train --resume --out {self.out}",
-            128 + self.signals.received,
-        )
+        raise self.signals.stopped(where, f"densemtl train --resume --out {self.out}")
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         """Train epoch ``epoch`` (from batch ``self.step`` on, when resuming within it) and return
@@ -317,7 +295,7 @@ class Trainer:
             m.model.train()
         start = self.step
         if start == 0:
-            self._new_epoch_sums()
+            self.totals = EpochTotals(len(self.members), self.tasks)
             self.diagnostics.reset()
         loader = self._loader(self.train_set, shuffle=True, epoch=epoch, start=start)
         self.scheme.start_epoch(epoch)
@@ -335,17 +313,13 @@ class Trainer:
         for batch in bar:
             results = self._train_batch(epoch, move(batch, self.device))
             if results is not None:
-                for i, r in enumerate(results):
-                    self._sums[i, 0] += r.losses.double().cpu()
-                    self._sums[i, 1] += r.weights.double().cpu()
-                self._n += 1
+                self.totals.add(results)
             self.step += 1
             self._stop_if_signalled(saved=False)
             if every and self.step % every == 0 and self.step < total:
                 self._save()
-            mean = (self._sums[0, 0] / max(self._n, 1)).tolist()
-            bar.set_postfix({t: f"{v:.3f}" for t, v in zip(self.tasks, mean, strict=True)})
-        means = self._sums / max(self._n, 1)
+            bar.set_postfix({t: f"{v:.3f}" for t, v in self.totals.main_losses().items()})
+        means = self.totals.means()
         record: dict[str, Any] = {}
         for i, m in enumerate(self.members):
             with warnings.catch_warnings():  # a resumed epoch's last steps may all be done already
@@ -357,7 +331,7 @@ class Trainer:
         record.update(self.scheme.record())
         record.update(self.diagnostics.summary())
         if self.cfg.skip_nonfinite:
-            record["nonfinite_steps"] = self._nonfinite
+            record["nonfinite_steps"] = self.totals.nonfinite
         return record
 
     def run(self) -> dict[str, Any]:

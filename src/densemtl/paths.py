@@ -1,5 +1,6 @@
 """Checks on the places a command will write, made before it does any work, so that an
-unwritable ``--out`` or ``--json`` is one line up front instead of a traceback at the end."""
+unwritable ``--out`` or ``--json`` is one line up front instead of a traceback at the end
+(``eval``/``predict`` here; a run directory's own rules in :mod:`densemtl.training.rundir`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 from densemtl.errors import ConfigError
 
 
-def _existing_ancestor(path: Path) -> Path:
+def existing_ancestor(path: Path) -> Path:
     """The nearest existing folder-or-file at or above ``path`` (what a mkdir -p would start from)."""
     p = path
     while not p.exists() and p != p.parent:
@@ -20,7 +21,7 @@ def _existing_ancestor(path: Path) -> Path:
 def _check_creatable(target: Path, flag: str, start: Path | None = None) -> None:
     """``target`` can be created: the nearest existing ancestor of ``start`` (default ``target``)
     is a writable folder."""
-    base = _existing_ancestor(target if start is None else start)
+    base = existing_ancestor(target if start is None else start)
     if not base.is_dir():
         raise ConfigError(f"{flag} {target}: {base} is a file, not a folder")
     if not os.access(base, os.W_OK | os.X_OK):
