@@ -130,3 +130,17 @@ def check_header(path: Path, kind: str) -> tuple[int, int]:
     if not ok_shape or dtype.kind not in kinds or min(shape, default=0) < 1:
         raise DataError(f"{path}: {kind} must be {desc}, got shape {shape} dtype {dtype}")
     return shape[0], shape[1]
+
+
+def unusable_depth_files(paths: Sequence[Path]) -> int:
+    """0 as soon as one of the ``.npy`` depth files ``paths`` holds a valid (finite, > 0) pixel;
+    else how many hold negative or non-finite readings (a flipped sign or a broken conversion,
+    not absent depth: all-zero files count 0). Reads memory-mapped, stopping at the first valid file."""
+    corrupt = 0
+    for path in paths:
+        d = np.load(path, mmap_mode="r", allow_pickle=False)
+        finite = np.isfinite(d)
+        if np.any(finite & (d > 0)):
+            return 0
+        corrupt += int(not np.all(finite & (d >= 0)))
+    return corrupt

@@ -27,6 +27,7 @@ from densemtl.data._files import (
     list_indices,
     one_line,
     sample_generator,
+    unusable_depth_files,
 )
 from densemtl.data.preprocess import CITYSCAPES_CATEGORIES, CITYSCAPES_TRAIN_NAMES, NYUV2_13_NAMES
 from densemtl.data.transforms import random_scale_crop_flip, resize_sample
@@ -210,13 +211,7 @@ class MTANDataset(Dataset):
         or non-finite readings: a flipped sign or a broken conversion, not absent depth (all-zero
         depth, a frame without disparity, is allowed; ``data check`` warns of it). Stops at the
         first valid pixel."""
-        corrupt = 0
-        for files in self._files:
-            d = np.load(files["depth"], mmap_mode="r", allow_pickle=False)
-            finite = np.isfinite(d)
-            if np.any(finite & (d > 0)):
-                return
-            corrupt += int(not np.all(finite & (d >= 0)))
+        corrupt = unusable_depth_files([files["depth"] for files in self._files])
         if corrupt:
             folder = self._files[0]["depth"].parent
             raise DataError(

@@ -33,7 +33,16 @@ import torch
 from torch.utils.data import Dataset
 
 from densemtl.data import register
-from densemtl.data._files import check_int, check_size, check_tasks, checking, hw_text, one_line, sample_generator
+from densemtl.data._files import (
+    check_int,
+    check_size,
+    check_tasks,
+    checking,
+    hw_text,
+    one_line,
+    sample_generator,
+    unusable_depth_files,
+)
 from densemtl.data._fit import fit_sample as fit_to
 from densemtl.data._nyud_files import header, load_npy, pixels
 from densemtl.data.mtan import NORMAL_BAD_FRACTION, NORMAL_TOLERANCE
@@ -185,13 +194,7 @@ class NYUDDataset(Dataset):
 
     def _check_some_depth(self) -> None:
         """A DataError when no depth file has a valid pixel but some hold negative or non-finite ones."""
-        corrupt = 0
-        for files in self._files:
-            d = np.load(files["depth"], mmap_mode="r", allow_pickle=False)
-            finite = np.isfinite(d)
-            if np.any(finite & (d > 0)):
-                return
-            corrupt += int(not np.all(finite & (d >= 0)))
+        corrupt = unusable_depth_files([files["depth"] for files in self._files])
         if corrupt:
             raise DataError(
                 f"{self._files[0]['depth'].parent}: no valid depth pixel in any of its {len(self._files)} files, "
