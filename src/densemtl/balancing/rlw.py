@@ -37,9 +37,7 @@ class RandomLossWeighting(LossWeighting):
     def __init__(self, num_tasks: int | None = None, distribution: str = "normal") -> None:
         super().__init__()
         if distribution not in _DISTRIBUTIONS:
-            raise ConfigError(
-                f"rlw: distribution must be one of {', '.join(_DISTRIBUTIONS)}, got {distribution!r}"
-            )
+            raise ConfigError(f"rlw: distribution must be one of {', '.join(_DISTRIBUTIONS)}, got {distribution!r}")
         self.num_tasks = num_tasks
         self.distribution = distribution
         self._owns_generator = False

@@ -62,7 +62,6 @@ class UncertaintyWeighting(LossWeighting):
     def parameters_lr(self) -> float | None:
         return self.lr
 
-
     def weights(self, losses: Tensor) -> Tensor:
         return torch.exp(-self._log_vars_for(losses).detach())
 

@@ -11,9 +11,7 @@ dataset's own ``val`` split, which a bench uses as its test split and never sele
 
 from __future__ import annotations
 
-import os
 import signal
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from densemtl.bench.executors import Executor, LocalExecutor
 from densemtl.bench.grid import DATA_SEED, Job
 from densemtl.bench.processes import (
     BENCH_LOCK,
@@ -31,7 +30,6 @@ from densemtl.bench.processes import (
     bench_lock,
     interrupted,
     run_lock,
-    run_parallel,
 )
 from densemtl.bench.rundir import clear, finished, resumable
 from densemtl.data import MultiTaskDataset
@@ -153,9 +151,14 @@ def run_job(job: Job, threads: int | None = None, log: Callable[[str], None] = p
     return done
 
 
-def run_jobs(jobs: list[Job], n_procs: int = 1, log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
-    """Run every unfinished job (in ``n_procs`` spawned processes when > 1); summaries by job output
-    path. SIGINT / SIGTERM stop it promptly with :class:`~densemtl.errors.Interrupted` (130 / 143)."""
+def run_jobs(
+    jobs: list[Job], n_procs: int = 1, log: Callable[[str], None] = print, executor: Executor | None = None
+) -> dict[str, dict[str, Any]]:
+    """Run every unfinished job with ``executor`` (default: this machine, in ``n_procs`` spawned
+    processes when > 1); summaries by job output path. SIGINT / SIGTERM stop it promptly with
+    :class:`~densemtl.errors.Interrupted` (130 / 143), cancelling what the executor has outstanding."""
+    if executor is None:
+        executor = LocalExecutor(n_procs)
     results: dict[str, dict[str, Any]] = {}
     todo = []
     for job in jobs:
@@ -177,17 +180,12 @@ def run_jobs(jobs: list[Job], n_procs: int = 1, log: Callable[[str], None] = pri
             f"(epoch {summary['bench']['selected_epoch']} selected, val improvement {score_text})"
         )
 
-    with StopOnSignals() as signals:
+    if not todo:
+        return results
+    # The executor first: starting Ray installs its own SIGTERM handler, which ours must replace.
+    with executor, StopOnSignals() as signals:
         try:
-            if n_procs <= 1 or len(todo) <= 1:
-                for job in todo:
-                    t0 = time.perf_counter()
-                    report(job, run_job(job, log=log), time.perf_counter() - t0)
-            else:
-                # One job at a time to each worker: on an error or a signal nothing else has started,
-                # and the workers die with this process (see densemtl.bench.processes).
-                threads = max(1, (os.cpu_count() or 1) // n_procs)
-                run_parallel(todo, n_procs, threads, report)
+            executor.run(todo, report, log)
         except (Stopped, KeyboardInterrupt, Interrupted) as e:  # Interrupted: a trainer caught the signal
             signals.disarm()
             if isinstance(e, Stopped):
@@ -227,17 +225,22 @@ def check_out(out: Path, grid_dict: dict[str, Any]) -> None:
                 )
 
 
-def run_bench(grid: Any, out: Path, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Run (or continue) ``grid`` into ``out``: baselines (cached), cells, then the reports. Refused
-    (one line) while another process runs the same bench directory."""
+def run_bench(
+    grid: Any, out: Path, log: Callable[[str], None] = print, executor: Executor | None = None
+) -> list[dict[str, Any]]:
+    """Run (or continue) ``grid`` into ``out``: baselines (cached), cells, then the reports, the
+    runs by ``executor`` (default: ``grid.jobs`` local processes; see :mod:`densemtl.bench.executors`).
+    Refused (one line) while another process runs the same bench directory."""
     grid_dict = grid.to_dict()
     check_out(out, grid_dict)
     out.mkdir(parents=True, exist_ok=True)
     with bench_lock(out):  # one densemtl bench at a time in ``out``, released however this process ends
-        return _run_locked(grid, grid_dict, out, log)
+        return _run_locked(grid, grid_dict, out, log, executor or LocalExecutor(grid.jobs))
 
 
-def _run_locked(grid: Any, grid_dict: dict[str, Any], out: Path, log: Callable[[str], None]) -> list[dict[str, Any]]:
+def _run_locked(
+    grid: Any, grid_dict: dict[str, Any], out: Path, log: Callable[[str], None], executor: Executor
+) -> list[dict[str, Any]]:
     import yaml
 
     from densemtl.bench.grid import cache_dir
@@ -251,9 +254,9 @@ def _run_locked(grid: Any, grid_dict: dict[str, Any], out: Path, log: Callable[[
     log(
         f"densemtl bench: {len(jobs) - n_base} cells ({len(grid.archs)} archs × {len(grid.methods)} methods × "
         f"{grid.seeds} seeds) and {n_base} single-task baseline runs (cache {cache})"
-        f" into {out}, {grid.jobs} process(es)"
+        f" into {out}, {executor.describe()}"
     )
-    summaries = run_jobs(jobs, grid.jobs, log)
+    summaries = run_jobs(jobs, grid.jobs, log, executor)
 
     def result(job: Job) -> Result:
         s = summaries[job.out]

@@ -5,9 +5,15 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from densemtl.bench.executors import EXECUTORS, SLURM_TIME_MIN
 from densemtl.cli.train_cmd import FLAGS, add_knob_flags, given_flags
+from densemtl.errors import ConfigError
+
+if TYPE_CHECKING:
+    from densemtl.bench.executors import Executor
+    from densemtl.bench.grid import BenchGrid
 
 #: train flags that a bench sets per cell (or does not support): not offered by ``bench``
 EXCLUDED = {
@@ -50,7 +56,70 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--augment", action="store_true", help="MTAN random scale-crop and flip")
     add_knob_flags(p, BENCH_KNOB_FLAGS)
     p.add_argument("--out", metavar="DIR", help="bench directory (default: a fresh one under ./benches)")
+    add_executor_flags(p)
     p.set_defaults(func=run)
+
+
+def add_executor_flags(p: argparse.ArgumentParser) -> None:
+    """Where the runs go: not grid keys (the same grid runs anywhere, and its tables do not depend on where)."""
+    g = p.add_argument_group(
+        "where the runs go",
+        "every run trains into its own directory under --out (shared storage on a cluster), so a bench "
+        "stopped under one executor continues under any other, with the same tables",
+    )
+    g.add_argument(
+        "--executor",
+        choices=EXECUTORS,
+        help="local: --jobs processes on this machine (default); ray: one Ray task per run; "
+        "slurm: one Slurm job per run (a job array, through submitit)",
+    )
+    g.add_argument("--cpus-per-job", type=int, metavar="N", help="ray, slurm: CPUs (and torch threads) per run (1)")
+    g.add_argument("--gpus-per-job", type=float, metavar="G", help="ray, slurm: GPUs per run (0; Ray takes fractions)")
+    g.add_argument(
+        "--ray-address", metavar="ADDR", help="ray: the cluster to submit to (default: start a local Ray instance)"
+    )
+    g.add_argument("--slurm-partition", metavar="NAME", help="slurm: the partition (default: the cluster's)")
+    g.add_argument(
+        "--slurm-time-min", type=int, metavar="MIN", help=f"slurm: time limit of each run's job ({SLURM_TIME_MIN})"
+    )
+    g.add_argument("--slurm-arg", action="append", metavar="KEY=VALUE", help="slurm: an sbatch option (repeatable)")
+    g.add_argument(
+        "--slurm-cluster",
+        choices=("slurm", "local"),
+        help="slurm: where submitit sends the jobs; local runs the jobs as local processes through submitit, "
+        "for testing (default slurm)",
+    )
+
+
+def executor_from(args: argparse.Namespace, out: Path, grid: BenchGrid) -> Executor:
+    """The executor the flags ask for (checked, its package imported; nothing written)."""
+    from densemtl.bench.executors import make_executor
+    from densemtl.training.config import build_config
+
+    extra = None
+    if hasattr(args, "slurm_arg"):
+        extra = {}
+        for item in args.slurm_arg:
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(f"--slurm-arg {item!r} must be key=value, e.g. account=myproject")
+            extra[key.strip().replace("-", "_")] = value
+    slurm = {
+        "cluster": getattr(args, "slurm_cluster", None),
+        "partition": getattr(args, "slurm_partition", None),
+        "time_min": getattr(args, "slurm_time_min", None),
+        "extra": extra,
+    }
+    return make_executor(
+        getattr(args, "executor", "local"),
+        out,
+        jobs=grid.jobs,
+        cpus=getattr(args, "cpus_per_job", None),
+        gpus=getattr(args, "gpus_per_job", None),
+        ray_address=getattr(args, "ray_address", None),
+        slurm=slurm,
+        device=build_config(grid.base).device,
+    )
 
 
 def gather(args: argparse.Namespace) -> dict[str, Any]:
@@ -68,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         out = Path(grid.out)
     else:
         out = Path("benches") / f"{time.strftime('%Y%m%d-%H%M%S')}-{grid.base.get('dataset', 'synthetic')}"
-    summary = run_bench(grid, out)
+    summary = run_bench(grid, out, executor=executor_from(args, out, grid))
     best = [e for e in summary if e.get("rank") == 1]
     for e in best:
         print(f"  best on {e['arch']}: {e['method']} (Δm% {e['delta_m'][0]:+.2f} ± {e['delta_m'][1]:.2f})")

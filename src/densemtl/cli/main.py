@@ -53,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except DenseMTLError as e:
-        sys.stderr.write(f"densemtl: error: {e}\n")
+        if not getattr(e, "quiet", False):  # quiet: a copy, on another rank, of rank 0's error
+            sys.stderr.write(f"densemtl: error: {e}\n")
         return e.exit_code
     except OSError as e:  # a write or read the commands did not anticipate: still one line, exit 1
         where = f" {e.filename}" if e.filename else ""

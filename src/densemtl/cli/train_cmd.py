@@ -65,6 +65,21 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
         },
     ),
     (
+        "--amp",
+        {
+            "choices": ["off", "bf16", "fp16"],
+            "help": "mixed precision: autocast the forward pass to bf16 or fp16 (fp16 with a gradient "
+            "scaler); every method's aggregation stays float32 (default: off)",
+        },
+    ),
+    (
+        "--sync-bn",
+        {
+            "action": argparse.BooleanOptionalAction,
+            "help": "under torchrun: batch-norm statistics over the global batch (default: on with several processes)",
+        },
+    ),
+    (
         "--diagnostics-every",
         {"type": int, "help": "sample task-gradient cosines and per-block balance every K steps (0 = off)"},
     ),
@@ -144,6 +159,7 @@ def fresh_run_dir(cfg: TrainConfig) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    from densemtl.distributed import init_from_env, shutdown
     from densemtl.errors import ConfigError
     from densemtl.training.config import resolve_config, resume_config
     from densemtl.training.trainer import Trainer
@@ -165,12 +181,23 @@ def run(args: argparse.Namespace) -> int:
                     *cfg.size or (0, 0), cfg.n_train, cfg.n_val
                 )
             )
-    trainer = Trainer(cfg, out, resume=resume, progress=not getattr(args, "quiet", False), log=print)
-    print(
-        f"densemtl: training {cfg.arch} with {cfg.method} on {cfg.dataset} "
-        f"({', '.join(trainer.tasks)}) for {cfg.epochs} epochs on {trainer.device}; run: {out}"
-    )
-    summary = trainer.run()
-    print(f"densemtl: done in {summary['time_s']:.0f}s; run directory: {out}")
-    print(f"  summary {out / 'summary.json'}, plots {out / 'plots'}, checkpoint {out / 'checkpoints' / 'last.pt'}")
+    comm = init_from_env(cfg.device)
+    try:
+        out = Path(str(comm.broadcast_object(str(out))))  # rank 0's fresh directory name
+        say = print if comm.is_main else _silent
+        trainer = Trainer(cfg, out, resume=resume, progress=not getattr(args, "quiet", False), log=say, comm=comm)
+        ranks = f" in {comm.world_size} processes" if comm.active else ""
+        say(
+            f"densemtl: training {cfg.arch} with {cfg.method} on {cfg.dataset} "
+            f"({', '.join(trainer.tasks)}) for {cfg.epochs} epochs on {trainer.device}{ranks}; run: {out}"
+        )
+        summary = trainer.run()
+    finally:
+        shutdown()
+    say(f"densemtl: done in {summary['time_s']:.0f}s; run directory: {out}")
+    say(f"  summary {out / 'summary.json'}, plots {out / 'plots'}, checkpoint {out / 'checkpoints' / 'last.pt'}")
     return 0
+
+
+def _silent(*args: Any, **kwargs: Any) -> None:
+    """The console of a rank other than 0: it prints nothing (rank 0 speaks for the run)."""

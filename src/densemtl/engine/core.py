@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from densemtl.balancing.base import BalancingMethod
+from densemtl.distributed import Comm
 from densemtl.engine.modes import MODES, check_mode, check_recompute_every, default_mode
 from densemtl.engine.strategies import STRATEGIES, Context, Forward, NonFiniteGradientError, StepResult
 from densemtl.models.base import MultiTaskModel
@@ -45,15 +46,19 @@ class Engine:
         *,
         mode: str | None = None,
         recompute_every: int = 1,
+        comm: Comm | None = None,
     ) -> None:
         self.model = model
+        #: the processes of the run (:mod:`densemtl.distributed`); one by default
+        self.comm = comm if comm is not None else Comm()
         self.method = method
         self.tasks = tasks
         self.mode = check_mode(method, model, mode)
         check_recompute_every(method, recompute_every)
         self.recompute_every = recompute_every
         self.step_count = 0
-        ctx = Context(model, method, tasks, model.shared_parameters(), [model.task_parameters(t) for t in tasks])
+        own = [model.task_parameters(t) for t in tasks]
+        ctx = Context(model, method, tasks, model.shared_parameters(), own, self.comm)
         #: how this engine's gradient source becomes ``.grad`` (one per mode)
         self.strategy = STRATEGIES[self.mode](ctx, recompute_every)
 
@@ -93,9 +98,9 @@ class Engine:
             rep = self.model.encode(x)
             rep_in = rep.detach().requires_grad_(True)
             preds = self.model.decode(rep_in, (x.shape[-2], x.shape[-1]))
-            return Forward(preds, self.task_loss_parts(preds, batch), rep, rep_in)
+            return Forward(preds, self.comm.globalize(self.task_loss_parts(preds, batch)), rep, rep_in)
         preds = self.model(x)
-        return Forward(preds, self.task_loss_parts(preds, batch))
+        return Forward(preds, self.comm.globalize(self.task_loss_parts(preds, batch)))
 
     def backward(self, fwd: Forward, extra: Sequence[Tensor] | None = None) -> StepResult:
         """Balance ``fwd``'s task losses into ``.grad``.
@@ -104,6 +109,8 @@ class Engine:
         their sum to its combined loss unweighted; a gradient method sees L_t + extra_t as task t's
         loss. Pass a list rather than a stacked vector, for the reason given in :class:`Forward`.
         """
+        if extra is not None:
+            extra = self.comm.globalize(extra)
         result = self.strategy.backward(fwd, extra, self.step_count)
         self.step_count += 1
         return result
@@ -120,7 +127,7 @@ class Engine:
         if not self.method.requirements.reevaluate:
             return
         with torch.no_grad():
-            losses = self.task_losses(self.model(batch["image"]), batch)
+            losses = torch.stack(self.comm.globalize(self.task_loss_parts(self.model(batch["image"]), batch)))
         self.method.observe_losses_after_step(losses.detach())
 
     # -- state ------------------------------------------------------------------------------------

@@ -33,9 +33,7 @@ def check_mode(method: BalancingMethod, model: MultiTaskModel, mode: str | None)
     if req.uses_losses and mode != "loss":
         raise ConfigError(f"--grad-mode {mode}: {name} is a loss weighting and uses mode 'loss'")
     if not req.uses_losses and mode == "loss":
-        raise ConfigError(
-            f"--grad-mode loss: {name} needs per-task gradients; use representation or parameters"
-        )
+        raise ConfigError(f"--grad-mode loss: {name} needs per-task gradients; use representation or parameters")
     if mode == "representation" and req.coordinate_state:
         raise ConfigError(
             f"--grad-mode representation: {name} keeps state for each shared parameter across steps "
@@ -49,9 +47,7 @@ def check_mode(method: BalancingMethod, model: MultiTaskModel, mode: str | None)
     if mode not in req.modes:
         raise ConfigError(f"--grad-mode {mode}: {name} cannot use it; valid: {', '.join(req.modes)}")
     if mode == "representation" and not model.has_representation:
-        raise ConfigError(
-            f"--grad-mode representation: {type(model).__name__} has no single shared representation"
-        )
+        raise ConfigError(f"--grad-mode representation: {type(model).__name__} has no single shared representation")
     return mode
 
 

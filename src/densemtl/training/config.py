@@ -76,6 +76,8 @@ class TrainConfig:
     tensorboard: bool = False
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: epoch ends only)
     skip_nonfinite: int = 0  # steps with a NaN/inf loss or update that may be skipped
+    sync_bn: bool | None = None  # batch statistics over the global batch (None: on with several processes)
+    amp: str = "off"  # mixed precision of the forward pass: off, bf16 or fp16
 
     def __post_init__(self) -> None:
         given = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not UNSET}
@@ -246,6 +248,10 @@ def _numeric_string(value: Any, kind: type) -> Any:
     return number
 
 
+#: The values of ``--amp``.
+AMP_MODES = ("off", "bf16", "fp16")
+
+
 def check_ranges(cfg: TrainConfig) -> None:
     """Values that parse but make no sense (negative epochs, zero batch, ...)."""
     if cfg.epochs < 0:
@@ -279,6 +285,8 @@ def check_ranges(cfg: TrainConfig) -> None:
         raise ConfigError(f"workers must be >= 0, got {cfg.workers}")
     if cfg.diagnostics_every < 0:
         raise ConfigError(f"diagnostics_every must be >= 0 (0 = off), got {cfg.diagnostics_every}")
+    if cfg.amp not in AMP_MODES:
+        raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)}, got {cfg.amp!r}")
     for name in ("checkpoint_every", "skip_nonfinite"):  # steps; 0 = off
         if getattr(cfg, name) < 0:
             raise ConfigError(f"{name} must be >= 0 (0 = off), got {getattr(cfg, name)}")

@@ -14,7 +14,9 @@ from typing import Any
 
 import torch
 
+from densemtl.distributed import Comm
 from densemtl.engine import Engine
+from densemtl.models.sync_bn import convert_sync_bn
 from densemtl.training.builders import build_method, build_model, build_optimizer
 from densemtl.training.config import TrainConfig
 
@@ -41,6 +43,7 @@ class Member:
         num_classes: int,
         device: torch.device,
         spec: MemberSpec | None = None,
+        comm: Comm | None = None,
     ) -> None:
         spec = spec or MemberSpec()
         own = dataclasses.replace(
@@ -50,9 +53,17 @@ class Member:
             seed=cfg.seed + spec.seed_offset,
         )
         self.name, self.arch, self.arch_args, self.tasks = spec.name, own.arch, own.arch_args, tasks
+        comm = comm or Comm()
         self.model = build_model(own, tasks, num_classes).to(device)
+        #: whether batch-norm statistics are those of the global batch (``--sync-bn``)
+        self.sync_bn = comm.active and cfg.sync_bn is not False
+        if self.sync_bn:
+            self.model = convert_sync_bn(self.model, device)  # type: ignore[assignment]
+        comm.broadcast_([*self.model.parameters(), *self.model.buffers()])  # as DDP: rank 0's start
         self.method = build_method(own.method, len(tasks), own.seed, own.method_args)
-        self.engine = Engine(self.model, self.method, tasks, mode=cfg.grad_mode, recompute_every=cfg.recompute_every)
+        self.engine = Engine(
+            self.model, self.method, tasks, mode=cfg.grad_mode, recompute_every=cfg.recompute_every, comm=comm
+        )
         self.optimizer, self.scheduler = build_optimizer(own, self.model, self.method)
 
     def key(self, field: str) -> str:

@@ -16,6 +16,7 @@ again; after that it stays resumable.
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 import warnings
@@ -30,6 +31,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from densemtl.data import MultiTaskDataset
+from densemtl.distributed import Comm, ShardedBatches
 from densemtl.engine import NonFiniteGradientError, StepResult
 from densemtl.errors import ConfigError, RuntimeFault
 from densemtl.models import MultiTaskModel
@@ -47,6 +49,7 @@ from densemtl.training.epoch import EpochTotals
 from densemtl.training.evaluation import evaluate_model, move
 from densemtl.training.faults import FiniteGuard
 from densemtl.training.member import Member
+from densemtl.training.ranks import check_in_sync, on_main, rank_device, share_buffers
 from densemtl.training.resumable import EpochOrder, plain, rng_state, set_rng_state
 from densemtl.training.rundir import best_score, check_out_dir, discard, read_history, run_summary
 from densemtl.training.schemes import Scheme, scheme_for
@@ -73,22 +76,28 @@ class Trainer:
         resume: bool = False,
         progress: bool = True,
         log: Callable[[str], None] = tqdm.write,
+        comm: Comm | None = None,
     ) -> None:
         self.out = Path(out)
-        self.log = log
-        self.progress = progress
-        check_out_dir(self.out, resume=resume)
+        #: the processes of the run: rank 0 writes, validates and prints (:mod:`densemtl.training.ranks`)
+        self.comm = comm if comm is not None else Comm.current()
+        self.main_rank = self.comm.is_main
+        self.log = log if self.main_rank else (lambda line: None)
+        self.progress = progress and self.main_rank
+        on_main(self.comm, lambda: check_out_dir(self.out, resume=resume))
         self.resume = resume
         self.cfg = cfg
         if cfg.tensorboard:
             require_tensorboard()
         self.tb: TensorBoardLog | None = None
-        self.device = resolve_device(cfg.device)
+        self.device = rank_device(resolve_device(cfg.device), self.comm)
         self.train_set, self.val_set = build_datasets(cfg)
         self.tasks: tuple[str, ...] = tuple(self.train_set.tasks)
         self.num_classes: int = int(self.train_set.num_classes)
         self.scheme = scheme if scheme is not None else scheme_for(cfg)
-        self.members = [Member(cfg, self.tasks, self.num_classes, self.device, spec) for spec in self.scheme.members()]
+        self.members = [
+            Member(cfg, self.tasks, self.num_classes, self.device, spec, self.comm) for spec in self.scheme.members()
+        ]
         main = self.members[0]
         self.diagnostics = Diagnostics(
             main.model,
@@ -106,6 +115,7 @@ class Trainer:
         self._rng: dict[str, Any] | None = None  # generator states to set when the run starts
         self._elapsed = 0.0  # seconds trained by earlier sessions of the run
         self._started = time.perf_counter()  # when this session's run started
+        self.ranks_in_sync = True  # checked at every epoch's end and the run's
         if resume:
             self._restore()
 
@@ -127,6 +137,15 @@ class Trainer:
         """Batches of ``dataset``; shuffled in the order of (seed, epoch) from batch ``start`` on."""
         seed = self.cfg.seed * 100_003 + epoch
         dataset.set_epoch(epoch)
+        if shuffle and self.comm.active:  # this rank's part of each global batch
+            order = EpochOrder(len(dataset), seed, start * self.cfg.batch_size)
+            shards = ShardedBatches(order, self.cfg.batch_size, self.comm.rank, self.comm.world_size)
+            return DataLoader(
+                dataset,  # type: ignore[arg-type]
+                batch_sampler=shards,
+                num_workers=self.cfg.workers,
+                pin_memory=self.device.type == "cuda",
+            )
         return DataLoader(
             dataset,  # type: ignore[arg-type]
             batch_size=self.cfg.batch_size,
@@ -200,16 +219,20 @@ class Trainer:
         self._elapsed = float(state.get("elapsed_s", 0.0))
 
     def _save(self) -> None:
-        save_checkpoint(self.last_path, self.state())
+        if self.main_rank:
+            save_checkpoint(self.last_path, self.state())
 
     def _write_history(self) -> None:
-        atomic_write_text(self.out / "metrics.jsonl", "".join(dumps(r) + "\n" for r in self.history))
+        if self.main_rank:
+            atomic_write_text(self.out / "metrics.jsonl", "".join(dumps(r) + "\n" for r in self.history))
 
     # -- the loop ---------------------------------------------------------------------------------
     def _end_epoch(self, record: dict[str, Any], *, checkpoint: bool = True) -> None:
         """Keep ``record``: best.pt if it is the best epoch, last.pt, then metrics.jsonl (a crash
         between them leaves a checkpoint whose history is the truth on resume)."""
         self.history.append(record)
+        if not self.main_rank:
+            return
         self._update_best(record)
         if checkpoint:
             self._save()
@@ -229,6 +252,8 @@ class Trainer:
     def validate(self) -> dict[str, Any]:
         """Validation metrics of every member ("val" for the main network, "peer_val", ...) and,
         with several members, of their ensemble ("ensemble_val")."""
+        if not self.main_rank:
+            return {}
         loader = self._loader(self.val_set, shuffle=False)
         nets: list[tuple[str, nn.Module]] = [(m.key("val"), m.model) for m in self.members]
         if len(self.members) > 1:
@@ -252,6 +277,9 @@ class Trainer:
         None for a non-finite step that was skipped."""
         for m in self.members:
             m.optimizer.zero_grad(set_to_none=True)
+        self.comm.set_batch(len(batch["image"]), self.device)
+        if not self.members[0].sync_bn:
+            share_buffers(self.comm, self.members)
         try:
             results: list[StepResult] | None = self.scheme.step(self.members, batch)
         except NonFiniteGradientError:
@@ -261,7 +289,7 @@ class Trainer:
             self._nonfinite_step(epoch, problem or "the update is non-finite")
             return None
         warning = self.guard.divergence(results)
-        if warning is not None:
+        if warning is not None and self.main_rank:
             print(f"densemtl: warning: epoch {epoch} step {self.step + 1}: {warning}", file=sys.stderr)
         main = self.members[0]
         self.diagnostics.observe(batch, main.engine.step_count - 1)  # same weights as the step, before the update
@@ -281,12 +309,16 @@ class Trainer:
 
     def _stop_if_signalled(self, *, saved: bool) -> None:
         """After a SIGINT or SIGTERM: write a checkpoint (unless one was just written) and stop."""
-        if self.signals.received is None:
+        if not self.comm.any(self.signals.received is not None):
             return
         if not saved:
             self._save()
+        if self.signals.received is None:  # another rank was signalled: stop with it
+            self.signals.received = signal.SIGTERM
         where = f"epoch {self.epoch + 1} step {self.step}" if self.step else f"the end of epoch {self.epoch}"
-        raise self.signals.stopped(where, f"densemtl train --resume --out {self.out}")
+        stop = self.signals.stopped(where, f"densemtl train --resume --out {self.out}")
+        stop.quiet = not self.main_rank  # type: ignore[attr-defined]
+        raise stop
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         """Train epoch ``epoch`` (from batch ``self.step`` on, when resuming within it) and return
@@ -346,11 +378,12 @@ class Trainer:
             with self.signals:
                 return self._run()
         except BaseException:
-            if fresh and not self.last_path.is_file():
+            if fresh and self.main_rank and not self.last_path.is_file():
                 discard(self.out, created)
             raise
 
-    def _run(self) -> dict[str, Any]:
+    def _create_files(self) -> None:
+        """The run directory, its config.yaml and the TensorBoard log (rank 0)."""
         try:
             (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -360,6 +393,9 @@ class Trainer:
         atomic_write_text(self.out / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
         if self.cfg.tensorboard:
             self.tb = TensorBoardLog(self.out / "tensorboard")
+
+    def _run(self) -> dict[str, Any]:
+        on_main(self.comm, self._create_files)
         self._started = time.perf_counter()
         self.log(metrics_header(self.tasks))
         if self._rng is not None:
@@ -381,9 +417,14 @@ class Trainer:
             self.epoch, self.step = epoch, 0
             self._end_epoch({"epoch": epoch, **train, **val, "lr": lr, "time_s": round(time.perf_counter() - t0, 3)})
             self._stop_if_signalled(saved=True)
+            self._check_ranks(f"the end of epoch {epoch}")
+        self._check_ranks("the end of the run")
+        elapsed = self._elapsed + time.perf_counter() - self._started
+        if not self.main_rank:
+            return {"time_s": round(elapsed, 2), "world_size": self.comm.world_size, "ranks_in_sync": True}
         if not self.last_path.is_file():
             self._save()
-        summary = self.summary(self._elapsed + time.perf_counter() - self._started)
+        summary = self.summary(elapsed)
         atomic_write_text(self.out / "summary.json", dumps(summary, indent=2) + "\n")
         plot_run(self.history, self.tasks, self.out / "plots")
         plot_diagnostics(self.history, self.tasks, self.out / "plots")
@@ -395,5 +436,14 @@ class Trainer:
         return summary
 
     def summary(self, elapsed: float) -> dict[str, Any]:
-        """Final, initial and best metrics (and with several members each peer's and the ensemble's)."""
-        return run_summary(self, elapsed)
+        """Final, initial and best metrics (and with several members each peer's and the ensemble's),
+        the number of processes and whether their parameters and method states stayed equal."""
+        return {**run_summary(self, elapsed), "world_size": self.comm.world_size, "ranks_in_sync": self.ranks_in_sync}
+
+    def _check_ranks(self, where: str) -> None:
+        """Stop every rank when one's parameters or method state left rank 0's (a bug, never expected)."""
+        try:
+            check_in_sync(self.comm, self.members, where)
+        except RuntimeFault:
+            self.ranks_in_sync = False
+            raise

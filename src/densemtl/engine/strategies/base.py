@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor, nn
 
 from densemtl.balancing.base import Aggregator, BalancingMethod, GramianWeighting
+from densemtl.distributed import Comm
 from densemtl.engine.gramian import gramian
 from densemtl.errors import DenseMTLError
 from densemtl.models.base import MultiTaskModel
@@ -56,17 +57,28 @@ class StepResult:
 
 @dataclass
 class Context:
-    """The run a strategy serves: model, method, tasks, and the shared and per-task parameters."""
+    """The run a strategy serves: model, method, tasks, the shared and per-task parameters, and
+    the processes it runs in (``comm``; one by default)."""
 
     model: MultiTaskModel
     method: BalancingMethod
     tasks: tuple[str, ...]
     shared: list[nn.Parameter]
     own: list[list[nn.Parameter]]
+    comm: Comm = field(default_factory=Comm)
+
+    @property
+    def heads(self) -> list[nn.Parameter]:
+        """Every task-specific parameter."""
+        return [p for own in self.own for p in own]
 
     def check(self, vec: Tensor, step: int) -> None:
-        """Refuse a non-finite update: every ``.grad`` is cleared, so an optimizer step does nothing."""
-        if not torch.isfinite(vec).all():
+        """Refuse a non-finite update: every ``.grad`` is cleared, so an optimizer step does nothing.
+        Across processes every rank refuses when any rank's part is non-finite (call it on every rank)."""
+        bad = not bool(torch.isfinite(vec).all())
+        if self.comm.active:
+            bad = self.comm.any(bad, vec.device)
+        if bad:
             self.model.zero_grad(set_to_none=True)
             raise NonFiniteGradientError(
                 f"method {type(self.method).__name__} gave a non-finite update at step {step}; "
@@ -131,6 +143,7 @@ class GradientStrategy(Strategy):
         if self.reusing(step):
             assert self.coefficients is not None
             (self.coefficients * torch.stack(objective)).sum().backward()
+            self.ctx.comm.reduce_grads(self.ctx.shared + self.ctx.heads)
             return StepResult(fwd.losses.detach(), self.coefficients.detach().clone())
         return self.compute(fwd, objective, step)
 
@@ -163,7 +176,8 @@ class GradientStrategy(Strategy):
     def unshared(self, losses: Tensor, objective: list[Tensor], step: int) -> StepResult:
         """No shared parameter: nothing to balance, each task's parameters get its own gradient."""
         total = torch.stack(objective).sum()
-        if not torch.isfinite(total):
+        if self.ctx.comm.active or not torch.isfinite(total):
             self.ctx.check(total.detach().reshape(1), step)
         total.backward()
+        self.ctx.comm.reduce_grads(self.ctx.heads)
         return StepResult(losses.detach(), torch.ones_like(losses).detach())

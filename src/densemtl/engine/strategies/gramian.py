@@ -3,6 +3,10 @@
 For methods of the form c(G) @ J; see :mod:`densemtl.engine.gramian` for how G and c @ J are
 computed parameter by parameter. Task-specific parameters get c_t times their gradient from one
 backward of Σ_t c_t L_t restricted to them.
+
+Across processes the Gramian of the global Jacobian Σ_r a_r J^r has cross-rank terms that no
+rank's own pass gives, so the mode takes the parameters mode's way there: T backward passes,
+each row all-reduced, then G and c @ J of the global J.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from torch import Tensor
 
 from densemtl.balancing.base import GramianWeighting
 from densemtl.engine.gramian import gramian_and_grads
-from densemtl.engine.strategies.base import Forward, GradientStrategy, StepResult
+from densemtl.engine.strategies.base import Context, Forward, GradientStrategy, StepResult
+from densemtl.engine.strategies.parameters import ParametersStrategy
 
 
 class GramianStrategy(GradientStrategy):
@@ -22,10 +27,19 @@ class GramianStrategy(GradientStrategy):
 
     mode = "gramian"
 
+    def __init__(self, ctx: Context, recompute_every: int = 1) -> None:
+        super().__init__(ctx, recompute_every)
+        #: across processes, the way the Jacobian is taken and reduced
+        self.rows = ParametersStrategy(ctx, recompute_every) if ctx.comm.active else None
+
     def compute(self, fwd: Forward, objective: list[Tensor], step: int) -> StepResult:
         shared = self.ctx.shared
         if not shared:
             return self.unshared(fwd.losses, objective, step)
+        if self.rows is not None:
+            result = self.rows.compute(fwd, objective, step)
+            self.coefficients = self.rows.coefficients
+            return result
         method = cast(GramianWeighting, self.ctx.method)
         _, c, grads = gramian_and_grads(objective, shared, method.weights_from_gramian)
         present = [g for g in grads if g is not None]

@@ -41,8 +41,9 @@ class LossStrategy(Strategy):
         self.weighted_sum = req.weighted_sum
         self.norm_layer: nn.Parameter | None = None
         self.searched = False  # whether the "auto" layer was looked for in a step's graph
-        #: the forward stops at the representation, so that the norms come from head passes
-        self.split = self.wants_norms and ctx.model.has_representation and bool(ctx.shared)
+        #: the forward stops at the representation, so that the norms come from head passes (in one
+        #: process: across processes the norms are those of the reduced layer gradients)
+        self.split = self.wants_norms and ctx.model.has_representation and bool(ctx.shared) and not ctx.comm.active
         if req.layer_grad_norms not in (None, "auto"):
             self.norm_layer_name, self.norm_layer = self._named_layer(req.layer_grad_norms)
 
@@ -70,7 +71,9 @@ class LossStrategy(Strategy):
             self.searched = True
         pieces = None
         if self.norm_layer is not None:
-            if rep is not None and rep_in is not None:
+            if self.ctx.comm.active:
+                norms = self._global_layer_norms(fwd.parts, self.norm_layer)
+            elif rep is not None and rep_in is not None:
                 pieces = head_passes(fwd.parts, rep_in, self.ctx.own)
                 norms = split_layer_norms(rep, pieces[0], self.norm_layer)
             else:
@@ -79,7 +82,7 @@ class LossStrategy(Strategy):
         scalar, weights = self.method.combine(losses)
         if extra is not None:
             scalar = scalar + torch.stack(list(extra)).sum()
-        if not torch.isfinite(scalar):
+        if self.ctx.comm.active or not torch.isfinite(scalar):
             self.ctx.check(scalar.detach().reshape(1), step)
         if pieces is not None and extra is None and self.weighted_sum:
             assert rep is not None
@@ -88,7 +91,18 @@ class LossStrategy(Strategy):
             scalar.backward()
             if rep is not None and rep_in is not None:
                 rep.backward(rep_in.grad if rep_in.grad is not None else torch.zeros_like(rep))
+        self.ctx.comm.reduce_grads([*self.ctx.model.parameters(), *self.method.parameters()])
         return StepResult(losses.detach(), weights.detach())
+
+    def _global_layer_norms(self, parts: list[Tensor], W: nn.Parameter) -> Tensor:
+        """‖∇_W L_t‖ of the global losses: each task's local gradient at W, reduced across ranks."""
+        rows = torch.zeros(len(parts), W.numel(), dtype=W.dtype, device=W.device)
+        for t, part in enumerate(parts):
+            (g,) = torch.autograd.grad(part, W, retain_graph=True, allow_unused=True)
+            if g is not None:
+                rows[t] = g.reshape(-1)
+        self.ctx.comm.reduce_(rows)
+        return torch.linalg.vector_norm(rows, dim=1).detach()
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "norm_layer": self.norm_layer_name}

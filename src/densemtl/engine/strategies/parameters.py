@@ -4,6 +4,10 @@ The passes fill one preallocated buffer and the method's vector is written into 
 method whose source is "rows" (MAO) takes each row as its pass finishes, and the buffer holds
 one row, reused. Task-specific parameters get their own task's gradient, times w_t where the
 method defines task weights (c(G), or ``row_weights``).
+
+Across processes every row is reduced (Σ_r a_r J^r_t) before the method sees it, so every rank
+aggregates the same J: row t's all-reduce runs while row t+1's backward pass does (a streaming
+method gets each row reduced before ``add_row``); the heads' gradients are reduced at the end.
 """
 
 from __future__ import annotations
@@ -40,13 +44,20 @@ class ParametersStrategy(GradientStrategy):
         if self.buffer is None:
             self.buffer = JacobianBuffer(ctx.shared, 1 if self.streams else T)
         jac = self.buffer
+        comm = ctx.comm
         if self.streams:
             method.start_rows(T, jac.matrix[0], out=jac.update)
+        pending = []
         for t in range(T):
             jac.bind_row(0 if self.streams else t)
             torch.autograd.backward(objective[t], inputs=ctx.shared + ctx.own[t], retain_graph=t < T - 1)
             if self.streams:
+                comm.reduce_(jac.matrix[0])
                 method.add_row(t, jac.matrix[0])
+            elif comm.active:
+                pending += comm.reduce_buckets_(jac.matrix[t])
+        for work in pending:
+            work.wait()
         if self.streams:
             vec, c, w = method.finish_rows(), None, self.row_weights(jac.matrix)
         else:
@@ -58,4 +69,5 @@ class ParametersStrategy(GradientStrategy):
                 for p in ctx.own[t]:
                     if p.grad is not None:
                         p.grad.mul_(float(w[t]))
+        comm.reduce_grads(ctx.heads)
         return self.result(fwd.losses, c, w)

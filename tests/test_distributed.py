@@ -1,0 +1,125 @@
+"""Training across processes (gloo on the CPU): one global batch, sharded, gives the step one
+process takes on the whole of it; every method keeps the ranks in sync; torchrun runs the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import ddp_workers as W
+from densemtl.balancing import METHODS
+from densemtl.distributed import Comm, ShardedBatches, spawn
+from densemtl.training.resumable import EpochOrder
+
+#: (method, mode) pairs of the issue's equality test, every mode each method offers of the two
+CASES = [
+    ("ew", None),
+    ("famo", None),
+    ("pcgrad", "representation"),
+    ("pcgrad", "parameters"),
+    ("cagrad", "representation"),
+    ("cagrad", "parameters"),
+    ("cagrad", "gramian"),
+    ("acg", "representation"),
+    ("acg", "parameters"),
+    ("mao", "parameters"),
+    ("nashmtl", "representation"),
+    ("nashmtl", "parameters"),
+    ("gradnorm", None),
+    ("uw", None),
+]
+
+
+def _cases(comm: Comm, cases: list[tuple[str, str | None]], bn: bool, sizes: list[int] | None) -> list[Any]:
+    return [W.train_steps(comm, m, mode, 3, sizes, bn) for m, mode in cases]
+
+
+def _equal(one: dict[str, Any], other: dict[str, Any], what: str) -> None:
+    for k, v in one["params"].items():
+        torch.testing.assert_close(other["params"][k], v, rtol=1e-5, atol=2e-5, msg=lambda m, k=k: f"{what} {k}: {m}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bn", [False, True], ids=["no-bn", "sync-bn"])
+def test_two_ranks_take_the_one_process_step(bn: bool) -> None:
+    """3 SGD steps of 2 ranks on halves of a batch = 3 steps of one process on all of it, for
+    every (method, mode); with batch norm, the ranks' batch norm is the global batch's."""
+    ones = _cases(Comm(), CASES, bn, None)
+    ranks = spawn(_cases, 2, CASES, bn, None)
+    for (method, mode), one, r0, r1 in zip(CASES, ones, ranks[0], ranks[1], strict=True):
+        _equal(one, r0, f"{method}/{mode}")
+        for k in r0["params"]:  # the ranks hold the same bits
+            assert torch.equal(r0["params"][k], r1["params"][k]), (method, mode, k)
+
+
+@pytest.mark.slow
+def test_uneven_shards_weigh_by_their_share() -> None:
+    """A global batch split 5 + 3 (the last batch of an epoch) still gives the one-process step:
+    each rank's losses and gradients count by its share of the samples."""
+    cases = [("ew", None), ("pcgrad", "representation"), ("nashmtl", "parameters"), ("mao", "parameters")]
+    ones = _cases(Comm(), cases, False, None)
+    ranks = spawn(_cases, 2, cases, False, [5, 3])
+    for (method, mode), one, r0 in zip(cases, ones, ranks[0], strict=True):
+        _equal(one, r0, f"{method}/{mode} 5+3")
+
+
+def test_what_is_communicated_depends_on_the_source() -> None:
+    """Representation mode with a Gramian method sends T×T numbers where parameters mode sends T×P."""
+    cases = [("nashmtl", "representation"), ("nashmtl", "parameters")]
+    r0, _ = spawn(_cases, 2, cases, False, None)
+    rep, params = r0[0]["sent"], r0[1]["sent"]
+    assert params > rep
+
+
+@pytest.mark.slow
+def test_every_method_trains_in_sync(tmp_path: Path) -> None:
+    """Every registered method trains 2 epochs in 2 processes and reports ranks_in_sync."""
+    methods = METHODS.available()
+    summaries = spawn(W.train_runs, 2, methods, str(tmp_path))[0]
+    for method in methods:
+        s = summaries[method]
+        assert s["world_size"] == 2 and s["ranks_in_sync"] is True, method
+        written = json.loads((tmp_path / method / "summary.json").read_text())
+        assert written["ranks_in_sync"] is True and written["world_size"] == 2
+        assert len((tmp_path / method / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_sharded_batches_are_the_global_batches_split() -> None:
+    order = EpochOrder(10, seed=3)
+    whole = list(iter(order))
+    parts = [list(ShardedBatches(order, 4, r, 2)) for r in range(2)]
+    assert [len(p) for p in parts] == [3, 3] == [len(ShardedBatches(order, 4, r, 2)) for r in range(2)]
+    for b in range(3):
+        assert parts[0][b] + parts[1][b] == whole[4 * b : 4 * b + 4]
+    # with 3 ranks the last batch (2 samples) cannot feed every rank: it is dropped
+    assert [len(list(ShardedBatches(order, 4, r, 3))) for r in range(3)] == [2, 2, 2]
+    assert len(ShardedBatches(order, 4, 0, 3)) == 2
+
+
+def _torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += ["-m", "densemtl", "train", *args]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=240)
+
+
+@pytest.mark.slow
+def test_torchrun_cli(tmp_path: Path, tiny_args: list[str]) -> None:
+    """``torchrun --nproc_per_node 2 -m densemtl train``: rank 0 writes the run, the summary says
+    2 ranks in sync; a second run into the same --out fails with one line, printed once."""
+    out = tmp_path / "run"
+    args = [*tiny_args, "--epochs", "2", "--method", "pcgrad", "--out", str(out)]
+    done = _torchrun(args, tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["ranks_in_sync"] is True
+    assert done.stdout.count("densemtl: done in") == 1
+    again = _torchrun(args, tmp_path)
+    assert again.returncode != 0
+    errors = [line for line in again.stderr.splitlines() if line.startswith("densemtl: error:")]
+    assert len(errors) == 1 and "already" in errors[0], again.stderr[-2000:]
