@@ -153,12 +153,31 @@ def test_failing_methods_are_error_rows(monkeypatch: pytest.MonkeyPatch) -> None
         (["--repeats", "0"], "--repeats"),
         (["--arch", "nosuch"], "architecture"),
         (["--json", "/nonexistent/dir/x.json"], "--json"),
+        (["--amp", "fp16", "--device", "cpu"], "--amp fp16 needs a CUDA device"),
     ],
 )
 def test_bad_input_one_line_exit_2(args: list[str], needle: str, capsys: pytest.CaptureFixture) -> None:
     assert main(["speed", *TINY, *args]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("densemtl: error:") and needle in err
+
+
+def test_amp_bf16_times_every_row_under_autocast(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """``--amp bf16``: each row's forward runs under autocast (the naive loop's too); the JSON says so."""
+    seen: list[torch.dtype] = []
+    forward = model_registry.MultiTaskModel.__call__
+
+    def spy(model: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32)
+        return forward(model, *args, **kwargs)
+
+    monkeypatch.setattr(model_registry.MultiTaskModel, "__call__", spy)
+    out = tmp_path / "amp.json"
+    assert main(["speed", *TINY, "--methods", "pcgrad", "--amp", "bf16", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["settings"]["amp"] == "bf16"
+    assert all(r["status"] == "ok" for r in data["results"])
+    assert seen and set(seen) == {torch.bfloat16}
 
 
 def test_naive_loop_writes_the_mean_of_task_gradients() -> None:

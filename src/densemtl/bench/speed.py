@@ -45,11 +45,14 @@ from densemtl.bench.speed_setup import (
     dataset_tasks,
     machine_info,
     make_batch,
+    make_engine,
+    make_precision,
     method_names,
     method_spec,
 )
 from densemtl.bench.targets import BASELINE, NAIVE, assess
 from densemtl.engine import Engine
+from densemtl.engine.precision import Precision
 from densemtl.errors import ConfigError
 from densemtl.models.base import MultiTaskModel
 from densemtl.tasks import task_channels
@@ -88,17 +91,24 @@ class NaiveLoop:
 
     mode = "parameters"
 
-    def __init__(self, model: MultiTaskModel, tasks: tuple[str, ...]) -> None:
+    def __init__(self, model: MultiTaskModel, tasks: tuple[str, ...], precision: Precision | None = None) -> None:
         self.model = model
         self.tasks = tasks
+        self.precision = precision or Precision()
         self.shared = model.shared_parameters()
         self.numel = sum(p.numel() for p in self.shared)
 
     def step(self, batch: dict[str, Tensor]) -> None:
         """Forward, T backward passes, mean of the flattened rows written back into ``.grad``."""
         self.model.zero_grad(set_to_none=True)
-        preds = self.model(batch["image"])
+        amp = self.precision
+        with amp.autocast():
+            preds = self.model(batch["image"])
+        if amp.enabled:  # float32 losses, and fp16's scaled backward, as the engine does
+            preds = {k: v.float() for k, v in preds.items()}
         losses = self.model.task_losses(preds, batch, self.tasks)
+        if amp.scaler is not None:
+            losses = {k: v * amp.scale for k, v in losses.items()}
         T = len(self.tasks)
         first = self.shared[0]
         grads = torch.zeros(T, self.numel, dtype=first.dtype, device=first.device)
@@ -130,13 +140,22 @@ class Runner:
     after_step: Callable[[dict[str, Tensor]], object] = lambda batch: None
     times: list[float] = field(default_factory=list)
     peak_bytes: int | None = None
+    precision: Precision | None = None
 
 
-def _run_unit(runner: Runner, batch: dict[str, Tensor], steps: int) -> None:
+def run_unit(runner: Runner, batch: dict[str, Tensor], steps: int, before: Callable[[], object] | None = None) -> None:
+    """``steps`` training steps of ``runner`` on ``batch`` (``before`` first in each: a rank's
+    ``comm.set_batch``); with mixed precision the optimizer steps through the scaler, as training does."""
     for _ in range(steps):
+        if before is not None:
+            before()
         runner.optimizer.zero_grad(set_to_none=True)
         runner.step(batch)
-        runner.optimizer.step()
+        if runner.precision is None:
+            runner.optimizer.step()
+        else:
+            runner.precision.step(runner.optimizer)
+            runner.precision.update()
         runner.after_step(batch)
 
 
@@ -166,6 +185,7 @@ def measure_speed(
     repeats: int = 5,
     seed: int = 0,
     device: str = "cpu",
+    amp: str = "off",
     progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Time one training step (``engine.step`` + Adam + ``engine.after_step``) of each method and
@@ -180,42 +200,74 @@ def measure_speed(
     ``ratio_to_ew``, ``ratio_to_naive`` (gradient modes, not amortised), ``mem_ratio``, ``peak_mb``,
     ``recompute_every``, ``times_ms``, ``min_ms`` with ``ratio_to_ew_min`` (fastest over fastest, a
     check on a noisy machine) and the issue's ``target`` with ``met`` (judged on the medians).
+    ``amp`` bf16 or fp16: every row's forward under autocast and its optimizer step through fp16's
+    gradient scaler, as ``train --amp`` runs them (the naive loop's too).
     """
     hw, task_tuple = check_settings(size, batch_size, tasks, recompute_every, grad_mode, warmup, repeats, data_args)
     names, strict = method_names(methods)
     dev = resolve_device(device)
-    knobs = dict(DEFAULT_ARCH_ARGS.get(arch, {}) if arch_args is None else arch_args)
+    make_precision(amp, dev)  # a bad --amp is refused before anything is built
     batch = make_batch(hw, batch_size, task_tuple, num_classes, seed, dev, check_data_args(data_args))
+    template = build_template(arch, arch_args, task_tuple, num_classes, seed, dev)
+    plan, rows = plan_rows(names, strict, template, task_tuple, grad_mode, recompute_every, seed)
+    plan.append((NAIVE, None, 1))
+
+    runners = _set_up(plan, template, batch, task_tuple, grad_mode, warmup, recompute_every, rows, progress, amp)
+    _time(runners, batch, recompute_every, repeats, dev, rows, progress)
+    ordered = [rows[n] for n in (BASELINE, *names, NAIVE)]
+    return _summarise(ordered)
+
+
+def build_template(
+    arch: str,
+    arch_args: dict[str, Any] | None,
+    tasks: tuple[str, ...],
+    num_classes: int,
+    seed: int,
+    device: torch.device,
+) -> MultiTaskModel:
+    """The initial model every row copies (seeded; ``arch_args`` None: the benchmark's default knobs)."""
+    knobs = dict(DEFAULT_ARCH_ARGS.get(arch, {}) if arch_args is None else arch_args)
     torch.manual_seed(seed)
     try:
-        template = model_registry.create(arch, task_channels(task_tuple, num_classes), **knobs).to(dev).train()
+        return model_registry.create(arch, task_channels(tasks, num_classes), **knobs).to(device).train()
     except TypeError as e:
         raise ConfigError(f"--arch-arg for {arch!r}: {e}") from None
 
-    # Plan: which rows run, and the rows that cannot (errors are found before anything is timed).
-    plan: list[tuple[str, BalancingMethod | None, int]] = [(BASELINE, build_method(BASELINE, len(task_tuple), seed), 1)]
+
+Plan = list[tuple[str, BalancingMethod | None, int]]
+
+
+def plan_rows(
+    names: Sequence[str],
+    strict: bool,
+    template: MultiTaskModel,
+    tasks: tuple[str, ...],
+    grad_mode: str | None,
+    recompute_every: int,
+    seed: int,
+) -> tuple[Plan, dict[str, dict[str, Any]]]:
+    """Which rows run (EW first), and the rows that cannot, found before anything is timed: a
+    method that cannot be built is an ``error`` row; one that cannot use ``grad_mode`` or
+    ``recompute_every`` an ``n/a`` row, or a ConfigError when it was named (``strict``)."""
+    plan: Plan = [(BASELINE, build_method(BASELINE, len(tasks), seed), 1)]
     rows: dict[str, dict[str, Any]] = {}
     for name in names:
         try:
             base, knobs = method_spec(name)
-            method = build_method(base, len(task_tuple), seed, knobs)
+            method = build_method(base, len(tasks), seed, knobs)
         except Exception as e:  # noqa: BLE001 - a method that cannot be built is reported, not fatal
             rows[name] = {"method": name, "mode": None, "status": "error", "error": f"construction: {_message(e)}"}
             continue
         try:
-            Engine(template, method, task_tuple, mode=grad_mode, recompute_every=recompute_every)
+            Engine(template, method, tasks, mode=grad_mode, recompute_every=recompute_every)
         except ConfigError as e:
             if strict:
                 raise
             rows[name] = {"method": name, "mode": None, "status": "n/a", "error": str(e)}
             continue
         plan.append((name, method, recompute_every))
-    plan.append((NAIVE, None, 1))
-
-    runners = _set_up(plan, template, batch, task_tuple, grad_mode, warmup, recompute_every, rows, progress)
-    _time(runners, batch, recompute_every, repeats, dev, rows, progress)
-    ordered = [rows[n] for n in (BASELINE, *names, NAIVE)]
-    return _summarise(ordered)
+    return plan, rows
 
 
 def _set_up(
@@ -228,6 +280,7 @@ def _set_up(
     unit: int,
     rows: dict[str, dict[str, Any]],
     progress: bool,
+    amp: str = "off",
 ) -> list[Runner]:
     """Per row: a fresh model copy, engine and Adam, warm-up steps, and one unit under a memory probe."""
     runners: list[Runner] = []
@@ -239,16 +292,19 @@ def _set_up(
             with MemoryProbe(device) as probe:
                 model = copy.deepcopy(template)
                 if method is None:
-                    naive = NaiveLoop(model, tasks)
+                    naive = NaiveLoop(model, tasks, make_precision(amp, device))
                     runner = Runner(name, naive.mode, 1, model, bench_optimizer(model, None), naive.step)
+                    runner.precision = naive.precision if naive.precision.enabled else None
                 else:
                     mode = None if name == BASELINE else grad_mode
-                    engine = Engine(model, method, tasks, mode=mode, recompute_every=k)
+                    precision = make_precision(amp, device)
+                    engine = make_engine(model, method, tasks, mode, k, precision)
                     optimizer = bench_optimizer(model, method)
                     runner = Runner(name, engine.mode, k, model, optimizer, engine.step, engine.after_step)
-                _run_unit(runner, batch, warmup)
+                    runner.precision = precision
+                run_unit(runner, batch, warmup)
                 with probe.window():
-                    _run_unit(runner, batch, unit)
+                    run_unit(runner, batch, unit)
             runner.peak_bytes = probe.peak_bytes
             runners.append(runner)
             rows[name] = {"method": name, "mode": runner.mode, "status": "ok"}
@@ -279,7 +335,7 @@ def _time(
             try:
                 _sync(device)
                 start = time.perf_counter()
-                _run_unit(runner, batch, unit)
+                run_unit(runner, batch, unit)
                 _sync(device)
                 runner.times.append((time.perf_counter() - start) / unit)
             except Exception as e:  # noqa: BLE001

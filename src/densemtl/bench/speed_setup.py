@@ -18,7 +18,9 @@ from densemtl import data as data_registry
 from densemtl import methods as method_registry
 from densemtl.balancing.base import BalancingMethod
 from densemtl.bench.targets import BASELINE
-from densemtl.engine import MODES
+from densemtl.distributed import Comm
+from densemtl.engine import MODES, Engine
+from densemtl.engine.precision import Precision
 from densemtl.errors import ConfigError
 from densemtl.models.base import MultiTaskModel
 from densemtl.training.builders import build_optimizer, data_knobs, resolve_device
@@ -72,6 +74,27 @@ def bench_optimizer(model: MultiTaskModel, method: BalancingMethod | None) -> to
     if extra:
         groups.append({"params": extra, "weight_decay": 0.0})
     return torch.optim.Adam(groups, lr=1e-4)
+
+
+def make_precision(amp: str | None, device: torch.device) -> Precision | None:
+    """The ``--amp`` mode each row trains under (a fresh scaler per row), None for float32;
+    a bad value or fp16 off CUDA is a one-line ConfigError."""
+    if amp in (None, "off"):
+        return None
+    return Precision(str(amp), device)
+
+
+def make_engine(
+    model: MultiTaskModel,
+    method: BalancingMethod,
+    tasks: tuple[str, ...],
+    mode: str | None,
+    recompute_every: int,
+    precision: Precision | None = None,
+    comm: Comm | None = None,
+) -> Engine:
+    """The engine training gives ``method`` (``precision``: under ``--amp``; ``comm``: one rank of several)."""
+    return Engine(model, method, tasks, mode=mode, recompute_every=recompute_every, comm=comm, precision=precision)
 
 
 def check_settings(

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 from densemtl.errors import ConfigError
+
+#: what the --world-size table's columns are, recorded with its JSON
+DDP_NOTES = {
+    "timing": "per repeat the slowest rank's unit time (each unit starts at a barrier); median over repeats",
+    "bytes": "rank 0's comm.sent_bytes per step: losses, Gramian or gathered rows or per-task gradients, and "
+    "the gradients DDP averages; synchronised batch-norm statistics excluded (sync_bn_bytes per pass)",
+}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -46,6 +54,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per method first (default: 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    p.add_argument(
+        "--world-size",
+        type=int,
+        default=1,
+        help="time the step in N processes sharing the global --batch-size (gloo on the CPU; nccl, one GPU per "
+        "process, with --device cuda) and report the bytes each rank communicates per step (default: 1)",
+    )
+    p.add_argument(
+        "--amp",
+        default="off",
+        choices=("off", "bf16", "fp16"),
+        help="mixed precision of the forward, as train --amp (fp16 needs CUDA; default: off)",
+    )
     p.add_argument("--json", metavar="FILE", help="also write the results and settings as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -93,6 +114,43 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def _bytes(n: float | None) -> str:
+    return "-" if n is None else f"{n:,.0f}"
+
+
+def format_ddp_table(rows: list[dict[str, Any]]) -> str:
+    """The table of ``--world-size N``: method, mode, step time (the slowest rank's), ratios to EW,
+    rank 0's bytes per step and their ratio to EW's."""
+    header = ("method", "mode", "step ms (max over ranks)", "x EW", "min x EW", "bytes/step, rank 0", "bytes x EW")
+    lines: list[tuple[str, ...]] = [header]
+    for r in rows:
+        if r["status"] != "ok":
+            lines.append((r["method"], r["status"], r.get("error") or ""))
+            continue
+        mode = r["mode"] + (f" /{r['recompute_every']}" if r.get("recompute_every", 1) > 1 else "")
+        lines.append(
+            (
+                r["method"],
+                mode,
+                _fmt(r["step_ms"], ".1f"),
+                _fmt(r["ratio_to_ew"], ".2f"),
+                _fmt(r.get("ratio_to_ew_min"), ".2f"),
+                _bytes(r["bytes_per_step"]),
+                _fmt(r["bytes_ratio_to_ew"], ".2f"),
+            )
+        )
+    full = [ln for ln in lines if len(ln) == len(header)]
+    widths = [max(len(ln[i]) for ln in full) for i in range(len(header))]
+    out = []
+    for ln in lines:
+        if len(ln) != len(header):
+            out.append(f"{ln[0]:<{widths[0]}}  {ln[1]:<{widths[1]}}  {ln[2]}")
+            continue
+        cells = [c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(ln, widths, strict=True))]
+        out.append("  ".join(cells).rstrip())
+    return "\n".join(out)
+
+
 def _load() -> float | None:
     """The 1-minute load average (how busy the machine was), where the OS reports one."""
     try:
@@ -103,9 +161,11 @@ def _load() -> float | None:
 
 def run(args: argparse.Namespace) -> int:
     from densemtl.bench.speed import MEMORY_NOTE, measure_speed
+    from densemtl.bench.speed_ddp import check_world_size, measure_speed_ddp
     from densemtl.bench.speed_setup import DEFAULT_ARCH_ARGS, dataset_tasks, machine_info
     from densemtl.training.config import parse_kv, parse_size
 
+    check_world_size(args.world_size, args.batch_size, args.device)
     size = parse_size(args.size)
     methods = [m for m in args.methods.split(",") if m.strip()] if args.methods is not None else None
     if methods is not None and not methods:
@@ -119,7 +179,9 @@ def run(args: argparse.Namespace) -> int:
     if out is not None and not out.parent.is_dir():
         raise ConfigError(f"--json {args.json}: directory {out.parent} does not exist")
     load_before = _load()
-    rows = measure_speed(
+    ddp = args.world_size > 1
+    measure: Any = functools.partial(measure_speed_ddp, world_size=args.world_size) if ddp else measure_speed
+    rows = measure(
         methods,
         arch=args.arch,
         arch_args=arch_args,
@@ -133,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         seed=args.seed,
         device=args.device,
+        amp=args.amp,
         progress=not args.quiet,
     )
     settings = {
@@ -148,18 +211,31 @@ def run(args: argparse.Namespace) -> int:
         "repeats": args.repeats,
         "seed": args.seed,
         "step": "optimizer.zero_grad + engine.step + Adam.step + engine.after_step; median over interleaved repeats",
-        "memory": MEMORY_NOTE,
+        "amp": args.amp,
+        "world_size": args.world_size,
+        **(DDP_NOTES if ddp else {"memory": MEMORY_NOTE}),
         "load_avg_1min": [load_before, _load()],  # other work on the machine, before and after
         **machine_info(args.device),
     }
     m = settings
+    if ddp:
+        backend = "nccl" if str(m["device"]).startswith("cuda") else "gloo, 1 torch thread each"
+        m["torch_threads"] = 1 if backend.startswith("gloo") else m["torch_threads"]
+        where = f"{args.world_size} processes ({backend}), global "
+    else:
+        where = ""
+    amp = f", amp {args.amp}" if args.amp != "off" else ""
     print(
-        f"densemtl speed: {args.arch} {m['arch_args']} {size[0]}x{size[1]} batch {args.batch_size}, "
+        f"densemtl speed: {args.arch} {m['arch_args']} {size[0]}x{size[1]} {where}batch {args.batch_size}{amp}, "
         f"tasks {','.join(tasks)}, "
         f"{args.repeats} repeats after {args.warmup} warm-up, on {m['device']} ({m['device_name']}, "
         f"{m['cpu_count']} cores, {m['torch_threads']} torch threads)"
     )
-    print(format_table(rows))
+    if ddp:
+        bn = rows[0].get("sync_bn_bytes")
+        extra = f"; sync-BN adds {_bytes(bn)} B per forward+backward, not counted" if bn else ""
+        print(f"step time: the slowest rank's; bytes: what rank 0 puts into collectives per step{extra}")
+    print(format_ddp_table(rows) if ddp else format_table(rows))
     if out is not None:
         out.write_text(json.dumps({"results": rows, "settings": settings}, indent=2) + "\n")
         print(f"densemtl: results written to {out}")

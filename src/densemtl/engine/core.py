@@ -21,6 +21,7 @@ from torch import Tensor
 from densemtl.balancing.base import BalancingMethod
 from densemtl.distributed import Comm
 from densemtl.engine.modes import MODES, check_mode, check_recompute_every, default_mode
+from densemtl.engine.precision import Precision
 from densemtl.engine.strategies import STRATEGIES, Context, Forward, NonFiniteGradientError, StepResult
 from densemtl.models.base import MultiTaskModel
 
@@ -47,10 +48,13 @@ class Engine:
         mode: str | None = None,
         recompute_every: int = 1,
         comm: Comm | None = None,
+        precision: Precision | None = None,
     ) -> None:
         self.model = model
         #: the processes of the run (:mod:`densemtl.distributed`); one by default
         self.comm = comm if comm is not None else Comm()
+        #: the forward pass's precision and fp16's gradient scaler (:mod:`densemtl.engine.precision`)
+        self.precision = precision if precision is not None else Precision()
         self.method = method
         self.tasks = tasks
         self.mode = check_mode(method, model, mode)
@@ -58,7 +62,7 @@ class Engine:
         self.recompute_every = recompute_every
         self.step_count = 0
         own = [model.task_parameters(t) for t in tasks]
-        ctx = Context(model, method, tasks, model.shared_parameters(), own, self.comm)
+        ctx = Context(model, method, tasks, model.shared_parameters(), own, self.comm, self.precision)
         #: how this engine's gradient source becomes ``.grad`` (one per mode)
         self.strategy = STRATEGIES[self.mode](ctx, recompute_every)
 
@@ -94,12 +98,17 @@ class Engine:
         """The forward pass and the task losses, shaped for this engine's mode (grads zeroed)."""
         self.model.zero_grad(set_to_none=True)
         x = batch["image"]
+        amp = self.precision
         if self.strategy.splits_forward(self.step_count):
-            rep = self.model.encode(x)
-            rep_in = rep.detach().requires_grad_(True)
-            preds = self.model.decode(rep_in, (x.shape[-2], x.shape[-1]))
+            with amp.autocast():
+                rep = self.model.encode(x)
+                rep_in = rep.detach().requires_grad_(True)
+                preds = self.model.decode(rep_in, (x.shape[-2], x.shape[-1]))
+            preds = _float(preds) if amp.enabled else preds
             return Forward(preds, self.comm.globalize(self.task_loss_parts(preds, batch)), rep, rep_in)
-        preds = self.model(x)
+        with amp.autocast():
+            preds = self.model(x)
+        preds = _float(preds) if amp.enabled else preds
         return Forward(preds, self.comm.globalize(self.task_loss_parts(preds, batch)))
 
     def backward(self, fwd: Forward, extra: Sequence[Tensor] | None = None) -> StepResult:
@@ -127,7 +136,10 @@ class Engine:
         if not self.method.requirements.reevaluate:
             return
         with torch.no_grad():
-            losses = torch.stack(self.comm.globalize(self.task_loss_parts(self.model(batch["image"]), batch)))
+            with self.precision.autocast():
+                preds = self.model(batch["image"])
+            preds = _float(preds) if self.precision.enabled else preds
+            losses = torch.stack(self.comm.globalize(self.task_loss_parts(preds, batch)))
         self.method.observe_losses_after_step(losses.detach())
 
     # -- state ------------------------------------------------------------------------------------
@@ -141,3 +153,8 @@ class Engine:
         member checkpoints carried before the engine had a state of its own."""
         self.step_count = int(state.get("step", state.get("engine_step", 0)))
         self.strategy.load_state_dict(state)
+
+
+def _float(preds: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Autocast's half-precision predictions as float32, so that the losses are float32."""
+    return {k: v.float() if isinstance(v, Tensor) and v.is_floating_point() else v for k, v in preds.items()}

@@ -24,6 +24,7 @@ class EpochTotals:
         self.sums = torch.zeros(members, 2, len(self.tasks), dtype=torch.float64)  # (member, loss/weight, task)
         self.steps = 0  # steps summed
         self.nonfinite = 0  # steps skipped
+        self.amp_skipped = 0  # steps the fp16 gradient scaler skipped (overflow)
 
     def add(self, results: Sequence[StepResult]) -> None:
         """Count one step: every member's task losses and weights."""
@@ -41,7 +42,13 @@ class EpochTotals:
         return dict(zip(self.tasks, self.means()[0, 0].tolist(), strict=True))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"sums": self.sums.clone(), "n": self.steps, "nonfinite": self.nonfinite}
+        return {
+            "sums": self.sums.clone(),
+            "n": self.steps,
+            "nonfinite": self.nonfinite,
+            "amp_skipped": self.amp_skipped,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.sums, self.steps, self.nonfinite = state["sums"].clone(), int(state["n"]), int(state["nonfinite"])
+        self.amp_skipped = int(state.get("amp_skipped", 0))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -39,3 +39,27 @@ def evaluate_model(
         meter.update({t: preds[t].float() for t in tasks}, batch)
     model.train(was_training)
     return meter.compute()
+
+
+def evaluate_members(
+    members: Sequence[Any],
+    loader: Iterable[dict[str, Tensor]],
+    tasks: Sequence[str],
+    num_classes: int,
+    device: torch.device,
+    progress: bool,
+    task_args: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Validation metrics of every member of a run ("val" for the main network, "peer_val", ...)
+    and, with several members, of their ensemble ("ensemble_val")."""
+    from densemtl.training.ensemble import Ensemble
+
+    nets: list[tuple[str, nn.Module]] = [(m.key("val"), m.model) for m in members]
+    if len(members) > 1:
+        nets.append(("ensemble_val", Ensemble(*(m.model for m in members))))
+    return {
+        key: evaluate_model(
+            net, loader, tuple(tasks), num_classes, device, progress=progress, desc="validate", task_args=task_args
+        )
+        for key, net in nets
+    }

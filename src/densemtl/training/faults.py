@@ -65,7 +65,11 @@ class FiniteGuard:
         return None
 
     def problem(
-        self, members: Sequence[Member], results: list[StepResult] | None, batch: dict[str, Tensor]
+        self,
+        members: Sequence[Member],
+        results: list[StepResult] | None,
+        batch: dict[str, Tensor],
+        check_grads: bool = True,
     ) -> str | None:
         """What is non-finite in this step, or None. ``results`` is None when the engine already
         refused the update; the task losses are then evaluated again to name the task."""
@@ -79,7 +83,7 @@ class FiniteGuard:
             bad = self._bad_loss(m, r.losses.double().cpu().tolist())
             if bad:
                 return bad
-        for m in members:
+        for m in members if check_grads else ():  # fp16: the gradient scaler checks (and skips) them
             grads = [p.grad for p in m.model.parameters() if p.grad is not None]
             grads += [p.grad for p in m.method.parameters() if p.grad is not None]
             if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):

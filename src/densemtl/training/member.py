@@ -16,6 +16,7 @@ import torch
 
 from densemtl.distributed import Comm
 from densemtl.engine import Engine
+from densemtl.engine.precision import Precision
 from densemtl.models.sync_bn import convert_sync_bn
 from densemtl.training.builders import build_method, build_model, build_optimizer
 from densemtl.training.config import TrainConfig
@@ -44,6 +45,7 @@ class Member:
         device: torch.device,
         spec: MemberSpec | None = None,
         comm: Comm | None = None,
+        precision: Precision | None = None,
     ) -> None:
         spec = spec or MemberSpec()
         own = dataclasses.replace(
@@ -62,7 +64,13 @@ class Member:
         comm.broadcast_([*self.model.parameters(), *self.model.buffers()])  # as DDP: rank 0's start
         self.method = build_method(own.method, len(tasks), own.seed, own.method_args)
         self.engine = Engine(
-            self.model, self.method, tasks, mode=cfg.grad_mode, recompute_every=cfg.recompute_every, comm=comm
+            self.model,
+            self.method,
+            tasks,
+            mode=cfg.grad_mode,
+            recompute_every=cfg.recompute_every,
+            comm=comm,
+            precision=precision,
         )
         self.optimizer, self.scheduler = build_optimizer(own, self.model, self.method)
 

@@ -10,6 +10,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from densemtl.errors import ConfigError, RuntimeFault
 from densemtl.metrics import lower_is_better, relative_improvement
 from densemtl.models import count_parameters
@@ -123,3 +125,17 @@ def run_summary(trainer: Any, elapsed: float) -> dict[str, Any]:
         out[m.key("parameters")] = count_parameters(m.model)
         out[m.key("arch_args")] = m.arch_args
     return out
+
+
+def create_run_files(out: Path, cfg: Any) -> Any:
+    """Make the run directory ``out`` with its config.yaml (a :class:`RuntimeFault` naming it when
+    it cannot be made); the TensorBoard log when ``cfg.tensorboard``, else None."""
+    from densemtl.training.checkpoint import atomic_write_text
+    from densemtl.training.diagnostics import TensorBoardLog
+
+    try:
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RuntimeFault(f"cannot create the run directory {out}: {e.strerror or e}; choose another --out") from None
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    return TensorBoardLog(out / "tensorboard") if cfg.tensorboard else None

@@ -24,16 +24,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-import yaml
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from densemtl.data import MultiTaskDataset
-from densemtl.distributed import Comm, ShardedBatches
+from densemtl.distributed import Comm
 from densemtl.engine import NonFiniteGradientError, StepResult
-from densemtl.errors import ConfigError, RuntimeFault
+from densemtl.engine.precision import Precision
 from densemtl.models import MultiTaskModel
 from densemtl.report.console import metrics_header, metrics_row
 from densemtl.report.diagnostic_plots import plot_diagnostics
@@ -41,17 +39,18 @@ from densemtl.report.jsonio import dumps
 from densemtl.report.plots import plot_run
 from densemtl.report.visualize import prediction_grid, save_panel
 from densemtl.training.builders import build_datasets, resolve_device
-from densemtl.training.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from densemtl.training.checkpoint import atomic_write_text, save_checkpoint
 from densemtl.training.config import TrainConfig
 from densemtl.training.diagnostics import Diagnostics, TensorBoardLog, require_tensorboard
-from densemtl.training.ensemble import Ensemble
 from densemtl.training.epoch import EpochTotals
-from densemtl.training.evaluation import evaluate_model, move
+from densemtl.training.evaluation import evaluate_members, move
 from densemtl.training.faults import FiniteGuard
+from densemtl.training.loaders import epoch_loader
 from densemtl.training.member import Member
 from densemtl.training.ranks import check_in_sync, on_main, rank_device, share_buffers
-from densemtl.training.resumable import EpochOrder, plain, rng_state, set_rng_state
-from densemtl.training.rundir import best_score, check_out_dir, discard, read_history, run_summary
+from densemtl.training.restore import restore
+from densemtl.training.resumable import plain, rng_state, set_rng_state
+from densemtl.training.rundir import best_score, check_out_dir, create_run_files, discard, run_summary
 from densemtl.training.schemes import Scheme, scheme_for
 from densemtl.training.signals import StopSignals
 
@@ -95,8 +94,11 @@ class Trainer:
         self.tasks: tuple[str, ...] = tuple(self.train_set.tasks)
         self.num_classes: int = int(self.train_set.num_classes)
         self.scheme = scheme if scheme is not None else scheme_for(cfg)
+        #: --amp: the forward's precision and fp16's gradient scaler, one for every member
+        self.precision = Precision(cfg.amp, self.device)
         self.members = [
-            Member(cfg, self.tasks, self.num_classes, self.device, spec, self.comm) for spec in self.scheme.members()
+            Member(cfg, self.tasks, self.num_classes, self.device, spec, self.comm, self.precision)
+            for spec in self.scheme.members()
         ]
         main = self.members[0]
         self.diagnostics = Diagnostics(
@@ -134,26 +136,8 @@ class Trainer:
 
     # -- data -------------------------------------------------------------------------------------
     def _loader(self, dataset: MultiTaskDataset, *, shuffle: bool, epoch: int = 0, start: int = 0) -> DataLoader:
-        """Batches of ``dataset``; shuffled in the order of (seed, epoch) from batch ``start`` on."""
-        seed = self.cfg.seed * 100_003 + epoch
-        dataset.set_epoch(epoch)
-        if shuffle and self.comm.active:  # this rank's part of each global batch
-            order = EpochOrder(len(dataset), seed, start * self.cfg.batch_size)
-            shards = ShardedBatches(order, self.cfg.batch_size, self.comm.rank, self.comm.world_size)
-            return DataLoader(
-                dataset,  # type: ignore[arg-type]
-                batch_sampler=shards,
-                num_workers=self.cfg.workers,
-                pin_memory=self.device.type == "cuda",
-            )
-        return DataLoader(
-            dataset,  # type: ignore[arg-type]
-            batch_size=self.cfg.batch_size,
-            sampler=EpochOrder(len(dataset), seed, start * self.cfg.batch_size) if shuffle else None,  # type: ignore[arg-type]
-            generator=torch.Generator().manual_seed(seed) if shuffle else None,
-            num_workers=self.cfg.workers,
-            pin_memory=self.device.type == "cuda",
-        )
+        """:func:`~densemtl.training.loaders.epoch_loader` of this run."""
+        return epoch_loader(dataset, self.cfg, self.device, self.comm, shuffle=shuffle, epoch=epoch, start=start)
 
     # -- state ------------------------------------------------------------------------------------
     def _header(self, epoch: int) -> dict[str, Any]:
@@ -180,43 +164,15 @@ class Trainer:
             "history": plain(self.history),
             "guard": self.guard.state_dict(),
             "rng": rng_state(),
+            "amp_scaler": self.precision.state_dict(),
             "elapsed_s": self._elapsed + time.perf_counter() - self._started,
             **main.state(),
             **{m.name: m.state() for m in others},
         }
 
     def _restore(self) -> None:
-        if not self.last_path.is_file():
-            if any(r["epoch"] >= 1 for r in read_history(self.out / "metrics.jsonl")):
-                raise ConfigError(f"--resume: {self.last_path} does not exist; the run cannot be continued")
-            self.log(f"densemtl: {self.out} has no checkpoint yet: starting it from the beginning")
-            return
-        state = load_checkpoint(self.last_path)
-        main, *others = self.members
-        main.restore(state)
-        for m in others:
-            if not isinstance(state.get(m.name), dict):
-                raise ConfigError(f"--resume: the checkpoint of {self.out} holds no member {m.name!r}")
-            m.restore(state[m.name])
-        self.epoch, self.step = int(state["epoch"]), int(state.get("step", 0))
-        if self.cfg.epochs < self.epoch:
-            raise ConfigError(
-                f"--epochs {self.cfg.epochs} is below the {self.epoch} epochs {self.out} has done; "
-                f"resume with --epochs {self.epoch} or more"
-            )
-        history = state.get("history")
-        if history is None:  # a checkpoint from before the history was kept in it
-            history = read_history(self.out / "metrics.jsonl")
-        self.history = [r for r in history if r["epoch"] <= self.epoch]
-        partial = state.get("epoch_partial")
-        if self.step and partial is not None:
-            self.totals.load_state_dict(partial)
-            self.diagnostics.load_state_dict(partial["diagnostics"])
-        else:
-            self.step = 0
-        self.guard.load_state_dict(state.get("guard") or {})
-        self._rng = state.get("rng")
-        self._elapsed = float(state.get("elapsed_s", 0.0))
+        """Continue from checkpoints/last.pt (:func:`~densemtl.training.restore.restore`)."""
+        restore(self)
 
     def _save(self) -> None:
         if self.main_rank:
@@ -255,22 +211,10 @@ class Trainer:
         if not self.main_rank:
             return {}
         loader = self._loader(self.val_set, shuffle=False)
-        nets: list[tuple[str, nn.Module]] = [(m.key("val"), m.model) for m in self.members]
-        if len(self.members) > 1:
-            nets.append(("ensemble_val", Ensemble(*(m.model for m in self.members))))
-        return {
-            key: evaluate_model(
-                net,
-                loader,
-                self.tasks,
-                self.num_classes,
-                self.device,
-                progress=self.progress,
-                desc="validate",
-                task_args=getattr(self.val_set, "task_args", None),
-            )
-            for key, net in nets
-        }
+        task_args = getattr(self.val_set, "task_args", None)
+        return evaluate_members(
+            self.members, loader, self.tasks, self.num_classes, self.device, self.progress, task_args
+        )
 
     def _train_batch(self, epoch: int, batch: dict[str, Tensor]) -> list[StepResult] | None:
         """One step of every member on ``batch`` under the scheme: one result per member, or
@@ -284,7 +228,7 @@ class Trainer:
             results: list[StepResult] | None = self.scheme.step(self.members, batch)
         except NonFiniteGradientError:
             results = None  # the engine refused the update; the guard names what went wrong
-        problem = self.guard.problem(self.members, results, batch)
+        problem = self.guard.problem(self.members, results, batch, check_grads=self.precision.scaler is None)
         if problem is not None or results is None:
             self._nonfinite_step(epoch, problem or "the update is non-finite")
             return None
@@ -294,7 +238,10 @@ class Trainer:
         main = self.members[0]
         self.diagnostics.observe(batch, main.engine.step_count - 1)  # same weights as the step, before the update
         for m in self.members:
-            m.optimizer.step()
+            self.precision.step(m.optimizer)
+        if self.precision.update():
+            self.totals.amp_skipped += 1
+        for m in self.members:
             m.engine.after_step(batch)
         return results
 
@@ -364,6 +311,8 @@ class Trainer:
         record.update(self.diagnostics.summary())
         if self.cfg.skip_nonfinite:
             record["nonfinite_steps"] = self.totals.nonfinite
+        if self.precision.scaler is not None:
+            record["amp_skipped_steps"] = self.totals.amp_skipped
         return record
 
     def run(self) -> dict[str, Any]:
@@ -384,15 +333,7 @@ class Trainer:
 
     def _create_files(self) -> None:
         """The run directory, its config.yaml and the TensorBoard log (rank 0)."""
-        try:
-            (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise RuntimeFault(
-                f"cannot create the run directory {self.out}: {e.strerror or e}; choose another --out"
-            ) from None
-        atomic_write_text(self.out / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
-        if self.cfg.tensorboard:
-            self.tb = TensorBoardLog(self.out / "tensorboard")
+        self.tb = create_run_files(self.out, self.cfg)
 
     def _run(self) -> dict[str, Any]:
         on_main(self.comm, self._create_files)
@@ -442,8 +383,6 @@ class Trainer:
 
     def _check_ranks(self, where: str) -> None:
         """Stop every rank when one's parameters or method state left rank 0's (a bug, never expected)."""
-        try:
-            check_in_sync(self.comm, self.members, where)
-        except RuntimeFault:
-            self.ranks_in_sync = False
-            raise
+        self.ranks_in_sync = False  # until checked
+        check_in_sync(self.comm, self.members, where)
+        self.ranks_in_sync = True

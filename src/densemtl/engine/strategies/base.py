@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from densemtl.balancing.base import Aggregator, BalancingMethod, GramianWeighting
 from densemtl.distributed import Comm
 from densemtl.engine.gramian import gramian
+from densemtl.engine.precision import Precision, mark_overflow
 from densemtl.errors import DenseMTLError
 from densemtl.models.base import MultiTaskModel
 
@@ -53,6 +54,8 @@ class StepResult:
 
     losses: Tensor
     weights: Tensor
+    #: the fp16 gradients overflowed: the scaler skips the step (the method saw nothing)
+    overflow: bool = False
 
 
 @dataclass
@@ -66,11 +69,24 @@ class Context:
     shared: list[nn.Parameter]
     own: list[list[nn.Parameter]]
     comm: Comm = field(default_factory=Comm)
+    precision: Precision = field(default_factory=Precision)
 
     @property
     def heads(self) -> list[nn.Parameter]:
         """Every task-specific parameter."""
         return [p for own in self.own for p in own]
+
+    def overflowed(self, J: Tensor) -> bool:
+        """With a gradient scaler: whether the per-task gradients ``J`` overflowed (on any rank),
+        in which case every ``.grad`` is left holding an inf for the scaler to skip the step."""
+        if self.precision.scaler is None:
+            return False
+        bad = not bool(torch.isfinite(J).all())
+        if self.comm.active:
+            bad = self.comm.any(bad, J.device)
+        if bad:
+            mark_overflow(self.shared + self.heads)
+        return bad
 
     def check(self, vec: Tensor, step: int) -> None:
         """Refuse a non-finite update: every ``.grad`` is cleared, so an optimizer step does nothing.
@@ -139,7 +155,8 @@ class GradientStrategy(Strategy):
 
     def backward(self, fwd: Forward, extra: Sequence[Tensor] | None, step: int) -> StepResult:
         parts = fwd.parts if extra is None else [p + e for p, e in zip(fwd.parts, extra, strict=True)]
-        objective = [self.transform(p.reshape(1)).reshape(()) for p in parts]
+        scale = self.ctx.precision.scale  # fp16's loss scale S (1 otherwise), divided out again below
+        objective = [self.transform(p.reshape(1)).reshape(()) * scale for p in parts]
         if self.reusing(step):
             assert self.coefficients is not None
             (self.coefficients * torch.stack(objective)).sum().backward()
@@ -166,6 +183,10 @@ class GradientStrategy(Strategy):
     def row_weights(self, like: Tensor) -> Tensor | None:
         w = cast(Aggregator, self.ctx.method).row_weights()
         return None if w is None else w.to(like)
+
+    def skipped(self, losses: Tensor) -> StepResult:
+        """The result of a step whose scaled gradients overflowed (weights 1: nothing was combined)."""
+        return StepResult(losses.detach(), torch.ones_like(losses).detach(), overflow=True)
 
     def result(self, losses: Tensor, c: Tensor | None, w: Tensor | None) -> StepResult:
         """Record c and report w (the task weights used; 1 where the method has none)."""

@@ -22,6 +22,10 @@ from densemtl.engine.strategies.base import Context, Forward, GradientStrategy, 
 from densemtl.engine.strategies.parameters import ParametersStrategy
 
 
+class _Overflow(Exception):
+    """The fp16 Gramian overflowed: the step is skipped."""
+
+
 class GramianStrategy(GradientStrategy):
     """G from one vectorised backward (:mod:`densemtl.engine.gramian`), then the heads."""
 
@@ -41,7 +45,18 @@ class GramianStrategy(GradientStrategy):
             self.coefficients = self.rows.coefficients
             return result
         method = cast(GramianWeighting, self.ctx.method)
-        _, c, grads = gramian_and_grads(objective, shared, method.weights_from_gramian)
+        scale = self.ctx.precision.scale
+
+        def weigh(G: Tensor) -> Tensor:  # of the unscaled Gramian; an overflow is found before the method
+            G = G / scale**2
+            if self.ctx.overflowed(G):
+                raise _Overflow
+            return method.weights_from_gramian(G)
+
+        try:
+            _, c, grads = gramian_and_grads(objective, shared, weigh)
+        except _Overflow:
+            return self.skipped(fwd.losses)
         present = [g for g in grads if g is not None]
         if present:
             self.ctx.check(torch.stack(torch._foreach_norm(present)), step)

@@ -44,6 +44,7 @@ class LossStrategy(Strategy):
         #: the forward stops at the representation, so that the norms come from head passes (in one
         #: process: across processes the norms are those of the reduced layer gradients)
         self.split = self.wants_norms and ctx.model.has_representation and bool(ctx.shared) and not ctx.comm.active
+        self.split = self.split and ctx.precision.scaler is None  # fp16: one scaled backward
         if req.layer_grad_norms not in (None, "auto"):
             self.norm_layer_name, self.norm_layer = self._named_layer(req.layer_grad_norms)
 
@@ -88,7 +89,8 @@ class LossStrategy(Strategy):
             assert rep is not None
             split_weighted_backward(rep, pieces[0], pieces[1], self.ctx.own, weights)
         else:
-            scalar.backward()
+            scale = self.ctx.precision.scale  # fp16's loss scale; the scaler divides it out again
+            (scalar * scale if scale != 1.0 else scalar).backward()
             if rep is not None and rep_in is not None:
                 rep.backward(rep_in.grad if rep_in.grad is not None else torch.zeros_like(rep))
         self.ctx.comm.reduce_grads([*self.ctx.model.parameters(), *self.method.parameters()])

@@ -12,6 +12,7 @@ method gets each row reduced before ``add_row``); the heads' gradients are reduc
 
 from __future__ import annotations
 
+import copy
 from typing import cast
 
 import torch
@@ -45,7 +46,11 @@ class ParametersStrategy(GradientStrategy):
             self.buffer = JacobianBuffer(ctx.shared, 1 if self.streams else T)
         jac = self.buffer
         comm = ctx.comm
+        scale = ctx.precision.scale  # fp16: rows are divided by S before the method sees them
+        saved = None
         if self.streams:
+            if scale != 1.0:  # an overflow in a later row must leave the method as it was
+                saved = copy.deepcopy(method.state_dict())
             method.start_rows(T, jac.matrix[0], out=jac.update)
         pending = []
         for t in range(T):
@@ -53,17 +58,28 @@ class ParametersStrategy(GradientStrategy):
             torch.autograd.backward(objective[t], inputs=ctx.shared + ctx.own[t], retain_graph=t < T - 1)
             if self.streams:
                 comm.reduce_(jac.matrix[0])
+                if scale != 1.0:
+                    jac.matrix[0].div_(scale)
+                    if ctx.overflowed(jac.matrix[0]):  # identical on every rank after the reduction
+                        method.load_state_dict(saved or {})
+                        return self.skipped(fwd.losses)
                 method.add_row(t, jac.matrix[0])
             elif comm.active:
                 pending += comm.reduce_buckets_(jac.matrix[t])
         for work in pending:
             work.wait()
+        if scale != 1.0 and not self.streams:
+            jac.matrix.div_(scale)
+            if ctx.overflowed(jac.matrix):
+                return self.skipped(fwd.losses)
         if self.streams:
             vec, c, w = method.finish_rows(), None, self.row_weights(jac.matrix)
         else:
             vec, c, w = self.combine(jac.matrix, out=jac.update)
         ctx.check(vec, step)
         jac.set_grads(vec)
+        if scale != 1.0:
+            jac.update.mul_(scale)  # scaled again, for the scaler to unscale and check
         for t in range(T):
             if w is not None and float(w[t]) != 1.0:
                 for p in ctx.own[t]:

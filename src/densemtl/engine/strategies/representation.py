@@ -44,9 +44,14 @@ class RepresentationStrategy(GradientStrategy):
             grads = torch.autograd.grad(objective[t], [rep_in, *own[t]], retain_graph=t < T - 1, allow_unused=True)
             J[t] = grads[0].reshape(-1) if grads[0] is not None else 0.0
             head_grads.append(grads[1:])
+        scale = self.ctx.precision.scale
+        if scale != 1.0:
+            J.div_(scale)  # the method sees the unscaled rows; the heads' gradients stay scaled for the scaler
+            if self.ctx.overflowed(J):
+                return self.skipped(fwd.losses)
         vec, c, w = self.combine_global(J) if self.ctx.comm.active else self.combine(J)
         self.ctx.check(vec, step)
-        rep.backward(vec.view_as(rep).to(rep.dtype))
+        rep.backward((vec * scale if scale != 1.0 else vec).view_as(rep).to(rep.dtype))
         for t in range(T):
             scale = float(w[t]) if w is not None else 1.0
             for p, g in zip(own[t], head_grads[t], strict=True):
