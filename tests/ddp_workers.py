@@ -105,3 +105,31 @@ def train_runs(comm: Comm, methods: list[str], root: str, extra: dict[str, Any] 
         cfg = resolve_config(values)
         out[method] = trainer_module.Trainer(cfg, f"{root}/{method}", progress=False, comm=comm).run()
     return out
+
+
+def run_config(comm: Comm, values: dict[str, Any], out: str, resume: bool = False) -> dict[str, Any]:
+    """One tiny run of ``values`` (over the tiny defaults) into ``out``, as ``densemtl train`` would."""
+    import densemtl.training.trainer as trainer_module
+    from densemtl.training.config import resolve_config, resume_config
+
+    for name in ("plot_run", "plot_diagnostics", "save_panel"):
+        setattr(trainer_module, name, lambda *a, **k: None)
+    tiny = {"size": (32, 32), "n_train": 12, "n_val": 4, "batch_size": 4, "diagnostics_every": 0}
+    tiny["arch_args"] = {"width": 0.125, "depth_stages": 3}
+    cfg = resume_config(out, values) if resume else resolve_config({**tiny, **values})
+    return trainer_module.Trainer(cfg, out, resume=resume, progress=False, comm=comm).run()
+
+
+def diverge(comm: Comm) -> None:
+    """Rank 1 nudges one parameter: :func:`check_in_sync` must stop every rank."""
+    from types import SimpleNamespace
+
+    from densemtl.training.ranks import check_in_sync
+
+    torch.manual_seed(0)
+    model = Small(bn=False)
+    if comm.rank == 1:
+        with torch.no_grad():
+            model.heads["depth"].bias.add_(1e-7)
+    member = SimpleNamespace(name="", model=model, method=build_method("famo", len(TASKS), 0, {}))
+    check_in_sync(comm, [member], "the end of epoch 3")  # type: ignore[list-item]

@@ -15,6 +15,7 @@ import torch
 import ddp_workers as W
 from densemtl.balancing import METHODS
 from densemtl.distributed import Comm, ShardedBatches, spawn
+from densemtl.errors import RuntimeFault
 from densemtl.training.resumable import EpochOrder
 
 #: (method, mode) pairs of the issue's equality test, every mode each method offers of the two
@@ -123,3 +124,33 @@ def test_torchrun_cli(tmp_path: Path, tiny_args: list[str]) -> None:
     assert again.returncode != 0
     errors = [line for line in again.stderr.splitlines() if line.startswith("densemtl: error:")]
     assert len(errors) == 1 and "already" in errors[0], again.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_resume_across_processes(tmp_path: Path) -> None:
+    """2 ranks: 1 epoch, then --resume to 3, equals 3 epochs straight; the run also resumes in one
+    process (the global batches do not depend on the number of processes)."""
+    values = {"method": "pcgrad", "epochs": 3, "checkpoint_every": 1}
+    straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
+    spawn(W.run_config, 2, values, straight)
+    spawn(W.run_config, 2, {**values, "epochs": 1}, split)
+    spawn(W.run_config, 2, {"epochs": 3}, split, True)
+
+    def records(run: str) -> list[dict[str, Any]]:
+        lines = (Path(run) / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(line).items() if k != "time_s"} for line in lines]
+
+    assert records(split) == records(straight)
+    summary = W.run_config(Comm(), {"epochs": 4}, split, True)
+    assert summary["world_size"] == 1 and summary["epochs"] == 4
+
+
+def test_ranks_out_of_sync_stop_the_run() -> None:
+    with pytest.raises(RuntimeFault, match=r"ranks out of sync at the end of epoch 3: .* rank\(s\) 1 differ"):
+        spawn(W.diverge, 2)
+
+
+def test_a_global_batch_smaller_than_the_ranks_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeFault, match=r"ConfigError: --batch-size 1 is the global batch and is smaller"):
+        spawn(W.run_config, 2, {"batch_size": 1, "epochs": 1}, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()

@@ -58,7 +58,8 @@ class Comm:
     rank: int = 0
     share: float = 1.0
     sent_bytes: int = 0
-    group: object | None = field(default=None, repr=False)
+    #: where the collectives' own small tensors live (nccl needs them on this rank's GPU)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def active(self) -> bool:
@@ -74,7 +75,9 @@ class Comm:
     def current(cls) -> Comm:
         """The default process group's ranks, or one process when none is initialised."""
         if dist.is_available() and dist.is_initialized():
-            return cls(dist.get_world_size(), dist.get_rank())
+            cuda = dist.get_backend() == "nccl"
+            device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+            return cls(dist.get_world_size(), dist.get_rank(), device=device)
         return cls()
 
     # -- plumbing ---------------------------------------------------------------------------------
@@ -92,7 +95,7 @@ class Comm:
         """Whether ``flag`` is true on any rank."""
         if not self.active:
             return flag
-        t = torch.tensor([1.0 if flag else 0.0], device=device)
+        t = torch.tensor([1.0 if flag else 0.0], device=device or self.device)
         self._all_reduce(t, dist.ReduceOp.MAX)
         return bool(t.item() > 0)
 
@@ -102,7 +105,7 @@ class Comm:
         if not self.active:
             self.share = 1.0
             return n_local
-        t = torch.tensor([float(n_local)], dtype=torch.float64, device=device)
+        t = torch.tensor([float(n_local)], dtype=torch.float64, device=device or self.device)
         self._all_reduce(t)
         n = int(t.item())
         self.share = n_local / n
@@ -147,7 +150,7 @@ class Comm:
         """The global (T, Σ_r D_r) matrix whose block r is a_r J^r, and this rank's columns [lo, hi)."""
         if not self.active:
             return J, 0, J.shape[1]
-        sizes = torch.zeros(self.world_size, dtype=torch.int64)
+        sizes = torch.zeros(self.world_size, dtype=torch.int64, device=J.device)
         sizes[self.rank] = J.shape[1]
         self._all_reduce(sizes)
         width = int(sizes.max())
@@ -215,7 +218,7 @@ class Comm:
         digest = hashlib.blake2b(digest_size=7)
         for t in tensors:
             digest.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-        mine = torch.tensor([int.from_bytes(digest.digest(), "little")], dtype=torch.int64)
+        mine = torch.tensor([int.from_bytes(digest.digest(), "little")], dtype=torch.int64, device=self.device)
         everyone = [torch.zeros_like(mine) for _ in range(self.world_size)]
         dist.all_gather(everyone, mine)
         return [r for r, h in enumerate(everyone) if int(h) != int(everyone[0])]
@@ -273,6 +276,21 @@ def init_from_env(device: str) -> Comm:
         except (RuntimeError, ValueError) as e:
             raise RuntimeFault(f"cannot join the torchrun process group: {str(e).splitlines()[0]}") from None
     return Comm.current()
+
+
+def peer_lost(error: RuntimeError, comm: Comm) -> BaseException:
+    """A collective's failure because another rank is gone (killed, out of memory, stopped by a
+    second signal) as one line; any other RuntimeError unchanged."""
+    distributed = isinstance(error, getattr(dist, "DistError", ())) or any(
+        s in str(error) for s in ("Connection closed by peer", "Connection reset by peer", "NCCL")
+    )
+    if not (comm.active and distributed):
+        return error
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return RuntimeFault(
+        f"rank {comm.rank}: another process of the run stopped, so this one cannot go on ({first[:200]}); "
+        "the last checkpoint in --out is kept: continue with --resume"
+    )
 
 
 def local_rank() -> int:

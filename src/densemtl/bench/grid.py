@@ -135,8 +135,8 @@ class BenchGrid:
         """A hash of the data and training settings that the baseline standing for ``arch`` depends on."""
         cfg = build_config({**self.base, "arch_args": self.knobs(arch)}).to_dict()
         settings = {k: cfg[k] for k in BASELINE_KEYS}
-        for key in ("data_args", "tasks"):  # only when set, so that the keys of benches without them stay the same
-            if cfg[key]:
+        for key in ("data_args", "tasks", "amp"):  # only when set: the keys of benches without them stay the same
+            if cfg[key] and cfg[key] != "off":
                 settings[key] = cfg[key]
         settings["base"] = arch
         if settings["data_root"]:

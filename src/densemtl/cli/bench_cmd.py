@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 #: train flags that a bench sets per cell (or does not support): not offered by ``bench``
 EXCLUDED = {
+    "--sync-bn",  # a bench run is one process
     "--arch",
     "--method",
     "--seed",

@@ -4,6 +4,7 @@ them over the YAML file and the demo preset (no arguments at all = the demo)."""
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -159,7 +160,7 @@ def fresh_run_dir(cfg: TrainConfig) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from densemtl.distributed import init_from_env, shutdown
+    from densemtl.distributed import init_from_env, peer_lost, shutdown
     from densemtl.errors import ConfigError
     from densemtl.training.config import resolve_config, resume_config
     from densemtl.training.trainer import Trainer
@@ -175,7 +176,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         cfg = resolve_config(values, yaml=yaml_path)
         out = Path(args.out) if hasattr(args, "out") else fresh_run_dir(cfg)
-        if cfg.dataset == "synthetic" and any(getattr(cfg, k) == v for k, v in DEMO.items()):
+        first = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks for the run
+        if first and cfg.dataset == "synthetic" and any(getattr(cfg, k) == v for k, v in DEMO.items()):
             print(
                 "densemtl: small synthetic settings (size {}x{}, {} train / {} val images); flags override them".format(
                     *cfg.size or (0, 0), cfg.n_train, cfg.n_val
@@ -192,6 +194,8 @@ def run(args: argparse.Namespace) -> int:
             f"({', '.join(trainer.tasks)}) for {cfg.epochs} epochs on {trainer.device}{ranks}; run: {out}"
         )
         summary = trainer.run()
+    except RuntimeError as e:
+        raise peer_lost(e, comm) from None
     finally:
         shutdown()
     say(f"densemtl: done in {summary['time_s']:.0f}s; run directory: {out}")

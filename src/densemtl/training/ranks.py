@@ -44,6 +44,17 @@ def on_main(comm: Comm, fn: Callable[[], R]) -> R | None:
     return result
 
 
+def check_world(batch_size: int, comm: Comm) -> None:
+    """A global batch must give every rank at least one sample (one line, printed by rank 0)."""
+    if comm.active and batch_size < comm.world_size:
+        error = errors.ConfigError(
+            f"--batch-size {batch_size} is the global batch and is smaller than the {comm.world_size} "
+            f"processes: use --batch-size {comm.world_size} or more (each rank trains on its share)"
+        )
+        error.quiet = not comm.is_main  # type: ignore[attr-defined]
+        raise error
+
+
 def rank_device(device: torch.device, comm: Comm) -> torch.device:
     """Each rank's own GPU (``LOCAL_RANK``) when the run is on CUDA; the device otherwise."""
     if comm.active and device.type == "cuda":

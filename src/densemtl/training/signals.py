@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from types import FrameType
 from typing import Any
 
 from densemtl.errors import Interrupted
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+#: Seconds within which the same signal again is taken for a forwarded copy of the first.
+REPEAT_S = 5.0
 
 
 class SignalScope:
@@ -63,10 +68,17 @@ class StopSignals(SignalScope):
             128 + self.received,
         )
 
+    _at = 0.0  # when the first signal came (time.monotonic)
+
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.received is not None:
+            # the same signal again within REPEAT_S: a launcher (torchrun, srun) forwarding what the
+            # process already got, not a user who does not want to wait
+            if signum == self.received and time.monotonic() - self._at < REPEAT_S:
+                return
             raise KeyboardInterrupt  # a second signal: the user does not want to wait
         self.received = signum
+        self._at = time.monotonic()
 
     def __enter__(self) -> StopSignals:
         self.received = None

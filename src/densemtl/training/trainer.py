@@ -47,7 +47,7 @@ from densemtl.training.evaluation import evaluate_members, move
 from densemtl.training.faults import FiniteGuard
 from densemtl.training.loaders import epoch_loader
 from densemtl.training.member import Member
-from densemtl.training.ranks import check_in_sync, on_main, rank_device, share_buffers
+from densemtl.training.ranks import check_in_sync, check_world, on_main, rank_device, share_buffers
 from densemtl.training.restore import restore
 from densemtl.training.resumable import plain, rng_state, set_rng_state
 from densemtl.training.rundir import best_score, check_out_dir, create_run_files, discard, run_summary
@@ -83,6 +83,7 @@ class Trainer:
         self.main_rank = self.comm.is_main
         self.log = log if self.main_rank else (lambda line: None)
         self.progress = progress and self.main_rank
+        check_world(cfg.batch_size, self.comm)
         on_main(self.comm, lambda: check_out_dir(self.out, resume=resume))
         self.resume = resume
         self.cfg = cfg
@@ -263,7 +264,10 @@ class Trainer:
         if self.signals.received is None:  # another rank was signalled: stop with it
             self.signals.received = signal.SIGTERM
         where = f"epoch {self.epoch + 1} step {self.step}" if self.step else f"the end of epoch {self.epoch}"
-        stop = self.signals.stopped(where, f"densemtl train --resume --out {self.out}")
+        again = f"densemtl train --resume --out {self.out}"
+        if self.comm.active:
+            again = f"torchrun --nproc_per_node N -m {again} (any N)"
+        stop = self.signals.stopped(where, again)
         stop.quiet = not self.main_rank  # type: ignore[attr-defined]
         raise stop
 
