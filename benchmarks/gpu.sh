@@ -24,9 +24,9 @@ if [[ "$DRY_RUN" == 1 ]]; then
   # the same commands on the CPU with a tiny model: proves that every flag parses and runs
   DEVICE=cpu
   NGPU=2
-  MODEL=(--arch hps --arch-arg backbone=resnet18 --arch-arg head_channels=16 --size 32x40 --batch-size 4)
+  MODEL=(--arch hps --arch-arg backbone=resnet18 --arch-arg head_channels=16 --size 16x16 --batch-size 4)
   TIMING=(--warmup 1 --repeats 1 --quiet)
-  METHODS=(--methods uw,pcgrad,cagrad,mgda)
+  METHODS=(--methods uw,cagrad)
   PRECISIONS=(off bf16)
   DEMO=(--epochs 1 --n-train 8 --n-val 4 --size 32x40 --batch-size 4 --arch-arg width=0.125
         --arch-arg depth_stages=3 --quiet)
@@ -65,7 +65,7 @@ for amp in "${PRECISIONS[@]}"; do
       name="resnet50-${mode}-${amp/off/fp32}-${world}gpu"
       extra=()
       if [[ "$mode" != default ]]; then extra=(--grad-mode "$mode"); fi
-      if [[ "$DRY_RUN" == 1 && "$mode" != default ]]; then extra+=(--methods pcgrad,cagrad,mgda); fi
+      if [[ "$DRY_RUN" == 1 && "$mode" != default ]]; then extra+=(--methods cagrad); fi
       echo "== $name" >&2
       "$DENSEMTL" speed "${MODEL[@]}" "${TIMING[@]}" ${METHODS[@]+"${METHODS[@]}"} "${extra[@]}" \
         --device "$DEVICE" --amp "$amp" --world-size "$world" --json "$OUT/$name.json"

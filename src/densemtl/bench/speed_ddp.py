@@ -73,7 +73,8 @@ def check_world_size(world_size: Any, batch_size: Any, device: str) -> None:
         raise ConfigError(f"--world-size must be an integer from 1 to {MAX_WORLD_SIZE}, got {world_size!r}")
     if world_size == 1:
         return
-    if str(device).startswith("cuda") and torch.cuda.device_count() < world_size:
+    cuda = str(device).startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if cuda and torch.cuda.device_count() < world_size:
         raise ConfigError(
             f"--world-size {world_size} with --device {device}: {torch.cuda.device_count()} GPU(s) visible, "
             "one per process needed"
