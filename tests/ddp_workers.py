@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -93,8 +95,6 @@ def train_runs(comm: Comm, methods: list[str], root: str, extra: dict[str, Any] 
     from densemtl.balancing import METHODS
     from densemtl.training.config import resolve_config
 
-    for name in ("plot_run", "plot_diagnostics", "save_panel"):  # figures decide nothing here
-        setattr(trainer_module, name, lambda *a, **k: None)
     out: dict[str, Any] = {}
     for method in methods:
         values = {
@@ -103,7 +103,8 @@ def train_runs(comm: Comm, methods: list[str], root: str, extra: dict[str, Any] 
             **(extra or {}),
         }  # fmt: skip
         cfg = resolve_config(values)
-        out[method] = trainer_module.Trainer(cfg, f"{root}/{method}", progress=False, comm=comm).run()
+        with no_plots():
+            out[method] = trainer_module.Trainer(cfg, f"{root}/{method}", progress=False, comm=comm).run()
     return out
 
 
@@ -112,12 +113,28 @@ def run_config(comm: Comm, values: dict[str, Any], out: str, resume: bool = Fals
     import densemtl.training.trainer as trainer_module
     from densemtl.training.config import resolve_config, resume_config
 
-    for name in ("plot_run", "plot_diagnostics", "save_panel"):
-        setattr(trainer_module, name, lambda *a, **k: None)
     tiny = {"size": (32, 32), "n_train": 12, "n_val": 4, "batch_size": 4, "diagnostics_every": 0}
     tiny["arch_args"] = {"width": 0.125, "depth_stages": 3}
     cfg = resume_config(out, values) if resume else resolve_config({**tiny, **values})
-    return trainer_module.Trainer(cfg, out, resume=resume, progress=False, comm=comm).run()
+    with no_plots():
+        return trainer_module.Trainer(cfg, out, resume=resume, progress=False, comm=comm).run()
+
+
+@contextlib.contextmanager
+def no_plots() -> Iterator[None]:
+    """No figures at the end of a run (they decide nothing here), restored afterwards: these
+    functions also run in the test process itself."""
+    import densemtl.training.trainer as trainer_module
+
+    names = ("plot_run", "plot_diagnostics", "save_panel")
+    saved = {name: getattr(trainer_module, name) for name in names}
+    for name in names:
+        setattr(trainer_module, name, lambda *a, **k: None)
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(trainer_module, name, fn)
 
 
 def diverge(comm: Comm) -> None:
