@@ -10,7 +10,9 @@
 - A step whose scaled gradients overflow is skipped: the engine finds the overflow in the per-task
   gradients before the method sees them (so no method state takes an inf), leaves an inf in
   ``.grad`` for the scaler to find, and the scaler skips the optimizer step and lowers S. The
-  trainer counts such steps (``amp_skipped_steps`` in metrics.jsonl).
+  trainer counts such steps (``amp_skipped_steps`` in metrics.jsonl). In the rare step whose
+  per-task gradients are finite but whose combined update overflows once multiplied back by S,
+  the method has already consumed those (valid) gradients when the scaler skips the step.
 
 bf16 has float32's range: no scaler, nothing to skip.
 """
