@@ -145,14 +145,10 @@ def test_a_failed_remote_run_is_one_line_and_the_others_run_on(
     assert not (out / "results.csv").exists()
 
 
-def test_a_signal_cancels_the_ray_tasks(root: Path, ray_address: str) -> None:
-    """SIGTERM to a bench on a Ray cluster (reached by --ray-address): its tasks are cancelled, one
-    line says how to continue, exit 143; the cluster's CPUs are free again."""
-    import ray
-
-    out = root / "stopped"
-    cache = root / "cache-stopped"
-    argv = ["bench", *GRID, *TINY, "--epochs", "3", "--executor", "ray", "--ray-address", ray_address]
+def sigterm_while_training(argv: list[str], out: Path, cache: Path, started: list[tuple[Path, str]]) -> tuple[int, str]:
+    """Run ``densemtl ARGV --out OUT`` (baselines cached in CACHE) in a subprocess, send it SIGTERM
+    once a run has started training (one of the ``started`` (folder, glob) pairs finds a file),
+    and return its exit status and stderr."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "densemtl.cli.main", *argv, "--out", str(out)],
         stdout=subprocess.PIPE,
@@ -162,7 +158,7 @@ def test_a_signal_cancels_the_ray_tasks(root: Path, ray_address: str) -> None:
     )
     try:
         deadline = time.monotonic() + 90
-        while not list(cache.glob("baselines/*/*/metrics.jsonl")):
+        while not any(list(folder.glob(pattern)) for folder, pattern in started):
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "no run started training"
             time.sleep(0.05)
@@ -172,7 +168,19 @@ def test_a_signal_cancels_the_ray_tasks(root: Path, ray_address: str) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert proc.returncode == 143, err
+    return proc.returncode, err
+
+
+def test_a_signal_cancels_the_ray_tasks(root: Path, ray_address: str) -> None:
+    """SIGTERM to a bench on a Ray cluster (reached by --ray-address): its tasks are cancelled, one
+    line says how to continue, exit 143; the cluster's CPUs are free again."""
+    import ray
+
+    out = root / "stopped"
+    cache = root / "cache-stopped"
+    argv = ["bench", *GRID, *TINY, "--epochs", "3", "--executor", "ray", "--ray-address", ray_address]
+    returncode, err = sigterm_while_training(argv, out, cache, [(cache, "baselines/*/*/metrics.jsonl")])
+    assert returncode == 143, err
     lines = [x for x in err.splitlines() if x.startswith("densemtl")]  # Ray logs its own lines too
     assert len(lines) == 1 and "Traceback" not in err, err
     assert "SIGTERM" in lines[0] and RESUME_HINT in lines[0]
@@ -192,26 +200,10 @@ def test_a_signal_cancels_the_submitit_jobs(root: Path) -> None:
     out = root / "stopped-slurm"
     cache = root / "cache-stopped-slurm"
     argv = ["bench", *GRID, *TINY, "--epochs", "3", "--executor", "slurm", "--slurm-cluster", "local"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "densemtl.cli.main", *argv, "--out", str(out)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "DENSEMTL_CACHE": str(cache)},
+    returncode, err = sigterm_while_training(
+        argv, out, cache, [(cache, "baselines/*/*/metrics.jsonl"), (out, "runs/*/metrics.jsonl")]
     )
-    try:
-        deadline = time.monotonic() + 90
-        while not list(cache.glob("baselines/*/*/metrics.jsonl")) + list(out.glob("runs/*/metrics.jsonl")):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "no run started training"
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 143, err
+    assert returncode == 143, err
     assert "SIGTERM" in one_line(err) and RESUME_HINT in err
     controllers = {int(p.name.split("_")[0]) for p in out.glob(".submitit/*_submitted.pkl")}
     assert len(controllers) == 6

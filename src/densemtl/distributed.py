@@ -332,7 +332,7 @@ def spawn(fn: Callable[..., Any], world_size: int, *args: Any, timeout_s: float 
                 rank, ok, value = queue.get()
                 if not ok:
                     raise RuntimeFault(f"rank {rank} failed: {value}")
-                results[rank] = torch.load(io.BytesIO(value), weights_only=False)  # our own child's bytes
+                results[rank] = torch.load(io.BytesIO(value), weights_only=True)
         finally:
             for p in procs:
                 p.join(timeout=5 if len(results) == world_size else 0.1)

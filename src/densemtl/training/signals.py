@@ -13,6 +13,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from abc import ABC, abstractmethod
 from types import FrameType
 from typing import Any
 
@@ -25,15 +26,16 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 REPEAT_S = 5.0
 
 
-class SignalScope:
+class SignalScope(ABC):
     """While inside (in the main thread; elsewhere nothing changes), SIGINT and SIGTERM go to
     :meth:`_handle`; the previous handlers come back on exit. Subclasses say what a signal does."""
 
     def __init__(self) -> None:
         self._previous: dict[int, Any] = {}
 
+    @abstractmethod
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        raise NotImplementedError
+        """What a SIGINT or SIGTERM does while inside."""
 
     def __enter__(self) -> SignalScope:
         if threading.current_thread() is threading.main_thread():
