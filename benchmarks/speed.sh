@@ -65,25 +65,21 @@ for stem, title in TABLES:
         f"(median); {s['device_name']}, {s['cpu_count']} cores, {s['torch_threads']} torch threads, "
         f"torch {s['torch']}; 1-min load average {s['load_avg_1min'][0]} before, {s['load_avg_1min'][1]} after.\n"
     )
-    print("| method | mode | step ms | × EW | min × EW | × naive | mem × EW | peak MB | target (issue) | met |")
-    print("|---|---|--:|--:|--:|--:|--:|--:|---|---|")
+    print("| method | mode | step ms | × EW | min × EW | × naive | mem × EW | peak MB |")
+    print("|---|---|--:|--:|--:|--:|--:|--:|")
     skipped = []
     for r in data["results"]:
         if r["status"] == "n/a":
             skipped.append(r["method"])
             continue
         if r["status"] != "ok":
-            print(f"| {r['method']} | error | | | | | | | {r['error']} | |")
+            print(f"| {r['method']} | error | {r['error']} | | | | | |")
             continue
         mode = r["mode"] + (f" ÷{r['recompute_every']}" if r.get("recompute_every", 1) > 1 else "")
-        met = {None: "baseline" if r["method"] == "ew" else "reference", True: "yes"}.get(r["met"])
-        met = met or "**no** (" + ", ".join(r["missed"]) + ")"
-        target = (r["target"] or "").replace("<=", "≤").replace("xEW", "×EW").replace("xnaive", "×naive")
         print(
             f"| {r['method']} | {mode} | {num(r['step_ms'], '.0f')} | {num(r['ratio_to_ew'])} | "
             f"{num(r.get('ratio_to_ew_min'))} | "
-            f"{num(r.get('ratio_to_naive'))} | {num(r['mem_ratio'])} | {num(r.get('peak_mb'), '.0f')} | "
-            f"{target} | {met} |"
+            f"{num(r.get('ratio_to_naive'))} | {num(r['mem_ratio'])} | {num(r.get('peak_mb'), '.0f')} |"
         )
     if skipped:
         print(f"\nNot applicable with these flags: {', '.join(skipped)}.")

@@ -157,6 +157,23 @@ def test_per_architecture_knobs_and_baseline_keys() -> None:
     assert grid.baseline_key("hps") != grid_from_values({**values, "lr": 0.1}).baseline_key("hps")
 
 
+def test_synthetic_bench_uses_the_demo_model_size_unless_told() -> None:
+    demo = {"width": 0.25, "depth_stages": 4}
+    grid = grid_from_values({"archs": "segnet,hps", "methods": "ew"})
+    assert grid.cell_config("segnet", "ew", 0)["arch_args"] == demo
+    assert grid.baseline_config("segnet", 0)["arch_args"] == {"base": "segnet", "base_args": demo}
+    assert grid.cell_config("hps", "ew", 0)["arch_args"] == {}  # the demo has no knobs for hps: its defaults
+    assert grid.to_dict()["arch_args"] == {"segnet": demo}  # written into bench.yaml
+    told = grid_from_values({"archs": "segnet", "arch_args": {"width": 1.0}})
+    assert told.cell_config("segnet", "ew", 0)["arch_args"] == {"width": 1.0}
+    own = grid_from_values({"archs": "segnet", "arch_args": {"segnet": {"depth_stages": 3}}})
+    assert own.cell_config("segnet", "ew", 0)["arch_args"] == {"depth_stages": 3}
+    assert grid_from_values({"archs": "segnet", "dataset": "nyuv2"}).cell_config("segnet", "ew", 0)["arch_args"] == {}
+    # the published benches gave the knobs on the command line: their grid is what it was
+    published = grid_from_values({"archs": "segnet", "arch_args": demo, "size": "64x80", "n_train": 240})
+    assert published.arch_args == {} and published.base["arch_args"] == demo
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [

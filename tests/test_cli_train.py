@@ -29,9 +29,9 @@ def test_train_writes_the_run_directory(tmp_path: Path, tiny_args: list[str]) ->
     assert set(summary["metrics"]["normal"]) == {"mean", "median", "within_11.25", "within_22.5", "within_30"}
     assert summary["metrics"] == lines[-1]["val"]
     assert (run / "checkpoints" / "last.pt").is_file()
+    # ew keeps its weights constant: no weights.png (losses.png says so)
     assert {p.name for p in (run / "plots").glob("*.png")} == {
         "losses.png",
-        "weights.png",
         "metrics.png",
         "predictions.png",
         "grad_cosine.png",

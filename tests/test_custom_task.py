@@ -143,11 +143,10 @@ def test_trains_end_to_end_and_is_reported(grey: None, tmp_path: Path, capsys: p
     assert records[-1]["val"]["grey"]["mae"] < records[0]["val"]["grey"]["mae"]  # it learns
 
     plots = run / "plots"
-    # one row of metric panels per task (2.2 in each at 100 dpi), one more tile per sample row
+    # one row of metric panels per task (2.2 in each at 100 dpi); predictions.png is a labelled figure
     assert Image.open(plots / "metrics.png").size[1] == 4 * 220
-    width, _ = Image.open(plots / "predictions.png").size
-    assert width == 2 * (SIZE[1] * (1 + 4) + 2 * 4)
-    assert (plots / "losses.png").is_file() and (plots / "weights.png").is_file()
+    assert Image.open(plots / "predictions.png").size[0] > SIZE[1] * (1 + 4)
+    assert (plots / "losses.png").is_file()
 
 
 def test_bench_delta_m_counts_the_task(grey: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

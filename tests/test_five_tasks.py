@@ -193,9 +193,9 @@ def read_png(path: Path) -> np.ndarray:
 def test_predict_grid_and_eval_at_five_tasks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
     train(run, *SEGNET, *SYNTH5)
-    # The grid: per validation sample (2) a prediction row over a ground-truth row, 6 tiles each, x2.
+    # The grid: a labelled figure of two validation samples (tests/test_pictures.py reads what it says).
     grid = read_png(run / "plots" / "predictions.png")
-    assert grid.shape == (2 * (4 * H + 4), 2 * (6 * W + 10), 3)
+    assert grid.shape[0] > 2 * 2 * H and grid.shape[1] > 6 * W
     image = tmp_path / "scene.npy"
     np.save(image, np.random.default_rng(0).random((H, W, 3), dtype=np.float32))
     assert main(["predict", "--checkpoint", str(run), str(image), "--out", str(tmp_path / "pred")]) == 0

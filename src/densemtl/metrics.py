@@ -12,6 +12,7 @@ batch by its valid pixels); only MTAN averages per-batch means.
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -78,17 +79,36 @@ class StreamingMetrics:
 
 
 def evaluate(preds: Mapping[str, Tensor], targets: Mapping[str, Tensor], num_classes: int) -> Metrics:
-    """Metrics of every task of ``preds`` that ``targets`` also has, in the order of ``preds``.
+    """Metrics of every task of ``preds`` that ``targets`` also has, in the order of ``preds``,
+    for one batch (or a whole split in one pair of dicts; over many batches use
+    :class:`StreamingMetrics`).
 
     Every prediction key must be a registered task (ConfigError otherwise); target keys that are
-    not predicted (``image``, …) are ignored.
+    not predicted (``image``, …) are ignored, and so is a predicted task the targets lack (a
+    dataset without it), unless that leaves nothing to evaluate or a target key looks like its
+    misspelling: both are a ConfigError naming the keys.
     """
+    for name, given in (("preds", preds), ("targets", targets)):
+        if not isinstance(given, Mapping):
+            raise ConfigError(
+                f"evaluate takes one batch's dicts {{task: tensor}}; {name} is a {type(given).__name__}: "
+                "for many batches use StreamingMetrics (update() per batch, then compute())"
+            )
     known = set(task_registry.available())
     unknown = [k for k in preds if k not in known]
     if unknown:
         raise ConfigError(
             f"evaluate: prediction key(s) {unknown} are not registered tasks; valid: {', '.join(sorted(known))}"
         )
+    missing = [k for k in preds if k not in targets]
+    spare = [k for k in targets if k not in preds]
+    for key in missing:
+        close = difflib.get_close_matches(key, spare, n=1, cutoff=0.6)
+        if close:
+            raise ConfigError(f"evaluate: no target {key!r} for prediction {key!r}; did you mean {close[0]!r}?")
+    if preds and len(missing) == len(preds):
+        have = ", ".join(map(str, targets)) or "none"
+        raise ConfigError(f"evaluate: no target for prediction key(s) {missing}; target keys: {have}")
     m = StreamingMetrics([t for t in preds if t in targets], num_classes)
     m.update(preds, targets)
     return m.compute()

@@ -5,7 +5,9 @@ unwritable ``--out`` or ``--json`` is one line up front instead of a traceback a
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
+from typing import Any
 
 from densemtl.errors import ConfigError
 
@@ -48,3 +50,14 @@ def check_output_dir(path: str | Path, flag: str) -> Path:
         raise ConfigError(f"{flag} {p} is a file, not a folder")
     _check_creatable(p, flag)
     return p
+
+
+def fresh_run_dir(cfg: Any) -> Path:
+    """A new run directory under ./runs named by the time, dataset, architecture and method."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / f"{stamp}-{cfg.dataset}-{cfg.arch}-{cfg.method}"
+    path, k = base, 1
+    while path.exists():
+        k += 1
+        path = base.with_name(f"{base.name}-{k}")
+    return path

@@ -18,13 +18,32 @@ def did_you_mean(name: object, valid: Iterable[object]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def squash(name: object) -> str:
+    """``name`` lowercased without underscores, dashes and spaces: how names are matched when
+    not found as written ("Nash_MTL", "nash-mtl" and "nashmtl" are one name)."""
+    return "".join(c for c in str(name).lower() if c not in "_- ")
+
+
+def _load_plugins() -> None:
+    """Entry points of ``densemtl.plugins`` and a parent command's $DENSEMTL_IMPORTS, once per process."""
+    from densemtl.plugins import load_pending
+
+    load_pending()
+
+
 class Registry(Generic[T]):
-    """Maps lowercase names to factories; ``create`` gives a clear error for unknown names."""
+    """Maps lowercase names to factories; ``create`` gives a clear error for unknown names.
+
+    A name is found in any case, and with or without underscores and dashes when that matches
+    one registered name (LibMTL's ``Nash_MTL`` is ``nashmtl``); :meth:`alias` adds other names.
+    :meth:`canonical` is the registered name a spelling stands for.
+    """
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._factories: dict[str, Callable[..., T]] = {}
         self._tiny: dict[str, dict[str, Any]] = {}
+        self._aliases: dict[str, str] = {}  # squashed alias -> registered name
 
     def register(
         self, name: str, *, tiny: dict[str, Any] | None = None
@@ -42,30 +61,59 @@ class Registry(Generic[T]):
 
         return deco
 
+    def alias(self, alias: str, name: str) -> None:
+        """Let ``alias`` (matched as :func:`squash` spells it) stand for the registered ``name``."""
+        self.get(name)
+        self._aliases[squash(alias)] = self.canonical(name)
+
+    def aliases(self, name: str) -> list[str]:
+        """The squashed aliases :meth:`alias` gave the registered ``name``, sorted."""
+        key = self.canonical(name)
+        return sorted(a for a, n in self._aliases.items() if n == key)
+
+    def find(self, name: object) -> str | None:
+        """The registered name ``name`` stands for (as written in any case, then squashed, then as
+        an alias), or None."""
+        _load_plugins()
+        key = str(name).lower()
+        if key in self._factories:
+            return key
+        squashed = squash(key)
+        matches = [k for k in self._factories if squash(k) == squashed]
+        if len(matches) == 1:
+            return matches[0]
+        found = self._aliases.get(squashed)
+        return found if found in self._factories else None
+
+    def canonical(self, name: str) -> str:
+        """The registered name ``name`` stands for; unknown -> ``ConfigError`` listing the valid ones."""
+        key = self.find(name)
+        if key is None:
+            raise ConfigError(
+                f"unknown {self.kind} {name!r}{did_you_mean(str(name).lower(), self._factories)}; "
+                f"valid: {', '.join(self.available())}"
+            )
+        return key
+
     def unregister(self, name: str) -> None:
         """Remove ``name`` (e.g. an entry a test registered for itself); unknown: ConfigError."""
-        self.get(name)
-        key = str(name).lower()
+        key = self.canonical(name)
         del self._factories[key], self._tiny[key]
+        self._aliases = {a: n for a, n in self._aliases.items() if n != key}
 
     def tiny(self, name: str) -> dict[str, Any]:
         """The knobs ``name`` declared for tiny, fast tests ({} when none)."""
-        self.get(name)
-        return dict(self._tiny[str(name).lower()])
+        return dict(self._tiny[self.canonical(name)])
 
     def available(self) -> list[str]:
         """The registered names, sorted."""
+        _load_plugins()
         return sorted(self._factories)
 
     def get(self, name: str) -> Callable[..., T]:
-        """The factory registered as ``name`` (any case); unknown -> ``ConfigError`` listing the valid ones."""
-        key = str(name).lower()
-        if key not in self._factories:
-            raise ConfigError(
-                f"unknown {self.kind} {name!r}{did_you_mean(key, self._factories)}; "
-                f"valid: {', '.join(self.available())}"
-            )
-        return self._factories[key]
+        """The factory registered as ``name`` (any spelling :meth:`find` matches); unknown ->
+        ``ConfigError`` listing the valid ones."""
+        return self._factories[self.canonical(name)]
 
     def knobs(self, name: str) -> dict[str, inspect.Parameter]:
         """The keyword arguments the factory accepts (its knobs)."""

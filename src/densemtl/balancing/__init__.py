@@ -45,7 +45,39 @@ def _import_methods() -> None:
 
 _import_methods()
 
+#: LibMTL's names of the methods it shares with densemtl (``LibMTL/weighting/__init__.py``), taken
+#: as they are: the registry matches names in any case and without underscores or dashes, so
+#: ``--method Nash_MTL`` is ``nashmtl`` and config.yaml says ``nashmtl``. LibMTL's ``IMTL`` is its
+#: hybrid IMTL (IMTL-L and IMTL-G); densemtl's ``imtl`` is IMTL-G (also ``IMTL_G``).
+LIBMTL_NAMES = (
+    "EW",
+    "GradNorm",
+    "MGDA",
+    "UW",
+    "DWA",
+    "GLS",
+    "GradDrop",
+    "PCGrad",
+    "GradVac",
+    "IMTL",
+    "CAGrad",
+    "Nash_MTL",
+    "RLW",
+    "MoCo",
+    "Aligned_MTL",
+    "DB_MTL",
+    "STCH",
+    "ExcessMTL",
+    "FairGrad",
+    "FAMO",
+    "MoDo",
+    "SDMGrad",
+    "UPGrad",
+)
+METHODS.alias("IMTL_G", "imtl")
+
 __all__ = [
+    "LIBMTL_NAMES",
     "METHODS",
     "Aggregator",
     "BalancingMethod",

@@ -32,6 +32,8 @@ from typing import Any, Literal, get_args
 import torch
 from torch import Tensor, nn
 
+from densemtl.errors import ConfigError
+
 #: where the per-task signal comes from: the losses themselves, the gradients of the shared
 #: representation, the Gramian G = J Jᵀ of the shared parameters' gradients (the update is then
 #: c(G) @ J), the Jacobian J itself, or J handed over one row at a time
@@ -70,6 +72,10 @@ class Requirements:
       returns, so that the engine may assemble the update from per-task pieces.
     - ``loss_transform``: the function of the losses whose gradients a gradient method balances
       (None: the losses themselves; DB-MTL: their logarithm).
+    - ``weights_from_losses``: a loss weighting's weights depend on the values of this step's
+      losses (the default). False (EW, RLW, DWA): they come from the number of tasks, the
+      method's state or its random draws alone, so that the method also weighs a Jacobian,
+      ``method(J) = w @ J``.
     """
 
     sources: tuple[Source, ...]
@@ -79,6 +85,7 @@ class Requirements:
     optimizer: Literal["adam", "sgd"] = "adam"
     weighted_sum: bool = False
     loss_transform: Callable[[Tensor], Tensor] | None = None
+    weights_from_losses: bool = True
 
     def __post_init__(self) -> None:
         if not self.sources or len(set(self.sources)) != len(self.sources):
@@ -96,6 +103,8 @@ class Requirements:
             raise ValueError("Requirements: layer_grad_norms and weighted_sum are for loss weightings")
         if self.uses_losses and self.loss_transform is not None:
             raise ValueError("Requirements: loss_transform is for gradient methods")
+        if not self.uses_losses and not self.weights_from_losses:
+            raise ValueError("Requirements: weights_from_losses is for loss weightings")
 
     @property
     def uses_losses(self) -> bool:
@@ -194,6 +203,21 @@ class LossWeighting(BalancingMethod):
         """The scalar to back-propagate and the weights used (detached)."""
         w = self.weights(losses.detach()).to(losses)
         return (w * losses).sum(), w.detach()
+
+    def __call__(self, J: Tensor) -> Tensor:
+        """``w @ J`` for the Jacobian J (T x P) of the task losses, when the weights do not depend
+        on the losses' values (``requirements.weights_from_losses`` False: EW, RLW, DWA); any other
+        loss weighting needs the losses themselves and refuses with a ConfigError."""
+        name = type(self).__name__
+        if self.requirements.weights_from_losses:
+            raise ConfigError(
+                f"{name} needs the task losses (its weights follow their values), not a Jacobian: use "
+                "densemtl.backward(losses, shared_params, method) or a densemtl.Balancer with the losses"
+            )
+        if J.dim() != 2:
+            raise ValueError(f"{name} expects a matrix J of shape (T, P), got {tuple(J.shape)}")
+        w = self.weights(J.new_zeros(J.shape[0]))  # the values are not read
+        return w.to(J) @ J
 
 
 class Aggregator(BalancingMethod):

@@ -24,7 +24,7 @@ class DynamicWeightAverage(LossWeighting):
     ``temperature`` is the paper's T (2 in the paper); a larger value gives more uniform weights.
     """
 
-    requirements = Requirements(sources=("losses",), weighted_sum=True)
+    requirements = Requirements(sources=("losses",), weighted_sum=True, weights_from_losses=False)
 
     def __init__(self, num_tasks: int | None = None, temperature: float = 2.0) -> None:
         super().__init__()

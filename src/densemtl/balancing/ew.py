@@ -13,7 +13,7 @@ from densemtl.balancing.base import LossWeighting, Requirements
 class EqualWeighting(LossWeighting):
     """L = sum_t L_t: every task weight is 1 (the "equal weighting" of the MTL literature)."""
 
-    requirements = Requirements(sources=("losses",), weighted_sum=True)
+    requirements = Requirements(sources=("losses",), weighted_sum=True, weights_from_losses=False)
 
     def weights(self, losses: Tensor) -> Tensor:
         return torch.ones_like(losses)

@@ -32,7 +32,7 @@ class RandomLossWeighting(LossWeighting):
     and its state is then part of ``state_dict``.
     """
 
-    requirements = Requirements(sources=("losses",), weighted_sum=True)
+    requirements = Requirements(sources=("losses",), weighted_sum=True, weights_from_losses=False)
 
     def __init__(self, num_tasks: int | None = None, distribution: str = "normal") -> None:
         super().__init__()

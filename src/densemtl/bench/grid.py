@@ -40,6 +40,9 @@ BASELINE_KEYS = (
     "lr_step",
     "lr_gamma",
 )
+#: Recipe keys the baselines depend on too, keyed only when they differ from these defaults (so
+#: the baseline keys of benches that never set them stay what they were).
+RECIPE_DEFAULTS: dict[str, Any] = {"lr_schedule": "step", "warmup_epochs": 0, "optimizer": "adam"}
 #: The architecture name that is itself the single-task baseline (no baseline of its own).
 SINGLE = "single"
 #: Seed of the data (synthetic scenes) and of the carved validation split, the same for every cell.
@@ -138,6 +141,13 @@ class BenchGrid:
         for key in ("data_args", "tasks", "amp"):  # only when set: the keys of benches without them stay the same
             if cfg[key] and cfg[key] != "off":
                 settings[key] = cfg[key]
+        for key, default in RECIPE_DEFAULTS.items():  # likewise: only when not the default
+            if cfg.get(key, default) != default:
+                settings[key] = cfg[key]
+        if cfg.get("optimizer") == "sgd":
+            settings["momentum"] = cfg["momentum"]
+        if cfg.get("schedule_epochs") not in (None, cfg["epochs"]):
+            settings["schedule_epochs"] = cfg["schedule_epochs"]
         settings["base"] = arch
         if settings["data_root"]:
             settings["data_root"] = str(Path(settings["data_root"]).expanduser().resolve())
@@ -199,8 +209,10 @@ def resolve_grid(overrides: dict[str, Any] | None = None, *, yaml: str | Path | 
 def grid_from_values(values: dict[str, Any]) -> BenchGrid:
     """Build a grid from one flat mapping (YAML keys, or flags turned into keys).
 
-    The shared settings get the demo preset's data sizes where left unset on the synthetic data
-    (written into ``bench.yaml``); not its architecture knobs, which a bench sets per architecture.
+    On the synthetic data the demo preset fills what is left unset, as it does for ``train``, and
+    all of it is written into ``bench.yaml``: the shared data sizes, and each architecture's demo
+    knobs (SegNet ×0.25 with 4 stages; an architecture the preset has no knobs for keeps its own
+    defaults) unless ``arch_args`` gives knobs, shared or for that architecture.
     """
     values = {str(k).replace("-", "_"): v for k, v in values.items()}
     base = dict(values)
@@ -219,6 +231,11 @@ def grid_from_values(values: dict[str, Any]) -> BenchGrid:
     shared = {k: v for k, v in arch_args.items() if str(k).lower() not in archs}
     if shared:
         base["arch_args"] = shared
+    else:
+        for arch in archs:  # the demo's size of each architecture, unless told otherwise
+            demo = preset_values({**base, "arch": arch}).get("arch_args")
+            if demo and arch not in per_arch:
+                per_arch[arch] = dict(demo)
     method_args = base.pop("method_args", None) or {}
     if not isinstance(method_args, dict) or not all(isinstance(v, dict) for v in method_args.values()):
         raise ConfigError("bench: method_args must map a method name to its knobs, e.g. {cagrad: {alpha: 0.4}}")

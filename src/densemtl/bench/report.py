@@ -118,9 +118,12 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _fmt(ms: tuple[float, float], digits: int = 4) -> str:
+def _fmt(ms: tuple[float, float], digits: int = 4, n: int = 2) -> str:
+    """``mean ± std``; the std of one seed is "n/a" (not 0)."""
     m, s = ms
-    return "n/a" if math.isnan(m) else f"{m:.{digits}f} ± {s:.{digits}f}"
+    if math.isnan(m):
+        return "n/a"
+    return f"{m:.{digits}f} ± " + ("n/a" if n < 2 or math.isnan(s) else f"{s:.{digits}f}")
 
 
 def _arrow(key: str) -> str:
@@ -138,8 +141,8 @@ def table(summary: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]
             e["arch"],
             e["method"],
             str(e["n"]),
-            *(_fmt(e[k]) for k in metric_keys),
-            _fmt(e["delta_m"], 2),
+            *(_fmt(e[k], 4, e["n"]) for k in metric_keys),
+            _fmt(e["delta_m"], 2, e["n"]),
             str(e.get("rank", "–")),
         ]
         for e in summary
@@ -173,7 +176,8 @@ def delta_plot_png(summary: Sequence[dict[str, Any]]) -> bytes:
     import matplotlib.pyplot as plt
 
     entries = [e for e in summary if e["method"] != "single-task"]
-    labels = [f"{e['arch']}/{e['method']}" for e in entries]
+    archs = sorted({e["arch"] for e in entries})
+    labels = [e["method"] if len(archs) == 1 else f"{e['arch']}/{e['method']}" for e in entries]
     means = [0.0 if math.isnan(e["delta_m"][0]) else e["delta_m"][0] for e in entries]
     stds = [0.0 if math.isnan(e["delta_m"][1]) else e["delta_m"][1] for e in entries]
     fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(entries) + 2), 3.5))
@@ -182,6 +186,10 @@ def delta_plot_png(summary: Sequence[dict[str, Any]]) -> bytes:
     ax.axhline(0.0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(entries)), labels, rotation=45, ha="right")
     ax.set_ylabel("Δm% vs single-task")
+    if len(archs) == 1:
+        ax.set_title(f"{archs[0]}: green better than single-task, red worse", fontsize=9)
+    else:
+        ax.set_title("green better than single-task, red worse", fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
@@ -189,28 +197,113 @@ def delta_plot_png(summary: Sequence[dict[str, Any]]) -> bytes:
     return buf.getvalue()
 
 
+def _metric_groups(keys: Sequence[str]) -> list[tuple[str, list[tuple[str, str]]]]:
+    """``["seg/miou", "seg/pix_acc", "depth/abs_err"]`` → ``[("seg", [("seg/miou", "mIoU ↑"), …]), …]``:
+    the task once over its metrics, each metric by its short column label and direction."""
+    from densemtl import tasks as task_registry
+
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for key in keys:
+        task, _, name = key.partition("/")
+        label = name
+        if task in task_registry.available():
+            label = next((c.label for c in task_registry.get(task).table_columns() if c.metric == name), name)
+        groups.setdefault(task, []).append((key, label + _arrow(key)))
+    return list(groups.items())
+
+
+def _bar(value: float, scale: float) -> str:
+    """An inline bar of ``value`` (Δm%): green to the right for an improvement, red to the left."""
+    if math.isnan(value) or scale <= 0:
+        return ""
+    width = max(1, round(40 * min(abs(value) / scale, 1.0)))
+    side = "pos" if value >= 0 else "neg"
+    return f"<span class='bar {side}'><span style='width:{width}px'></span></span>"
+
+
+def _grouped_table(
+    lead: Sequence[str], groups: list[tuple[str, list[tuple[str, str]]]], body: Sequence[Sequence[str]]
+) -> str:
+    """A table whose first columns are ``lead`` and the rest one header cell per task over its
+    metrics; ``body`` cells are HTML already."""
+    top = "".join(f"<th rowspan='2'>{html.escape(h)}</th>" for h in lead)
+    top += "".join(f"<th colspan='{len(ms)}' class='task'>{html.escape(t)}</th>" for t, ms in groups)
+    sub = "".join(f"<th>{html.escape(label)}</th>" for _, ms in groups for _, label in ms)
+    rows = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in body)
+    return f"<div class='scroll'><table><thead><tr>{top}</tr><tr>{sub}</tr></thead><tbody>{rows}</tbody></table></div>"
+
+
+def _mean_std_html(ms: tuple[float, float], digits: int, n: int) -> str:
+    m, s = ms
+    if math.isnan(m):
+        return "n/a"
+    spread = "n/a" if n < 2 or math.isnan(s) else f"{s:.{digits}f}"
+    return f"{m:.{digits}f}<small>±&#8202;{spread}</small>"
+
+
+STYLE = (
+    "body{font:14px/1.4 system-ui,sans-serif;margin:1em auto;max-width:1400px;padding:0 1em}"
+    ".scroll{overflow-x:auto;max-width:100%}table{border-collapse:collapse;margin:.5em 0;font-size:13px}"
+    "td,th{border:1px solid #ddd;padding:2px 6px;text-align:right;white-space:nowrap}"
+    "th{background:#f2f2f2;font-weight:600}th.task{text-align:center;background:#e6e6e6}"
+    "td:first-child,th:first-child{position:sticky;left:0;background:#fafafa;text-align:left}"
+    "small{color:#666;margin-left:2px}img{max-width:100%;height:auto}"
+    ".bar{display:inline-block;width:40px;height:9px;margin-left:6px;background:#f4f4f4;vertical-align:middle}"
+    ".bar span{display:block;height:9px}.bar.pos span{background:#2ca02c}"
+    ".bar.neg{direction:rtl}.bar.neg span{background:#d62728}"
+    ".pos-text{color:#1a7a1a}.neg-text{color:#b01c1c}"
+)
+
+
 def html_report(summary: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]], rule: str) -> str:
-    """A self-contained page: the note, the summary table, the Δm% plot and the per-run table."""
+    """A self-contained page that fits a laptop screen: the note, the summary table (Δm% right
+    after the method, a bar coloured by its sign; metrics grouped under their task), the Δm% plot
+    and the per-run table."""
+    metric_keys = [k for k in summary[0] if "/" in k] if summary else []
+    groups = _metric_groups(metric_keys)
+    finite = [abs(e["delta_m"][0]) for e in summary if not math.isnan(e["delta_m"][0])]
+    scale = max(finite, default=0.0)
 
-    def html_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-        trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body)
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{trs}</tbody></table>"
+    def delta_cell(value: float, text: str) -> str:
+        tone = "" if math.isnan(value) else (" class='pos-text'" if value >= 0 else " class='neg-text'")
+        return f"<span{tone}>{text}</span>{_bar(value, scale)}"
 
-    header, body = table(summary)
+    body = [
+        [
+            html.escape(e["arch"]),
+            html.escape(e["method"]),
+            str(e["n"]),
+            delta_cell(e["delta_m"][0], _mean_std_html(e["delta_m"], 2, e["n"])),
+            str(e.get("rank", "–")),
+            *(_mean_std_html(e[k], 4, e["n"]) for _, ms in groups for k, _ in ms),
+        ]
+        for e in summary
+    ]
+    summary_table = _grouped_table(["arch", "method", "seeds", "Δm% ↑", "rank"], groups, body)
+    run_groups = _metric_groups([k for k in rows[0] if "/" in k]) if rows else []
+    run_body = [
+        [
+            html.escape(str(r["arch"])),
+            html.escape(str(r["method"])),
+            str(r["seed"]),
+            delta_cell(float(r["delta_m"]), html.escape(_cell(float(r["delta_m"])))),
+            str(r.get("selected_epoch", "")),
+            html.escape(_cell(r.get("time_s", float("nan")))),
+            *(html.escape(_cell(r[k])) for _, ms in run_groups for k, _ in ms),
+        ]
+        for r in rows
+    ]
+    run_table = _grouped_table(["arch", "method", "seed", "Δm% ↑", "epoch", "time (s)"], run_groups, run_body)
     png = base64.b64encode(delta_plot_png(summary)).decode()
-    run_header = list(rows[0]) if rows else []
-    run_body = [[_cell(r[k]) for k in run_header] for r in rows]
-    style = (
-        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
-        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#eee}"
-    )
     return (
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>densemtl bench</title><style>{style}</style>"
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>densemtl bench</title><style>{STYLE}</style>"
         f"</head><body><h1>densemtl bench</h1><p>{html.escape(NOTE.format(rule=rule))}</p>"
-        f"<h2>Summary</h2>{html_table(header, body)}"
+        f"<h2>Summary</h2>{summary_table}"
         f"<h2>Δm% per method</h2><img alt='delta m per method' src='data:image/png;base64,{png}'>"
-        f"<h2>Every run</h2>{html_table(run_header, run_body)}</body></html>\n"
+        f"<h2>Every run</h2><p>epoch: the epoch selected on the validation split; ↑ higher is better, ↓ lower.</p>"
+        f"{run_table}</body></html>\n"
     )
 
 

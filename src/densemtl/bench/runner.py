@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from densemtl.bench.estimate import estimate_bench
 from densemtl.bench.executors import Executor, LocalExecutor
 from densemtl.bench.grid import DATA_SEED, Job
 from densemtl.bench.processes import (
@@ -36,6 +37,7 @@ from densemtl.data import MultiTaskDataset
 from densemtl.errors import Interrupted, RuntimeFault
 from densemtl.metrics import relative_improvement  # noqa: F401 - re-exported: its home before densemtl.metrics
 from densemtl.report.jsonio import dumps
+from densemtl.report.progress import background_line, progress_every, ticking
 from densemtl.training.builders import build_datasets
 from densemtl.training.checkpoint import atomic_write_text, load_checkpoint
 from densemtl.training.config import build_config
@@ -152,11 +154,19 @@ def run_job(job: Job, threads: int | None = None, log: Callable[[str], None] = p
 
 
 def run_jobs(
-    jobs: list[Job], n_procs: int = 1, log: Callable[[str], None] = print, executor: Executor | None = None
+    jobs: list[Job],
+    n_procs: int = 1,
+    log: Callable[[str], None] = print,
+    executor: Executor | None = None,
+    *,
+    estimate: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Run every unfinished job with ``executor`` (default: this machine, in ``n_procs`` spawned
     processes when > 1); summaries by job output path. SIGINT / SIGTERM stop it promptly with
-    :class:`~densemtl.errors.Interrupted` (130 / 143), cancelling what the executor has outstanding."""
+    :class:`~densemtl.errors.Interrupted` (130 / 143), cancelling what the executor has outstanding.
+    ``estimate``: on this machine, say first how long the unfinished jobs will take
+    (:mod:`densemtl.bench.estimate`). Off a terminal, a progress line every
+    ``$DENSEMTL_PROGRESS_EVERY`` seconds (:mod:`densemtl.report.progress`)."""
     if executor is None:
         executor = LocalExecutor(n_procs)
     results: dict[str, dict[str, Any]] = {}
@@ -171,8 +181,18 @@ def run_jobs(
     if len(results):
         log(f"densemtl bench: {len(results)} of {total} runs already finished, {len(todo)} to go")
 
+    seconds_left = None
+    if estimate and todo and isinstance(executor, LocalExecutor):
+        guess = estimate_bench(todo, executor.n_procs)
+        if guess is not None:
+            seconds_left = guess.seconds
+            log(guess.line())
+    line = background_line(len(todo), prefix="densemtl bench", unit="runs done", estimate=seconds_left)
+
     def report(job: Job, summary: dict[str, Any], seconds: float) -> None:
         results[job.out] = summary
+        if line is not None:
+            line.update(1)
         score = summary["bench"]["selection_score"]
         score_text = "nan" if score is None else f"{score:+.2f}%"
         log(
@@ -183,7 +203,7 @@ def run_jobs(
     if not todo:
         return results
     # The executor first: starting Ray installs its own SIGTERM handler, which ours must replace.
-    with executor, StopOnSignals() as signals:
+    with executor, StopOnSignals() as signals, ticking(line):
         try:
             executor.run(todo, report, log)
         except (Stopped, KeyboardInterrupt, Interrupted) as e:  # Interrupted: a trainer caught the signal
@@ -232,6 +252,7 @@ def run_bench(
     runs by ``executor`` (default: ``grid.jobs`` local processes; see :mod:`densemtl.bench.executors`).
     Refused (one line) while another process runs the same bench directory."""
     grid_dict = grid.to_dict()
+    progress_every()  # a bad $DENSEMTL_PROGRESS_EVERY is refused before anything is written
     check_out(out, grid_dict)
     out.mkdir(parents=True, exist_ok=True)
     with bench_lock(out):  # one densemtl bench at a time in ``out``, released however this process ends
@@ -256,7 +277,7 @@ def _run_locked(
         f"{grid.seeds} seeds) and {n_base} single-task baseline runs (cache {cache})"
         f" into {out}, {executor.describe()}"
     )
-    summaries = run_jobs(jobs, grid.jobs, log, executor)
+    summaries = run_jobs(jobs, grid.jobs, log, executor, estimate=True)
 
     def result(job: Job) -> Result:
         s = summaries[job.out]

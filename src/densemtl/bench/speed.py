@@ -31,7 +31,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from densemtl import models as model_registry
 from densemtl.balancing.base import BalancingMethod
@@ -55,6 +54,7 @@ from densemtl.engine import Engine
 from densemtl.engine.precision import Precision
 from densemtl.errors import ConfigError
 from densemtl.models.base import MultiTaskModel
+from densemtl.report.progress import progress as progress_bar
 from densemtl.tasks import task_channels
 from densemtl.training.builders import build_method, resolve_device
 
@@ -199,7 +199,8 @@ def measure_speed(
     Rows hold ``method``, ``mode``, ``status`` and, when ``ok``: ``step_ms`` (median),
     ``ratio_to_ew``, ``ratio_to_naive`` (gradient modes, not amortised), ``mem_ratio``, ``peak_mb``,
     ``recompute_every``, ``times_ms``, ``min_ms`` with ``ratio_to_ew_min`` (fastest over fastest, a
-    check on a noisy machine) and the issue's ``target`` with ``met`` (judged on the medians).
+    check on a noisy machine) and ``target`` with ``met``, this project's own regression bounds
+    (:mod:`densemtl.bench.targets`, judged on the medians; the CLI does not print them).
     ``amp`` bf16 or fp16: every row's forward under autocast and its optimizer step through fp16's
     gradient scaler, as ``train --amp`` runs them (the naive loop's too).
     """
@@ -285,7 +286,7 @@ def _set_up(
     """Per row: a fresh model copy, engine and Adam, warm-up steps, and one unit under a memory probe."""
     runners: list[Runner] = []
     device = next(template.parameters()).device
-    bar = tqdm(plan, desc="warm-up", disable=not progress, leave=False, miniters=1, dynamic_ncols=True)
+    bar = progress_bar(total=len(plan), desc="warm-up", prefix="densemtl speed", unit="method", enabled=progress)
     for name, method, k in plan:
         bar.set_postfix_str(name)
         try:
@@ -329,9 +330,13 @@ def _time(
     """Interleaved timing: each repeat times one unit of every runner, in a rotating order."""
     gc.collect()
     active = list(runners)
-    for r in tqdm(range(repeats), desc="repeats", disable=not progress, leave=False, miniters=1, dynamic_ncols=True):
+    bar = progress_bar(
+        total=repeats * len(active), desc="timing", prefix="densemtl speed", unit="step", enabled=progress
+    )
+    for r in range(repeats):
         shift = r % max(len(active), 1)
         for runner in active[shift:] + active[:shift]:
+            bar.set_postfix_str(f"repeat {r + 1}/{repeats} {runner.name}")
             try:
                 _sync(device)
                 start = time.perf_counter()
@@ -342,7 +347,9 @@ def _time(
                 if runner.name == BASELINE:
                     raise ConfigError(f"the EW baseline step failed on these settings: {_message(e)}") from e
                 rows[runner.name] = {"method": runner.name, "mode": None, "status": "error", "error": _message(e)}
+            bar.update(1)
         active = [r_ for r_ in active if rows[r_.name]["status"] == "ok"]
+    bar.close()
     for runner in active:
         rows[runner.name].update(
             {
@@ -360,7 +367,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def _summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Ratios to EW and to the naive loop, and the issue's targets for each row."""
+    """Ratios to EW and to the naive loop, and the project's regression bounds for each row."""
     by_name = {r["method"]: r for r in rows}
     ew, naive = by_name[BASELINE], by_name.get(NAIVE, {})
     for row in rows:

@@ -24,7 +24,6 @@ import copy
 import gc
 import os
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -58,6 +57,7 @@ from densemtl.distributed import Comm, spawn
 from densemtl.errors import ConfigError
 from densemtl.models.base import MultiTaskModel
 from densemtl.models.sync_bn import GlobalBatchNorm2d, convert_sync_bn
+from densemtl.report.progress import progress as progress_bar
 from densemtl.training.builders import build_method, resolve_device
 
 __all__ = ["MAX_WORLD_SIZE", "check_world_size", "measure_speed_ddp", "rank_speed"]
@@ -231,11 +231,12 @@ def _time_rank(
     gc.collect()
     active = list(runners)
     show = job["progress"] and comm.is_main
-    for r in range(job["repeats"]):
-        if show:
-            print(f"densemtl speed: repeat {r + 1}/{job['repeats']}", file=sys.stderr, flush=True)
+    repeats = job["repeats"]
+    bar = progress_bar(total=repeats * len(active), desc="timing", prefix="densemtl speed", unit="step", enabled=show)
+    for r in range(repeats):
         shift = r % max(len(active), 1)
         for runner in active[shift:] + active[:shift]:
+            bar.set_postfix_str(f"repeat {r + 1}/{repeats} {runner.name}")
             steps = runner.recompute_every
             err = None
             comm.barrier()
@@ -255,7 +256,9 @@ def _time_rank(
                 out["rows"][runner.name] = {
                     "method": runner.name, "mode": None, "status": "error", "error": err or "another rank failed",
                 }  # fmt: skip
+            bar.update(1)
         active = [a for a in active if out["rows"][a.name]["status"] == "ok"]
+    bar.close()
     for runner in active:
         out["times"][runner.name] = runner.times
     return out

@@ -1,4 +1,6 @@
-"""The issue's speed targets at T=3, as bounds on a row of ``measure_speed``.
+"""This project's own speed bounds at T=3, as bounds on a row of ``measure_speed``: a regression
+check for its benchmark scripts, kept in ``--json`` rows (``target``, ``met``, ``missed``) and never
+printed by ``densemtl speed``, whose table speaks of the user's choices (mode, ``--recompute-every``).
 
 Ratios to EW: loss weightings <= 1.05 (FAMO <= 1.4); representation mode <= 1.15; exact
 per-task modes (gramian, parameters) <= 1.8 and at most 0.85x the naive loop; amortised with
@@ -15,7 +17,7 @@ MEM_TARGET = 1.3
 
 
 def time_targets(row: dict[str, Any]) -> tuple[float | None, float | None]:
-    """The issue's bounds for a row at T=3: (max ratio to EW, max ratio to the naive loop)."""
+    """The bounds for a row at T=3: (max ratio to EW, max ratio to the naive loop)."""
     if row["method"] in (BASELINE, NAIVE):
         return None, None
     if row["mode"] == "loss":

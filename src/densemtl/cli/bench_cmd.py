@@ -37,7 +37,7 @@ BENCH_KNOB_FLAGS = [
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
-        help="compare methods × architectures over seeds, with Δm% against single-task baselines",
+        help="compare methods × architectures over seeds, with Δm%% against single-task baselines",
         description="Compare methods × architectures over seeds, with Δm% against single-task baselines. "
         "Stopped (Ctrl-C, SIGTERM, kill -9) or failed, rerun the same command: finished runs are kept, "
         "unfinished ones continue from their last checkpoint, and a run whose files are corrupt runs again. "
@@ -45,7 +45,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         argument_default=argparse.SUPPRESS,
     )
     p.add_argument("--grid", metavar="FILE", help="YAML grid file (the same keys as the flags); flags override it")
-    p.add_argument("--archs", help="comma-separated architectures (default segnet)")
+    p.add_argument(
+        "--archs",
+        help="comma-separated architectures (default segnet); on the synthetic data each at the demo's size "
+        "(SegNet ×0.25, 4 stages; others at their defaults) unless --arch-arg or the grid's arch_args say otherwise",
+    )
     p.add_argument("--methods", help="comma-separated balancing methods (default ew)")
     p.add_argument("--seeds", type=int, help="number of seeds per cell: 0..N-1 (default 1)")
     p.add_argument("--jobs", type=int, help="runs in parallel processes (default 1)")
@@ -126,7 +130,12 @@ def executor_from(args: argparse.Namespace, out: Path, grid: BenchGrid) -> Execu
 def gather(args: argparse.Namespace) -> dict[str, Any]:
     """The values of the bench flags given on the command line."""
     flags = ["--archs", "--methods", "--seeds", "--jobs", "--val-fraction", "--out", *(f for f, _ in BENCH_FLAGS)]
-    return given_flags(args, flags, BENCH_KNOB_FLAGS)
+    values = given_flags(args, flags, BENCH_KNOB_FLAGS)
+    if hasattr(args, "imports"):  # --import (B1, plugins): in every run's config, so its worker imports it too
+        from densemtl.plugins import command_imports
+
+        values["imports"] = command_imports(args)
+    return values
 
 
 def run(args: argparse.Namespace) -> int:
@@ -141,5 +150,6 @@ def run(args: argparse.Namespace) -> int:
     summary = run_bench(grid, out, executor=executor_from(args, out, grid))
     best = [e for e in summary if e.get("rank") == 1]
     for e in best:
-        print(f"  best on {e['arch']}: {e['method']} (Δm% {e['delta_m'][0]:+.2f} ± {e['delta_m'][1]:.2f})")
+        spread = f"± {e['delta_m'][1]:.2f}" if e.get("n", 1) > 1 else "± n/a, one seed"
+        print(f"  best on {e['arch']}: {e['method']} (Δm% {e['delta_m'][0]:+.2f} {spread})")
     return 0

@@ -1,5 +1,5 @@
-"""``densemtl data synth`` (write synthetic scenes in the MTAN, NYUD-MT or PASCAL-Context layout)
-and ``data check``."""
+"""``densemtl data synth`` (write synthetic scenes in the MTAN, NYUD-MT or PASCAL-Context layout),
+``data convert`` (raw NYUv2 or Cityscapes frames to the MTAN layout) and ``data check``."""
 
 from __future__ import annotations
 
@@ -23,6 +23,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--size", default="96x128", help="HxW")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=run_synth)
+    v = dsub.add_parser(
+        "convert",
+        help="convert raw NYUv2 or Cityscapes frames to the MTAN layout (docs/datasets/convert.md)",
+        description="Convert raw frames to ROOT/{train,val}/{image,label,depth,normal}/i.npy, the layout "
+        "'train --dataset nyuv2|cityscapes --data-root ROOT' reads. NYUv2: RAW/{train,val}/<frame>/ with "
+        "rgb.png, depth_mm.png (or depth_filled_mm.png, depth_raw_mm.png; millimetres) and label13.png (or "
+        "label40.png and map40to13.txt). Cityscapes: RAW/leftImg8bit, RAW/gtFine and optionally RAW/disparity, "
+        "as distributed; labels are written as 7 categories and 19 classes (train --num-classes chooses).",
+    )
+    v.add_argument("dataset", choices=CONVERTIBLE, help="the raw frames' dataset")
+    v.add_argument("raw", metavar="RAW", help="the folder of raw frames")
+    v.add_argument("--out", required=True, metavar="ROOT", help="a new or empty folder to write the dataset to")
+    v.add_argument("--size", help="HxW to store the frames at (default: nyuv2 288x384, cityscapes 128x256)")
+    v.add_argument(
+        "--overwrite", action="store_true", help="replace ROOT if it holds an earlier conversion (train/, val/)"
+    )
+    v.add_argument("--quiet", action="store_true", help="no progress bar")
+    v.set_defaults(func=run_convert)
     c = dsub.add_parser("check", help="validate a dataset on disk (reads every file)")
     c.add_argument("--dataset", default="nyuv2", help="nyuv2, cityscapes, nyud or pascal_context")
     c.add_argument("--data-root", required=True)
@@ -32,6 +50,39 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 LAYOUTS = ("mtan", "nyud", "pascal_context")
+CONVERTIBLE = ("nyuv2", "cityscapes")
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    """Convert every raw frame (one progress bar), then say what was written and how to train on it."""
+    from densemtl.data.convert import convert
+    from densemtl.report.progress import progress
+    from densemtl.training.config import parse_size
+
+    size = parse_size(args.size) if args.size else None
+
+    def wrap(items: list, total: int) -> object:
+        return progress(items, total=total, desc="convert", prefix="densemtl data convert", unit="frame",
+                        enabled=not args.quiet)  # fmt: skip
+
+    meta = convert(args.dataset, args.raw, args.out, size=size, overwrite=args.overwrite, wrap=wrap)
+    h, w = meta["size"]
+    counts = meta["samples"]
+    print(
+        f"densemtl: wrote {counts['train']} train and {counts['val']} val {args.dataset} frames at {h}x{w} "
+        f"to {args.out}"
+    )
+    total = counts["train"] + counts["val"]
+    if meta["no_depth"] == total:
+        print("  warning: no frame has a valid depth pixel (no disparity given): the depth task would learn nothing")
+    elif meta["no_depth"]:
+        print(f"  warning: {meta['no_depth']} of {total} frames have no valid depth pixel")
+    extra = "  (7 categories; add --num-classes 19 for the 19 classes)"
+    if args.dataset == "nyuv2":
+        print("  note: raw NYUv2 frames carry no surface normals (written as invalid pixels)")
+        extra = " --tasks seg,depth"
+    print(f"  train on it with: densemtl train --dataset {args.dataset} --data-root {args.out}{extra}")
+    return 0
 
 
 def run_synth(args: argparse.Namespace) -> int:

@@ -26,10 +26,28 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--device", default="cpu")
     e.add_argument("--json", metavar="FILE", help="also write the metrics as JSON")
     e.set_defaults(func=run_eval)
-    p = sub.add_parser("predict", help="write prediction images (the input, then a tile per task)")
+    p = sub.add_parser(
+        "predict",
+        help="write prediction images (the input, then a tile per task)",
+        description="Predict every task on each image and write OUT/<stem>_pred.png (the input, then a tile "
+        "per task). The image is resized to the run's training height with its own aspect ratio kept, "
+        "unless --size says otherwise.",
+    )
     p.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG/JPEG files or H×W×3 .npy arrays")
     p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument(
+        "--size",
+        metavar="HxW",
+        help="the size the model sees (default: the run's training height, the width from the image's aspect ratio)",
+    )
+    p.add_argument(
+        "--save-npy",
+        action="store_true",
+        help="also write OUT/<stem>_<task>.npy per task at the image's own size "
+        "(seg/parts: int32 class ids; depth: float32 metres; normal: H×W×3 unit vectors; "
+        "edge/saliency: probabilities)",
+    )
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=run_predict)
 
@@ -110,11 +128,25 @@ def read_image(path: Path) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
 
 
+def predict_size(image_hw: tuple[int, int], trained: tuple[int, ...], min_side: int) -> tuple[int, int]:
+    """The size an image is predicted at by default: the training height (the image's own when
+    the run has none), the width from the image's aspect ratio; each side at least ``min_side``."""
+    h_in, w_in = image_hw
+    h = int(trained[0]) if trained else h_in
+    w = round(h * w_in / h_in)
+    return max(h, min_side), max(w, min_side)
+
+
 @torch.no_grad()
 def run_predict(args: argparse.Namespace) -> int:
+    from densemtl import tasks as task_registry
+    from densemtl.report.task_views import raw_array
     from densemtl.report.visualize import prediction_panel, save_panel
+    from densemtl.training.builders import check_fits_model
     from densemtl.training.checkpoint import load_model
+    from densemtl.training.config import parse_size
 
+    size = parse_size(args.size, "--size") if args.size is not None else None
     out = check_output_dir(args.out, "--out")
     targets: dict[str, Path] = {}
     for p in map(Path, args.images):
@@ -124,17 +156,30 @@ def run_predict(args: argparse.Namespace) -> int:
                 f"{targets[name]} and {p} would both be written to {out / name}; rename one or predict them separately"
             )
         targets[name] = p
-    model, _, state = load_model(args.checkpoint, args.device)
+    model, cfg, state = load_model(args.checkpoint, args.device)
+    check_fits_model(model, cfg.arch, size)
     device = next(model.parameters()).device
-    size = tuple(state.get("size") or ())
+    trained = tuple(state.get("size") or ())
     images = [(Path(p), read_image(Path(p))) for p in args.images]
     for path, img in images:
+        h_in, w_in = img.shape[-2:]
+        at = size or predict_size((h_in, w_in), trained, model.min_input_side())
         x = img[None].to(device)
-        if size and tuple(x.shape[-2:]) != size:
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        if tuple(x.shape[-2:]) != at:
+            x = F.interpolate(x, size=at, mode="bilinear", align_corners=False)
         preds = model(x)
         panel = prediction_panel(x[0], {t: v[0] for t, v in preds.items()}, state["num_classes"])
         target = out / f"{path.stem}_pred.png"
         save_panel(panel, target)
-        print(f"densemtl: wrote {target}")
+        print(f"densemtl: wrote {target} ({at[0]}x{at[1]})")
+        if args.save_npy:
+            for t, v in preds.items():
+                full = (
+                    v.float()
+                    if tuple(v.shape[-2:]) == (h_in, w_in)
+                    else F.interpolate(v.float(), size=(h_in, w_in), mode="bilinear", align_corners=False)
+                )
+                array_path = out / f"{path.stem}_{t}.npy"
+                np.save(array_path, raw_array(task_registry.get(t), full[0]))
+                print(f"densemtl: wrote {array_path}")
     return 0

@@ -1,4 +1,4 @@
-"""``densemtl list``: datasets, architectures (with their knobs) and methods (with kind and knobs)."""
+"""``densemtl list``: datasets, architectures (with their knobs), timm backbones and methods (with kind and knobs)."""
 
 from __future__ import annotations
 
@@ -29,14 +29,31 @@ def run(args: argparse.Namespace) -> int:
     print("datasets:      " + ", ".join(data.available()))
     print("architectures: " + ", ".join(models.available()))
     print("methods:       " + ", ".join(methods.available()))
+    from densemtl.balancing import LIBMTL_NAMES
+
+    print("               (also LibMTL's names: " + ", ".join(LIBMTL_NAMES) + ")")
     if not args.verbose:
         return 0
     print("\narchitectures (parameters for NYUv2: 13 classes, depth, normals):")
+    from densemtl.errors import ConfigError
+
     for name in models.available():
-        model = models.create(name)
+        try:
+            model = models.create(name)
+        except ConfigError as exc:  # e.g. a timm-only architecture without timm installed
+            print(f"  {name:12s} not built: {exc}")
+            print(f"  {'':12s} knobs: {_knobs(models.MODELS, name, {'task_channels'})}")
+            continue
         counts = models.count_parameters(model)
         print(f"  {name:12s} shared {counts['shared']:>11,}  total {counts['total']:>11,}")
         print(f"  {'':12s} knobs: {_knobs(models.MODELS, name, {'task_channels'})}")
+        modes = getattr(model, "modes_note", None) or (  # a model may say which modes and why
+            "loss, representation, gramian, parameters"
+            if model.has_representation
+            else "loss, gramian, parameters (no single shared representation)"
+        )
+        print(f"  {'':12s} grad modes: {modes}")
+    print_timm_backbones()
     print("\ndatasets (knobs beyond split, root, size, augment, seed, n, num_classes: --data-arg):")
     for name in data.available():
         print(f"  {name:12s} {_knobs(data.DATASETS, name, set(STANDARD_DATA_KEYS)) or '-'}")
@@ -46,3 +63,33 @@ def run(args: argparse.Namespace) -> int:
         kind = "weighting" if req.uses_losses else "optimizer" if req.optimizer == "sgd" else "gradient"
         print(f"  {name:12s} {kind:9s} {'/'.join(req.modes):33s} {_knobs(methods.METHODS, name, {'num_tasks'})}")
     return 0
+
+
+def print_timm_backbones(count: bool = True) -> None:
+    """The timm section of ``list -v``: the syntax, the installed timm, the tested families with
+    the backbone parameters of one model each (the last feature map, as hps and padnet use it)."""
+    import torch
+
+    from densemtl.models.timm_backbone import FAMILIES, TIMM_ARCHS, TimmFeatures
+
+    try:
+        import timm
+    except ImportError:
+        timm = None
+    syntax = f"--arch {'|'.join(TIMM_ARCHS)} --arch-arg backbone=timm:<name>"
+    if timm is None:
+        print(f"\ntimm backbones ({syntax}): timm is not installed; pip install 'densemtl[timm]'")
+        count = False
+    else:
+        print(f"\ntimm backbones ({syntax}; timm {timm.__version__}, {len(timm.list_models())} models):")
+    for family, example, more, stride in FAMILIES:
+        params = ""
+        if count:
+            with torch.device("meta"):  # counts only: no memory, no initialisation
+                net = TimmFeatures("timm:" + example, "hps", levels=1, output_stride=8)
+            params = f"{sum(p.numel() for p in net.parameters()):>11,}"
+        print(f"  {family:12s} {example:28s} {params:>11s}  output stride {stride}; also {more}")
+    print(
+        "  (parameters: the backbone alone, shared by every task; any timm model with features_only=True "
+        "should work: see docs/architectures/timm.md)"
+    )

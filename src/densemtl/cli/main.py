@@ -1,4 +1,4 @@
-"""Entry point: ``densemtl {train,eval,predict,data,list}``.
+"""Entry point: ``densemtl {train,eval,predict,data,list,speed,bench,export}`` and ``densemtl --version``.
 
 User mistakes (``DenseMTLError``) are printed as one line, ``densemtl: error: ...``, with exit
 status 2; nothing is written or overwritten when a command refuses.
@@ -27,12 +27,17 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from densemtl import __version__
     from densemtl.cli import bench_cmd, data_cmd, export_cmd, inspect_cmd, list_cmd, speed_cmd, train_cmd
+    from densemtl.plugins import add_import_flag
 
     parser = Parser(
         prog="densemtl",
         description="Multi-task dense scene understanding: segmentation, depth and normals, with task balancing.",
+        epilog="Plugins: --import MODULE on the commands that build models, or the 'densemtl.plugins' entry-point "
+        "group (docs/plugins.md).",
     )
+    parser.add_argument("--version", action="version", version=f"densemtl {__version__}")
     sub = parser.add_subparsers(dest="command", parser_class=Parser, metavar="COMMAND")
     train_cmd.add_parser(sub)
     inspect_cmd.add_parsers(sub)
@@ -41,7 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     speed_cmd.add_parser(sub)
     bench_cmd.add_parser(sub)
     export_cmd.add_parser(sub)
+    for name in PLUGIN_COMMANDS:
+        add_import_flag(sub.choices[name])
     return parser
+
+
+#: The commands that look up registered names, and so take ``--import MODULE`` (plugins).
+PLUGIN_COMMANDS = ("train", "eval", "predict", "export", "bench", "speed", "list")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -51,6 +62,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        from densemtl.plugins import command_imports, export_to_children, load_plugins
+
+        load_plugins(command_imports(args))  # entry points, the files' imports:, --import; before any lookup
+        export_to_children()  # bench and speed workers import them too (densemtl.plugins.load_pending)
+        from densemtl.report.progress import progress_every
+
+        progress_every()  # a bad $DENSEMTL_PROGRESS_EVERY is refused before any work
         return int(args.func(args) or 0)
     except DenseMTLError as e:
         if not getattr(e, "quiet", False):  # quiet: a copy, on another rank, of rank 0's error

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from pathlib import Path
 from typing import Any
 
-from densemtl.training.config import DEMO, TrainConfig, parse_kv, parse_size, parse_tasks
+from densemtl.training.config import DEMO, parse_kv, parse_size, parse_tasks
 
 FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--dataset", {"help": "synthetic (default), nyuv2, cityscapes, nyud or pascal_context"}),
@@ -38,17 +37,34 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--alpha-warmup-epochs", {"type": int, "help": "MDML: ramp alpha linearly from 0 over N epochs"}),
     ("--epochs", {"type": int}),
     ("--batch-size", {"type": int}),
-    ("--lr", {"type": float, "help": "Adam learning rate"}),
+    ("--lr", {"type": float, "help": "learning rate (default 2e-3)"}),
     ("--weight-decay", {"type": float}),
+    (
+        "--optimizer",
+        {"choices": ["adam", "adamw", "sgd"], "help": "adam (default), adamw (decoupled weight decay) or sgd"},
+    ),
+    ("--momentum", {"type": float, "help": "sgd's momentum (default 0.9)"}),
+    (
+        "--lr-schedule",
+        {
+            "choices": ["step", "cosine", "poly", "none"],
+            "help": "learning-rate schedule, taken per epoch: step (default: x--lr-gamma every --lr-step epochs), "
+            "cosine (towards 0 over --epochs), poly (DeepLab's (1 - epoch/epochs)^0.9) or none (constant)",
+        },
+    ),
     (
         "--lr-step",
         {
             "type": int,
-            "help": "multiply the learning rate by --lr-gamma every N epochs (default: constant; the "
-            "synthetic demo preset: 10)",
+            "help": "step schedule: multiply the learning rate by --lr-gamma every N epochs (default: 2/3 of "
+            "--epochs, so it halves once; the synthetic demo preset: 10 of its 15); config.yaml holds the value",
         },
     ),
-    ("--lr-gamma", {"type": float}),
+    ("--lr-gamma", {"type": float, "help": "step schedule: the factor of each decay (default 0.5)"}),
+    (
+        "--warmup-epochs",
+        {"type": int, "help": "ramp the learning rate up linearly over the first N epochs (default 0)"},
+    ),
     ("--seed", {"type": int}),
     ("--device", {"help": "cpu, cuda, cuda:N or auto"}),
     ("--workers", {"type": int, "help": "data loader processes"}),
@@ -120,7 +136,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--resume",
         action="store_true",
         help="continue the run in --out exactly, from its last checkpoint (an epoch end, --checkpoint-every, "
-        "or a SIGINT/SIGTERM); a larger --epochs extends it into exactly the longer run",
+        "or a SIGINT/SIGTERM); a larger --epochs extends it, its learning-rate schedule kept as planned (one "
+        "line says so; see --replan-schedule)",
+    )
+    p.add_argument(
+        "--replan-schedule",
+        action="store_true",
+        help="with --resume: plan the learning-rate schedule for the new --epochs (lr_step 2/3 of them unless "
+        "--lr-step is given; cosine and poly end at the new last epoch); by default the schedule is kept as "
+        "the run planned it",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--tensorboard", action="store_true", help="also write RUN/tensorboard/ event files")
@@ -149,30 +173,32 @@ def given_flags(args: argparse.Namespace, flags: list[str], knobs: list[tuple[st
     return values
 
 
-def fresh_run_dir(cfg: TrainConfig) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path("runs") / f"{stamp}-{cfg.dataset}-{cfg.arch}-{cfg.method}"
-    path, k = base, 1
-    while path.exists():
-        k += 1
-        path = base.with_name(f"{base.name}-{k}")
-    return path
-
-
 def run(args: argparse.Namespace) -> int:
     from densemtl.distributed import init_from_env, peer_lost, shutdown
     from densemtl.errors import ConfigError
-    from densemtl.training.config import resolve_config, resume_config
+    from densemtl.models import count_parameters
+    from densemtl.paths import fresh_run_dir
+    from densemtl.training.config import build_config, load_yaml, resolve_config, resume_config
+    from densemtl.training.schedule import resume_note
     from densemtl.training.trainer import Trainer
 
     values = given_flags(args, [flag for flag, _ in FLAGS], KNOB_FLAGS)
+    if hasattr(args, "imports"):  # --import (B1, plugins): added to the config file's or resumed run's imports
+        from densemtl.plugins import command_imports
+
+        values["imports"] = command_imports(args)
     yaml_path = getattr(args, "config", None)
     resume = getattr(args, "resume", False)
     if resume:
         if not hasattr(args, "out"):
             raise ConfigError("--resume needs --out RUN, the run to continue")
-        cfg = resume_config(Path(args.out), values, yaml=yaml_path)
+        replan = getattr(args, "replan_schedule", False)
+        cfg = resume_config(Path(args.out), values, yaml=yaml_path, replan=replan)
         out = Path(args.out)
+        if os.environ.get("RANK", "0") == "0":
+            print(resume_note(build_config(load_yaml(out / "config.yaml")), cfg, replan))
+    elif getattr(args, "replan_schedule", False):
+        raise ConfigError("--replan-schedule applies to --resume only; a fresh run plans its schedule for its --epochs")
     else:
         cfg = resolve_config(values, yaml=yaml_path)
         out = Path(args.out) if hasattr(args, "out") else fresh_run_dir(cfg)
@@ -190,7 +216,8 @@ def run(args: argparse.Namespace) -> int:
         trainer = Trainer(cfg, out, resume=resume, progress=not getattr(args, "quiet", False), log=say, comm=comm)
         ranks = f" in {comm.world_size} processes" if comm.active else ""
         say(
-            f"densemtl: training {cfg.arch} with {cfg.method} on {cfg.dataset} "
+            f"densemtl: training {cfg.arch} ({count_parameters(trainer.model)['total']:,} parameters) "
+            f"with {cfg.method} on {cfg.dataset} "
             f"({', '.join(trainer.tasks)}) for {cfg.epochs} epochs on {trainer.device}{ranks}; run: {out}"
         )
         summary = trainer.run()

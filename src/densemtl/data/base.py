@@ -55,3 +55,47 @@ class TaskSubset:
         if name == "base":
             raise AttributeError(name)
         return getattr(self.base, name)
+
+
+#: How many samples of a split :func:`tasks_without_valid_pixels` reads at most (spread evenly).
+VALID_SCAN_ITEMS = 16
+
+
+def tasks_without_valid_pixels(dataset: MultiTaskDataset, items: int = VALID_SCAN_ITEMS) -> list[str]:
+    """The tasks of ``dataset`` none of whose targets has a valid pixel in up to ``items`` samples
+    spread evenly over it (all of them when it is smaller): a task whose metrics would be null and
+    whose loss would be 0, e.g. Cityscapes frames without disparity. The global random generators
+    are left as they were, so a run's numbers do not depend on the scan."""
+    import random
+
+    import numpy as np
+    import torch
+
+    from densemtl import tasks as task_registry
+    from densemtl.errors import ConfigError
+
+    n = len(dataset)
+    if n == 0:
+        return []
+    picks = sorted({round(i * (n - 1) / max(1, items - 1)) for i in range(min(items, n))})
+    kinds = {}
+    for name in dataset.tasks:
+        try:
+            kinds[name] = task_registry.get(name)
+        except ConfigError:  # a task this process cannot judge
+            continue
+    seen: set[str] = set()
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            for i in picks:
+                sample = dataset[i]
+                for name, kind in kinds.items():
+                    if name not in seen and name in sample and bool(kind.valid(sample[name]).any()):
+                        seen.add(name)
+                if len(seen) == len(kinds):
+                    break
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+    return [t for t in kinds if t not in seen]

@@ -12,7 +12,7 @@ re-evaluates the batch for a method that declares ``reevaluate`` (FAMO).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -23,6 +23,7 @@ from densemtl.distributed import Comm
 from densemtl.engine.modes import MODES, check_mode, check_recompute_every, default_mode
 from densemtl.engine.precision import Precision
 from densemtl.engine.strategies import STRATEGIES, Context, Forward, NonFiniteGradientError, StepResult
+from densemtl.errors import ConfigError
 from densemtl.models.base import MultiTaskModel
 
 __all__ = [
@@ -37,7 +38,11 @@ __all__ = [
 
 
 class Engine:
-    """Computes the update of one batch for ``model`` under ``method`` and writes it into ``.grad``."""
+    """Computes the update of one batch for ``model`` under ``method`` and writes it into ``.grad``.
+
+    ``model`` is a :class:`MultiTaskModel` with every task of ``tasks``; for one's own
+    ``nn.Module`` and losses, :func:`densemtl.backward` drives the same strategies.
+    """
 
     def __init__(
         self,
@@ -50,6 +55,7 @@ class Engine:
         comm: Comm | None = None,
         precision: Precision | None = None,
     ) -> None:
+        check_model(model, tasks)
         self.model = model
         #: the processes of the run (:mod:`densemtl.distributed`); one by default
         self.comm = comm if comm is not None else Comm()
@@ -57,7 +63,7 @@ class Engine:
         self.precision = precision if precision is not None else Precision()
         self.method = method
         self.tasks = tasks
-        self.mode = check_mode(method, model, mode)
+        self.mode = check_mode(method, mode, has_representation=model.has_representation, owner=type(model).__name__)
         check_recompute_every(method, recompute_every)
         self.recompute_every = recompute_every
         self.step_count = 0
@@ -97,6 +103,7 @@ class Engine:
     def forward(self, batch: dict[str, Tensor]) -> Forward:
         """The forward pass and the task losses, shaped for this engine's mode (grads zeroed)."""
         self.model.zero_grad(set_to_none=True)
+        check_batch(batch, self.tasks)
         x = batch["image"]
         amp = self.precision
         if self.strategy.splits_forward(self.step_count):
@@ -153,6 +160,35 @@ class Engine:
         member checkpoints carried before the engine had a state of its own."""
         self.step_count = int(state.get("step", state.get("engine_step", 0)))
         self.strategy.load_state_dict(state)
+
+
+def check_model(model: object, tasks: Sequence[str]) -> None:
+    """A MultiTaskModel that has every task of ``tasks``, or a one-line ConfigError."""
+    if not isinstance(model, MultiTaskModel):
+        raise ConfigError(
+            f"Engine needs a densemtl MultiTaskModel, got {type(model).__name__}; for your own nn.Module "
+            "use densemtl.backward(losses, shared_params, method) (docs/python.md)"
+        )
+    if isinstance(tasks, str) or not tasks:
+        raise ConfigError(f"Engine: tasks must be a non-empty sequence of task names, got {tasks!r}")
+    missing = [t for t in tasks if t not in model.tasks]
+    if missing:
+        raise ConfigError(
+            f"Engine: task(s) {', '.join(map(repr, missing))} are not tasks of {type(model).__name__} "
+            f"(its tasks: {', '.join(model.tasks)})"
+        )
+
+
+def check_batch(batch: Mapping[str, Tensor], tasks: Sequence[str]) -> None:
+    """A batch with an ``image`` and a target for every task, or a one-line ConfigError."""
+    if not isinstance(batch, Mapping):
+        raise ConfigError(f"Engine.step takes one batch as a dict of tensors, got {type(batch).__name__}")
+    missing = [k for k in ("image", *tasks) if k not in batch]
+    if missing:
+        raise ConfigError(
+            f"Engine.step: the batch has no {', '.join(map(repr, missing))} "
+            f"(its keys: {', '.join(map(str, batch)) or 'none'})"
+        )
 
 
 def _float(preds: dict[str, Tensor]) -> dict[str, Tensor]:

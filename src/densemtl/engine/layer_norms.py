@@ -22,17 +22,21 @@ from collections import deque
 import torch
 from torch import Tensor, nn
 
-from densemtl.models.base import MultiTaskModel
-
 _KERNEL_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d)
 
 
-def last_shared_kernel(model: MultiTaskModel, roots: list[Tensor]) -> tuple[str | None, nn.Parameter | None]:
-    """Of the shared convolution and linear weights (any shared parameter with two or more
-    dimensions if there are none), the one fewest autograd nodes away from ``roots`` (the
-    losses, or the shared representation)."""
-    kernels = {id(m.weight) for m in model.modules() if isinstance(m, _KERNEL_LAYERS)}
-    shared = [(n, p) for n, p in model.named_shared_parameters() if p.dim() >= 2]
+def kernel_ids(model: nn.Module) -> set[int]:
+    """The ids of ``model``'s convolution and linear weights."""
+    return {id(m.weight) for m in model.modules() if isinstance(m, _KERNEL_LAYERS)}
+
+
+def last_shared_kernel(
+    named_shared: list[tuple[str, nn.Parameter]], kernels: set[int], roots: list[Tensor]
+) -> tuple[str | None, nn.Parameter | None]:
+    """Of the shared convolution and linear weights (``kernels``: their ids; any shared parameter
+    with two or more dimensions if none is shared), the one fewest autograd nodes away from
+    ``roots`` (the losses, or the shared representation)."""
+    shared = [(n, p) for n, p in named_shared if p.dim() >= 2]
     candidates = {id(p): (n, p) for n, p in shared if id(p) in kernels} or {id(p): (n, p) for n, p in shared}
     frontier = deque(r.grad_fn for r in roots if r.grad_fn is not None)
     seen: set[object] = set()

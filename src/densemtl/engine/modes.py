@@ -12,42 +12,53 @@ from __future__ import annotations
 from densemtl.balancing.base import BalancingMethod
 from densemtl.engine.strategies import STRATEGIES
 from densemtl.errors import ConfigError
-from densemtl.models.base import MultiTaskModel
 
 MODES: tuple[str, ...] = tuple(STRATEGIES)
 
 
-def default_mode(method: BalancingMethod, model: MultiTaskModel) -> str:
-    """The method's most preferred source that the model offers."""
-    return method.requirements.default_mode(model.has_representation)
+def default_mode(method: BalancingMethod, has_representation: bool) -> str:
+    """The method's most preferred source that the forward pass offers."""
+    return method.requirements.default_mode(has_representation)
 
 
-def check_mode(method: BalancingMethod, model: MultiTaskModel, mode: str | None) -> str:
-    """The mode to use: the method's default, or the one asked for if the method can use it."""
+def check_mode(
+    method: BalancingMethod,
+    mode: str | None,
+    *,
+    has_representation: bool,
+    owner: str = "the model",
+    flag: str = "--grad-mode",
+) -> str:
+    """The mode to use: the method's default, or the one asked for if the method can use it.
+
+    ``owner`` names what lacks a representation and ``flag`` how the caller spelt the choice
+    (``--grad-mode`` on the command line, ``mode`` in Python), for the messages.
+    """
     name = type(method).__name__
     req = method.requirements
     if mode is None:
-        return default_mode(method, model)
+        return default_mode(method, has_representation)
+    said = f"{flag} {mode}" if flag.startswith("--") else f"{flag}={mode!r}"
     if mode not in MODES:
-        raise ConfigError(f"--grad-mode {mode!r} is not a mode; valid: {', '.join(MODES)}")
+        bad = f"{flag} {mode!r}" if flag.startswith("--") else said
+        raise ConfigError(f"{bad} is not a mode; valid: {', '.join(MODES)}")
     if req.uses_losses and mode != "loss":
-        raise ConfigError(f"--grad-mode {mode}: {name} is a loss weighting and uses mode 'loss'")
+        raise ConfigError(f"{said}: {name} is a loss weighting and uses mode 'loss'")
     if not req.uses_losses and mode == "loss":
-        raise ConfigError(f"--grad-mode loss: {name} needs per-task gradients; use representation or parameters")
+        raise ConfigError(f"{said}: {name} needs per-task gradients; use representation or parameters")
     if mode == "representation" and req.coordinate_state:
         raise ConfigError(
-            f"--grad-mode representation: {name} keeps state for each shared parameter across steps "
-            "and runs in parameters mode only"
+            f"{said}: {name} keeps state for each shared parameter across steps and runs in parameters mode only"
         )
     if mode == "gramian" and not req.from_gramian:
         raise ConfigError(
-            f"--grad-mode gramian: {name} needs the per-task gradients themselves, not only their "
+            f"{said}: {name} needs the per-task gradients themselves, not only their "
             "Gramian; use parameters (or representation)"
         )
     if mode not in req.modes:
-        raise ConfigError(f"--grad-mode {mode}: {name} cannot use it; valid: {', '.join(req.modes)}")
-    if mode == "representation" and not model.has_representation:
-        raise ConfigError(f"--grad-mode representation: {type(model).__name__} has no single shared representation")
+        raise ConfigError(f"{said}: {name} cannot use it; valid: {', '.join(req.modes)}")
+    if mode == "representation" and not has_representation:
+        raise ConfigError(f"{said}: {owner} has no single shared representation")
     return mode
 
 

@@ -40,7 +40,7 @@ def count_parameters(model: MultiTaskModel) -> dict[str, int]:
     return {"shared": shared, "total": total}
 
 
-_SUPPORT = frozenset({"base", "layers", "backbones"})  # modules that register no architecture
+_SUPPORT = frozenset({"base", "layers", "backbones", "timm_backbone"})  # modules that register no architecture
 
 
 def _import_architectures() -> None:

@@ -5,6 +5,8 @@
   Segmentation", https://arxiv.org/abs/1706.05587): hps, MTAN and cross-stitch on ResNets, PAD-Net.
 - ``resnet_stages``: the plain ResNet split into stem and four stages at strides 4, 8, 16, 32:
   MTI-Net and HirMTL.
+- ``check_backbone``: a ResNet name or, for hps, mtan, padnet and mtinet, ``timm:<name>``
+  (any timm model; built by ``densemtl.models.timm_backbone``).
 
 Pretrained weights (IMAGENET1K_V1, as in the papers) come through torchvision's weights API from
 ``$TORCH_HOME/hub/checkpoints``, downloaded there when possible. Images in [0, 1] are normalised
@@ -24,6 +26,7 @@ from torchvision.models.resnet import BasicBlock
 
 from densemtl.errors import ConfigError
 from densemtl.models._knobs import check_choice
+from densemtl.models.timm_backbone import TIMM_ARCHS, check_timm_backbone, is_timm_backbone
 
 BACKBONES: dict[str, tuple[str, str]] = {
     # name -> (torchvision builder, weights enum); all IMAGENET1K_V1, as in the papers.
@@ -39,7 +42,16 @@ STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 
 def check_backbone(arch: str, backbone: object, choices: tuple[str, ...] = tuple(BACKBONES)) -> None:
-    """``backbone`` must name one of ``choices`` (default: the ResNets)."""
+    """``backbone`` must name one of ``choices`` (default: the ResNets) or, for the architectures
+    in ``TIMM_ARCHS``, a timm model as ``"timm:<name>"`` (checked against timm's registry)."""
+    if is_timm_backbone(backbone):
+        check_timm_backbone(arch, backbone)  # type: ignore[arg-type]
+        return
+    if arch in TIMM_ARCHS and not any(type(backbone) is type(c) and backbone == c for c in choices):
+        raise ConfigError(
+            f"{arch} knob 'backbone' must be one of {', '.join(choices)} or timm:<name> (a timm model, "
+            f"with densemtl[timm] installed), got {backbone!r}"
+        )
     check_choice(arch, "backbone", backbone, choices)
 
 

@@ -9,11 +9,16 @@ width as a knob). Predictions are upsampled bilinearly to the input size.
 
 Images in [0, 1] are normalised with the ImageNet mean and std inside ``encode``. Outputs are
 raw: segmentation logits, unconstrained depth, unnormalised normals.
+
+``backbone="timm:<name>"`` replaces the ResNet with the last feature map of a timm model
+(``densemtl.models.timm_backbone``), dilated to ``output_stride`` where timm can, at its native
+stride otherwise (16 for ViTs, 32 for Swin), with ASPP rates scaled to the stride it has.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor, nn
 from torchvision.models.segmentation.deeplabv3 import ASPP
@@ -29,8 +34,14 @@ from densemtl.models.backbones import (
 )
 from densemtl.models.base import MultiTaskModel
 from densemtl.models.layers import light_head, upsample
+from densemtl.models.timm_backbone import TimmFeatures, check_backbone_args, is_timm_backbone
 
 DEFAULT_RATES: dict[int, tuple[int, ...]] = {8: (12, 24, 36), 16: (6, 12, 18)}
+
+
+def default_rates(output_stride: int) -> tuple[int, ...]:
+    """ASPP rates for features at ``output_stride``: DeepLabv3's at 8 and 16, scaled from 8's otherwise."""
+    return DEFAULT_RATES.get(output_stride) or tuple(max(1, r * 8 // output_stride) for r in DEFAULT_RATES[8])
 
 
 def aspp_head(in_channels: int, out_channels: int, rates: Sequence[int], channels: int) -> nn.Sequential:
@@ -39,7 +50,8 @@ def aspp_head(in_channels: int, out_channels: int, rates: Sequence[int], channel
 
 
 class HardSharingResNet(MultiTaskModel):
-    """Shared dilated ResNet (``encode``: ImageNet-normalised image -> layer4) + ASPP heads."""
+    """Shared dilated ResNet (``encode``: ImageNet-normalised image -> layer4) or timm backbone
+    (its last feature map) + ASPP heads."""
 
     def __init__(
         self,
@@ -47,21 +59,31 @@ class HardSharingResNet(MultiTaskModel):
         backbone: str,
         output_stride: int,
         head_channels: int,
-        atrous_rates: Sequence[int],
+        atrous_rates: Sequence[int] | None,
         pretrained: bool,
+        backbone_args: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(task_channels)
         self.backbone_name = backbone
+        if is_timm_backbone(backbone):
+            self.backbone: nn.Module = TimmFeatures(
+                backbone, "hps", levels=1, output_stride=output_stride, pretrained=pretrained, extra=backbone_args
+            )
+            in_channels, output_stride = self.backbone.channels[-1], self.backbone.reductions[-1]
+        else:
+            self.backbone = build_resnet(backbone, output_stride, pretrained)
+            in_channels = stage_width(self.backbone.layer4)
+            register_imagenet_stats(self)
         self.output_stride = output_stride
-        self.backbone = build_resnet(backbone, output_stride, pretrained)
-        in_channels = stage_width(self.backbone.layer4)
+        rates = default_rates(output_stride) if atrous_rates is None else atrous_rates
         self.heads = nn.ModuleDict(
-            {t: aspp_head(in_channels, n, atrous_rates, head_channels) for t, n in self.task_channels.items()}
+            {t: aspp_head(in_channels, n, rates, head_channels) for t, n in self.task_channels.items()}
         )
-        register_imagenet_stats(self)
 
     def encode(self, x: Tensor) -> Tensor:
-        """layer4 features at 1/``output_stride`` of the input size."""
+        """The backbone's last features, at 1/``output_stride`` of the input size."""
+        if isinstance(self.backbone, TimmFeatures):
+            return self.backbone(x)[-1]
         return self.backbone((x - self.mean) / self.std)
 
     def decode(self, rep: Tensor, size: tuple[int, int]) -> dict[str, Tensor]:
@@ -76,17 +98,24 @@ def hps(
     head_channels: int = 256,
     atrous_rates: Sequence[int] | None = None,
     pretrained: bool = False,
+    backbone_args: dict[str, Any] | None = None,
 ) -> MultiTaskModel:
     """Hard parameter sharing: dilated ResNet trunk, per-task DeepLabv3 ASPP heads.
 
     Args:
         task_channels: output channels per task.
-        backbone: ``"resnet18"``, ``"resnet34"`` or ``"resnet50"`` (the papers' choice).
-        output_stride: 8 (layer3 and layer4 dilated) or 16 (layer4 dilated).
+        backbone: ``"resnet18"``, ``"resnet34"`` or ``"resnet50"`` (the papers' choice), or
+            ``"timm:<name>"``: any timm model's last feature map (``pip install densemtl[timm]``).
+        output_stride: 8 (layer3 and layer4 dilated) or 16 (layer4 dilated); timm models that
+            cannot dilate (ViT, Swin) keep their own (16, 32): ``model.output_stride`` says which.
         head_channels: width of each ASPP head (256 in DeepLabv3; 16-64 for CPU runs).
-        atrous_rates: ASPP dilation rates; default (12, 24, 36) at stride 8, (6, 12, 18) at 16.
-        pretrained: load ImageNet weights from torch's cache ($TORCH_HOME/hub/checkpoints),
-            downloading them if it can; raises ``ConfigError`` when they are unavailable.
+        atrous_rates: ASPP dilation rates; default (12, 24, 36) at stride 8, (6, 12, 18) at 16,
+            (3, 6, 9) at 32.
+        pretrained: load ImageNet weights from torch's cache ($TORCH_HOME/hub/checkpoints), or a
+            timm model's from the Hugging Face cache, downloading them if it can; raises
+            ``ConfigError`` when they are unavailable.
+        backbone_args: timm backbones only: extra ``timm.create_model`` keywords
+            (e.g. ``{drop_path_rate: 0.1}``).
 
     ASPP's image-pooling branch holds a batch norm over 1×1 maps, so training needs batches of
     at least 2 images.
@@ -94,6 +123,6 @@ def hps(
     check_backbone("hps", backbone)
     check_output_stride("hps", output_stride)
     check_positive_int("hps", "head_channels", head_channels)
-    rates = DEFAULT_RATES[output_stride] if atrous_rates is None else atrous_rates
-    rates = check_positive_ints("hps", "atrous_rates", rates)
-    return HardSharingResNet(task_channels, backbone, output_stride, head_channels, rates, bool(pretrained))
+    extra = check_backbone_args("hps", backbone, backbone_args)
+    rates = None if atrous_rates is None else check_positive_ints("hps", "atrous_rates", atrous_rates)
+    return HardSharingResNet(task_channels, backbone, output_stride, head_channels, rates, bool(pretrained), extra)

@@ -22,13 +22,19 @@ Two shared networks:
   stages, as in the authors' ``MTANDeepLabv3`` (``u_j`` = the stage without its last block,
   ``p_j`` = the whole stage), with bottleneck-width masks (C/4 hidden channels) and ``f``
   mapping to C_{j+1}/4 channels to keep it light, and per-task heads that are the tail of the
-  hps head without the ASPP: 3×3 conv-BN-ReLU of ``head_channels``, 1×1 conv.
+  hps head without the ASPP: 3×3 conv-BN-ReLU of ``head_channels``, 1×1 conv;
+- ``timm:<name>``: the 4 deepest feature levels of a timm model (``models.timm_backbone``),
+  dilated to ``output_stride`` where timm can. timm gives no "stage without its last block",
+  so here the mask reads the level's output itself: ``a_j = mask([p_j, f_{j-1}(â_{j-1})])``,
+  ``â_j = a_j ⊙ p_j``; masks, ``f`` and heads are as on the ResNets.
 
 The masks read intermediate shared features, so there is no single shared representation:
 ``has_representation = False`` and gradient methods use the ``parameters`` mode.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +54,7 @@ from densemtl.models.backbones import (
 from densemtl.models.base import MultiTaskModel
 from densemtl.models.layers import attention_mask, conv_bn_relu, light_head, task_head, upsample, xavier_init
 from densemtl.models.segnet import SegNetTrunk, check_input_size, segnet_filters
+from densemtl.models.timm_backbone import TimmFeatures, check_backbone_args, is_timm_backbone
 
 MTAN_BACKBONES = ("segnet", *BACKBONES)
 
@@ -171,6 +178,24 @@ class SegNetMTAN(MTANBase):
         return self.predict(att, (x.shape[-2], x.shape[-1]))  # type: ignore[arg-type]
 
 
+def attention_levels(
+    tasks: tuple[str, ...], ch: list[int] | tuple[int, ...], head_channels: int, task_channels: dict[str, int]
+) -> tuple[nn.ModuleList, nn.ModuleDict, nn.ModuleDict]:
+    """MTAN's pieces over 4 levels of widths ``ch``: the shared ``f_j`` (level j's attended
+    features -> max(1, C_{j+1}/4) channels), each task's masks (C_j/4 hidden channels, input
+    C_j plus f's output from the level before) and each task's head on the last level."""
+    q = [max(1, c // 4) for c in ch]
+    blocks = nn.ModuleList(conv_bn_relu(ch[j], q[j + 1]) for j in range(3))
+    mask_in = [ch[0]] + [ch[j] + q[j] for j in range(1, 4)]
+    attention = nn.ModuleDict(
+        {t: nn.ModuleList(attention_mask(mask_in[j], ch[j], hidden=q[j]) for j in range(4)) for t in tasks}
+    )
+    heads = nn.ModuleDict({t: light_head(ch[3], k, head_channels) for t, k in task_channels.items()})
+    for part in (blocks, attention, heads):
+        xavier_init(part)
+    return blocks, attention, heads
+
+
 class ResNetMTAN(MTANBase):
     """MTAN on the dilated ResNet: attention over the last block of each of the 4 stages."""
 
@@ -189,17 +214,7 @@ class ResNetMTAN(MTANBase):
         self.stages = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])
         ch = [stage_width(s) for s in self.stages]
         # f_j: stage j's attended features -> C_{j+1}/4 channels (none after the last stage).
-        self.blocks = nn.ModuleList(conv_bn_relu(ch[j], ch[j + 1] // 4) for j in range(3))
-        mask_in = [ch[0]] + [ch[j] + ch[j] // 4 for j in range(1, 4)]
-        self.attention = nn.ModuleDict(
-            {
-                t: nn.ModuleList(attention_mask(mask_in[j], ch[j], hidden=max(1, ch[j] // 4)) for j in range(4))
-                for t in self.tasks
-            }
-        )
-        self.heads = nn.ModuleDict({t: light_head(ch[3], k, head_channels) for t, k in self.task_channels.items()})
-        for part in (self.blocks, self.attention, self.heads):
-            xavier_init(part)
+        self.blocks, self.attention, self.heads = attention_levels(self.tasks, ch, head_channels, self.task_channels)
         register_imagenet_stats(self)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
@@ -216,6 +231,39 @@ class ResNetMTAN(MTANBase):
         return self.predict(att, (x.shape[-2], x.shape[-1]))  # type: ignore[arg-type]
 
 
+class TimmMTAN(MTANBase):
+    """MTAN on a timm backbone: attention over its 4 deepest feature levels."""
+
+    def __init__(
+        self,
+        task_channels: dict[str, int],
+        backbone: str,
+        output_stride: int,
+        head_channels: int,
+        pretrained: bool,
+        backbone_args: dict[str, Any],
+    ) -> None:
+        super().__init__(task_channels)
+        self.backbone_name = backbone
+        self.backbone = TimmFeatures(
+            backbone, "mtan", levels=4, output_stride=output_stride, pretrained=pretrained, extra=backbone_args
+        )
+        self.output_stride = self.backbone.reductions[-1]
+        self.blocks, self.attention, self.heads = attention_levels(
+            self.tasks, self.backbone.channels, head_channels, self.task_channels
+        )
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        att: dict[str, Tensor | None] = dict.fromkeys(self.tasks)
+        for j, p in enumerate(self.backbone(x)):
+            for t in self.tasks:
+                prev = att[t]
+                inp = p if prev is None else torch.cat([p, resize_to(prev, p, "pool")], dim=1)
+                a = self.attention[t][j](inp) * p
+                att[t] = self.blocks[j](a) if j < 3 else a
+        return self.predict(att, (x.shape[-2], x.shape[-1]))  # type: ignore[arg-type]
+
+
 @register("mtan", tiny={"width": 0.125, "depth_stages": 3})
 def mtan(
     task_channels: dict[str, int],
@@ -225,22 +273,28 @@ def mtan(
     head_channels: int = 256,
     output_stride: int = 8,
     pretrained: bool = False,
+    backbone_args: dict[str, Any] | None = None,
 ) -> MultiTaskModel:
     """Multi-Task Attention Network (Liu et al., CVPR 2019, https://arxiv.org/abs/1803.10704).
 
     Args:
         task_channels: output channels per task, e.g. ``{"seg": 13, "depth": 1, "normal": 3}``.
         backbone: ``"segnet"`` (the paper's) or a dilated ``"resnet18"``, ``"resnet34"``,
-            ``"resnet50"`` (the authors' MTAN-DeepLabv3).
+            ``"resnet50"`` (the authors' MTAN-DeepLabv3), or ``"timm:<name>"`` (a timm model's
+            4 deepest feature levels; ``pip install densemtl[timm]``).
         width: segnet only: multiplier on the filters 64-128-256-512-512 (0.125 for CPU demos).
         depth_stages: segnet only: encoder (and decoder) stages, 3 to 5; inputs need sides of
             at least ``2**depth_stages`` pixels.
         head_channels: ResNet only: width of each task's 3×3 head layer.
-        output_stride: ResNet only: 8 or 16, as in hps.
-        pretrained: ResNet only: ImageNet weights for the shared backbone, as in hps.
+        output_stride: ResNet and timm only: 8 or 16, as in hps.
+        pretrained: ResNet and timm only: ImageNet weights for the shared backbone, as in hps.
+        backbone_args: timm only: extra ``timm.create_model`` keywords, as in hps.
     """
     check_backbone("mtan", backbone, MTAN_BACKBONES)
     check_backbone_knobs("mtan", backbone, width, depth_stages, head_channels, output_stride, pretrained)
+    extra = check_backbone_args("mtan", backbone, backbone_args)
     if backbone == "segnet":
         return SegNetMTAN(task_channels, segnet_filters(width, depth_stages, "mtan"))
+    if is_timm_backbone(backbone):
+        return TimmMTAN(task_channels, backbone, output_stride, head_channels, bool(pretrained), extra)
     return ResNetMTAN(task_channels, backbone, output_stride, head_channels, bool(pretrained))

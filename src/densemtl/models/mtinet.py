@@ -3,8 +3,9 @@
 Vandenhende, Georgoulis and Van Gool, "MTI-Net: Multi-Scale Task Interaction Networks for
 Multi-Task Learning", ECCV 2020 (https://arxiv.org/abs/2001.06902).
 
-On the four stages of a plain ResNet (scales 1/4, 1/8, 1/16, 1/32; the paper uses HRNet), from
-the coarsest scale to the finest:
+On the four stages of a plain ResNet (scales 1/4, 1/8, 1/16, 1/32; the paper uses HRNet), or
+the 4 deepest feature levels of a timm model (``backbone="timm:<name>"``, undilated: 1/4 to 1/32
+for CNNs and Swin, 1/16 at every level for ViTs), from the coarsest scale to the finest:
 
 1. Initial task predictions: per scale s and task t, features ``F_{t,s}`` (two residual blocks of
    width ``channels``) from the backbone features at s, concatenated for s < 1/32 with the
@@ -34,6 +35,8 @@ their losses per task.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -42,6 +45,7 @@ from densemtl.models._multiscale import DeepSupervision, Distillation, TaskFeatu
 from densemtl.models.backbones import register_imagenet_stats, resnet_stages
 from densemtl.models.base import MultiTaskModel, Predictions
 from densemtl.models.layers import conv_bn_relu, prediction_head, upsample
+from densemtl.models.timm_backbone import TimmFeatures, check_backbone_args, is_timm_backbone
 
 N_SCALES = 4
 
@@ -114,11 +118,19 @@ class MtiNet(DeepSupervision, MultiTaskModel):
         channels: int = 64,
         aux_weight: float = 1.0,
         pretrained: bool = False,
+        backbone_args: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(task_channels)
         self.channels = channels
         self.aux_weight = float(aux_weight)
-        self.stem, self.stages, widths = resnet_stages(backbone, pretrained, "mtinet")
+        widths: list[int] | tuple[int, ...]
+        if is_timm_backbone(backbone):
+            self.backbone = TimmFeatures(
+                backbone, "mtinet", levels=N_SCALES, pretrained=pretrained, extra=backbone_args
+            )
+            widths = self.backbone.channels
+        else:
+            self.stem, self.stages, widths = resnet_stages(backbone, pretrained, "mtinet")
         # Scale 3 (1/32) sees only the backbone; finer scales also get the propagated features.
         self.initial = nn.ModuleList(
             [
@@ -133,10 +145,13 @@ class MtiNet(DeepSupervision, MultiTaskModel):
             [nn.Identity()] + [FeaturePropagation(self.tasks, channels) for _ in range(1, N_SCALES)]
         )
         self.heads = nn.ModuleDict({t: MtiNetHead(t, self.tasks, channels, n) for t, n in self.task_channels.items()})
-        register_imagenet_stats(self)
+        if not is_timm_backbone(backbone):
+            register_imagenet_stats(self)
 
     def backbone_features(self, x: Tensor) -> list[Tensor]:
-        """ResNet features at 1/4, 1/8, 1/16 and 1/32 of the input size."""
+        """ResNet features at 1/4, 1/8, 1/16 and 1/32 of the input size (a timm backbone's 4 levels)."""
+        if isinstance(getattr(self, "backbone", None), TimmFeatures):
+            return self.backbone(x)
         h = self.stem((x - self.mean) / self.std)
         feats = []
         for stage in self.stages:
@@ -173,21 +188,30 @@ def mtinet(
     channels: int = 64,
     aux_weight: float = 1.0,
     pretrained: bool = False,
+    backbone_args: dict[str, Any] | None = None,
 ) -> MultiTaskModel:
     """MTI-Net (Vandenhende et al., ECCV 2020) at reduced scale, on ResNet stages 1-4.
 
     Args:
         task_channels: output channels per task.
-        backbone: ``"resnet18"``, ``"resnet34"`` or ``"resnet50"`` (default), undilated.
+        backbone: ``"resnet18"``, ``"resnet34"`` or ``"resnet50"`` (default), undilated, or
+            ``"timm:<name>"``: a timm model's 4 deepest feature levels (``pip install densemtl[timm]``).
         channels: width of every task's features at every scale (64; 8-16 for CPU runs).
         aux_weight: weight of the per-scale deep-supervision losses (summed over the 4 scales);
             0 turns them off.
-        pretrained: ImageNet weights for the backbone from torch's cache (see ``hps``).
+        pretrained: ImageNet weights for the backbone from torch's or timm's cache (see ``hps``).
+        backbone_args: timm backbones only: extra ``timm.create_model`` keywords.
 
     Inputs should be at least 32×32 (the coarsest scale is 1/32); training needs batches of at
     least 2 images (batch norm).
     """
     check_common_knobs("mtinet", backbone, channels, aux_weight)
+    extra = check_backbone_args("mtinet", backbone, backbone_args)
     return MtiNet(
-        task_channels, backbone=backbone, channels=channels, aux_weight=aux_weight, pretrained=bool(pretrained)
+        task_channels,
+        backbone=backbone,
+        channels=channels,
+        aux_weight=aux_weight,
+        pretrained=bool(pretrained),
+        backbone_args=extra,
     )

@@ -3,7 +3,8 @@
 Xu, Ouyang, Wang and Sebe, "PAD-Net: Multi-Tasks Guided Prediction-and-Distillation Network for
 Simultaneous Depth Estimation and Scene Parsing", CVPR 2018 (https://arxiv.org/abs/1805.04409).
 
-1. A shared front-end: here the dilated ResNet of ``hps`` (output stride 8 by default).
+1. A shared front-end: here the dilated ResNet of ``hps`` (output stride 8 by default), or the
+   last feature map of a timm model (``backbone="timm:<name>"``, as in ``hps``).
 2. Intermediate predictions: per task, features ``F_t`` (two residual blocks to ``channels``)
    and a 1×1 auxiliary prediction from them, supervised by the task's own loss (deep supervision).
 3. Multi-modal distillation, the paper's attention-guided variant (C): for every target task t,
@@ -24,6 +25,8 @@ which the engine adds to that task's loss. Iterating the predictions gives the t
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -32,6 +35,7 @@ from densemtl.models._multiscale import DeepSupervision, Distillation, TaskFeatu
 from densemtl.models.backbones import build_resnet, check_output_stride, register_imagenet_stats, stage_width
 from densemtl.models.base import MultiTaskModel, Predictions
 from densemtl.models.layers import prediction_head, upsample
+from densemtl.models.timm_backbone import TimmFeatures, check_backbone_args, is_timm_backbone
 
 
 class PadNetHead(nn.Module):
@@ -58,19 +62,30 @@ class PadNet(DeepSupervision, MultiTaskModel):
         channels: int = 256,
         aux_weight: float = 1.0,
         pretrained: bool = False,
+        backbone_args: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(task_channels)
         self.channels = channels
         self.aux_weight = float(aux_weight)
-        self.backbone = build_resnet(backbone, output_stride, pretrained, "padnet")
-        width = stage_width(self.backbone.layer4)
+        if is_timm_backbone(backbone):
+            self.backbone: nn.Module = TimmFeatures(
+                backbone, "padnet", levels=1, output_stride=output_stride, pretrained=pretrained, extra=backbone_args
+            )
+            width, output_stride = self.backbone.channels[-1], self.backbone.reductions[-1]
+        else:
+            self.backbone = build_resnet(backbone, output_stride, pretrained, "padnet")
+            width = stage_width(self.backbone.layer4)
+        self.output_stride = output_stride
         self.features = nn.ModuleDict({t: TaskFeatures(width, channels) for t in self.tasks})
         self.heads = nn.ModuleDict({t: PadNetHead(t, self.tasks, channels, n) for t, n in self.task_channels.items()})
         register_imagenet_stats(self)
 
     def encode(self, x: Tensor) -> Tensor:
         """Intermediate features of every task, concatenated in task order: (B, T·channels, h, w)."""
-        shared = self.backbone((x - self.mean) / self.std)
+        if isinstance(self.backbone, TimmFeatures):
+            shared = self.backbone(x)[-1]
+        else:
+            shared = self.backbone((x - self.mean) / self.std)
         return torch.cat([self.features[t](shared) for t in self.tasks], dim=1)
 
     def decode(self, rep: Tensor, size: tuple[int, int]) -> Predictions:
@@ -89,21 +104,26 @@ def padnet(
     channels: int = 256,
     aux_weight: float = 1.0,
     pretrained: bool = False,
+    backbone_args: dict[str, Any] | None = None,
 ) -> MultiTaskModel:
     """PAD-Net (Xu et al., CVPR 2018): intermediate predictions, attention distillation, final heads.
 
     Args:
         task_channels: output channels per task.
-        backbone: ``"resnet18"``, ``"resnet34"`` or ``"resnet50"`` (default, as in the papers).
-        output_stride: 8 (layer3 and layer4 dilated) or 16 (layer4 dilated).
+        backbone: ``"resnet18"``, ``"resnet34"`` or ``"resnet50"`` (default, as in the papers),
+            or ``"timm:<name>"``: a timm model's last feature map (``pip install densemtl[timm]``).
+        output_stride: 8 (layer3 and layer4 dilated) or 16 (layer4 dilated); timm models that
+            cannot dilate keep their own (ViT 16, Swin 32), as in hps.
         channels: width of the per-task intermediate features and heads (256; 8-32 for CPU runs).
         aux_weight: weight of the auxiliary (intermediate-prediction) losses; 0 turns them off.
-        pretrained: ImageNet weights for the backbone from torch's cache (see ``hps``).
+        pretrained: ImageNet weights for the backbone from torch's or timm's cache (see ``hps``).
+        backbone_args: timm backbones only: extra ``timm.create_model`` keywords.
 
     Training needs batches of at least 2 images (batch norm).
     """
     check_common_knobs("padnet", backbone, channels, aux_weight)
     check_output_stride("padnet", output_stride)
+    extra = check_backbone_args("padnet", backbone, backbone_args)
     return PadNet(
         task_channels,
         backbone=backbone,
@@ -111,4 +131,5 @@ def padnet(
         channels=channels,
         aux_weight=aux_weight,
         pretrained=bool(pretrained),
+        backbone_args=extra,
     )

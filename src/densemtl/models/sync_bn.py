@@ -9,6 +9,8 @@ statistics. In evaluation mode, or alone, it is :class:`torch.nn.BatchNorm2d`.
 
 from __future__ import annotations
 
+import sys
+
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -61,19 +63,40 @@ class _AllReduce(torch.autograd.Function):
         return g
 
 
+class GlobalBatchNormAct2d(GlobalBatchNorm2d):
+    """:class:`GlobalBatchNorm2d` followed by the dropout and activation that timm's
+    ``BatchNormAct2d`` (EfficientNet, MobileNet) carries inside its batch norm."""
+
+    def __init__(self, *args: object, drop: nn.Module, act: nn.Module) -> None:
+        super().__init__(*args)  # type: ignore[arg-type]
+        self.drop = drop
+        self.act = act
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.drop(super().forward(x)))
+
+
 def convert_sync_bn(model: nn.Module, device: torch.device) -> nn.Module:
     """``model`` with every BatchNorm2d synchronised across the ranks: torch's SyncBatchNorm on
-    CUDA, :class:`GlobalBatchNorm2d` elsewhere; parameters and statistics are kept."""
+    CUDA (timm's conversion when timm is loaded, which keeps its norm+activation layers whole),
+    :class:`GlobalBatchNorm2d` elsewhere; parameters and statistics are kept."""
     if device.type == "cuda":
+        if "timm" in sys.modules:
+            from timm.layers import convert_sync_batchnorm
+
+            return convert_sync_batchnorm(model)
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return _convert(model)
 
 
 def _convert(module: nn.Module) -> nn.Module:
     if isinstance(module, nn.BatchNorm2d) and not isinstance(module, GlobalBatchNorm2d):
-        new = GlobalBatchNorm2d(
-            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
-        ).to(next(iter(module.buffers()), torch.empty(0)).device)
+        args = (module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        if isinstance(getattr(module, "act", None), nn.Module) and isinstance(getattr(module, "drop", None), nn.Module):
+            new: GlobalBatchNorm2d = GlobalBatchNormAct2d(*args, drop=module.drop, act=module.act)
+        else:
+            new = GlobalBatchNorm2d(*args)
+        new = new.to(next(iter(module.buffers()), torch.empty(0)).device)
         new.load_state_dict(module.state_dict())
         if module.affine:
             new.weight.requires_grad_(module.weight.requires_grad)
@@ -87,4 +110,4 @@ def _convert(module: nn.Module) -> nn.Module:
     return module
 
 
-__all__ = ["GlobalBatchNorm2d", "convert_sync_bn"]
+__all__ = ["GlobalBatchNorm2d", "GlobalBatchNormAct2d", "convert_sync_bn"]

@@ -20,6 +20,7 @@ from densemtl.models.base import MultiTaskModel
 from densemtl.registry import did_you_mean
 from densemtl.tasks import task_channels
 from densemtl.training.config import TrainConfig, build_config
+from densemtl.training.schedule import NO_DECAY, make_optimizer, make_scheduler
 
 
 def resolve_device(name: str) -> torch.device:
@@ -120,6 +121,12 @@ def model_from_state(state: Mapping[str, Any], where: str | Path) -> tuple[Multi
     for key in ("config", "tasks", "num_classes", "model"):
         if key not in state:
             raise ConfigError(f"checkpoint {where} has no {key!r}; it is not a checkpoint of a densemtl run")
+    given = state.get("objects")
+    if isinstance(given, Mapping) and "model" in given:
+        raise ConfigError(
+            f"checkpoint {where}: its run trained a model given as a Python object ({given['model']}); "
+            "build that model yourself and load the checkpoint's 'model' weights into it"
+        )
     tasks, classes = state["tasks"], state["num_classes"]
     if not isinstance(tasks, list | tuple) or not tasks or not all(isinstance(t, str) for t in tasks):
         raise ConfigError(f"checkpoint {where}: 'tasks' must be a list of task names, got {tasks!r}")
@@ -132,7 +139,9 @@ def model_from_state(state: Mapping[str, Any], where: str | Path) -> tuple[Multi
     except ConfigError as e:
         raise ConfigError(f"checkpoint {where} holds a bad config: {e}") from None
     try:
-        model = create_model(cfg.arch, cfg.arch_args, tuple(tasks), classes)
+        # the checkpoint's weights replace any pretrained ones: do not look for those again
+        knobs = {**cfg.arch_args, **({"pretrained": False} if cfg.arch_args.get("pretrained") else {})}
+        model = create_model(cfg.arch, knobs, tuple(tasks), classes)
     except ConfigError as e:
         raise ConfigError(f"checkpoint {where}: {e}") from None
     weights = state["model"]
@@ -210,6 +219,9 @@ class OptimizerGroup(torch.optim.Optimizer):
             raise ConfigError(f"optimizer state holds {found}, expected {sorted(self.optimizers)}")
         for name, opt in self.optimizers.items():
             opt.load_state_dict(states[name])
+        # torch's load_state_dict replaces each member's group dicts: point at the new ones, or an
+        # LR scheduler on this group would set rates no member reads any more
+        self.param_groups = [g for opt in self.optimizers.values() for g in opt.param_groups]
 
 
 def _method_groups(method: BalancingMethod, lr: float) -> list[dict[str, Any]]:
@@ -252,32 +264,26 @@ def _split_optimizer(cfg: TrainConfig, model: MultiTaskModel, method: BalancingM
 def build_optimizer(
     cfg: TrainConfig, model: MultiTaskModel, method: BalancingMethod
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """The optimizer and its step LR schedule.
+    """The optimizer and its per-epoch LR schedule (:mod:`densemtl.training.schedule`).
 
-    By default Adam over the model (and the method's own learnable parameters). A method whose
-    ``requirements.optimizer`` is "sgd" (MAO) gets an ``OptimizerGroup``: plain SGD at the
-    learning rate on the shared parameters, whose ``.grad`` already holds the method's step, and
-    AdamW with the method's ``optimizer_options()`` on the task-specific parameters (and the
-    method's own).
+    By default Adam over the model (and the method's own learnable parameters); ``cfg.optimizer``
+    chooses AdamW or SGD with momentum. A method whose ``requirements.optimizer`` is "sgd" (MAO)
+    gets an ``OptimizerGroup``: plain SGD at the learning rate on the shared parameters, whose
+    ``.grad`` already holds the method's step, and AdamW with the method's ``optimizer_options()``
+    on the task-specific parameters (and the method's own).
     """
     if method.requirements.optimizer == "sgd":
+        if cfg.optimizer != "adam":
+            raise ConfigError(f"--optimizer {cfg.optimizer}: {cfg.method} chooses its own optimizers")
         opt: torch.optim.Optimizer = _split_optimizer(cfg, model, method)
     else:
         groups: list[dict[str, Any]] = [{"params": [p for p in model.parameters() if p.requires_grad]}]
         groups += _method_groups(method, cfg.lr)
-        opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=lr_step_of(cfg), gamma=cfg.lr_gamma)
-    return opt, sched
-
-
-#: The step size of a schedule that never decays (``lr_step`` None: a constant learning rate).
-NO_DECAY = 2**31 - 1
+        opt = make_optimizer(cfg, groups)
+    return opt, make_scheduler(cfg, opt)
 
 
 def lr_step_of(cfg: TrainConfig) -> int:
-    """Epochs between learning-rate decays: ``lr_step``, or never (None).
-
-    The schedule does not depend on ``epochs``, so that a run extended with ``--resume --epochs``
-    is the run that was planned that long from the start (a default derived from ``epochs`` would
-    have decayed a short run's last epochs that a longer one trains at the full rate)."""
+    """Epochs between learning-rate decays of a step schedule: ``lr_step`` (by default 2/3 of the
+    epochs, resolved into the config), or never (null: runs saved before 0.4 without ``--lr-step``)."""
     return cfg.lr_step or NO_DECAY

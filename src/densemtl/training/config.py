@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import math
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -27,6 +26,10 @@ import yaml
 
 from densemtl.errors import ConfigError
 from densemtl.registry import did_you_mean
+from densemtl.training.config_checks import AMP_MODES as AMP_MODES  # re-exported
+from densemtl.training.config_checks import MAX_SEED as MAX_SEED  # re-exported
+from densemtl.training.config_checks import canonical_names, check_ranges
+from densemtl.training.schedule import default_lr_step
 
 
 class _Unset:
@@ -67,8 +70,13 @@ class TrainConfig:
     batch_size: int = 16
     lr: float = 2e-3
     weight_decay: float = 0.0
-    lr_step: int | None = UNSET
+    lr_step: int | None = UNSET  # epochs between decays (default: 2/3 of epochs; null: never, runs before 0.4)
     lr_gamma: float = 0.5
+    lr_schedule: str = "step"  # step, cosine, poly or none (training/schedule.py)
+    schedule_epochs: int = UNSET  # the epochs cosine and poly are planned for (default: epochs)
+    warmup_epochs: int = 0  # linear warm-up of the learning rate over the first N epochs
+    optimizer: str = "adam"  # adam, adamw or sgd
+    momentum: float = 0.9  # sgd's momentum
     seed: int = 0
     device: str = "cpu"
     workers: int = 0
@@ -78,6 +86,7 @@ class TrainConfig:
     skip_nonfinite: int = 0  # steps with a NaN/inf loss or update that may be skipped
     sync_bn: bool | None = None  # batch statistics over the global batch (None: on with several processes)
     amp: str = "off"  # mixed precision of the forward pass: off, bf16 or fp16
+    imports: list[str] = field(default_factory=list)  # plugin modules imported before anything is built
 
     def __post_init__(self) -> None:
         given = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not UNSET}
@@ -85,8 +94,18 @@ class TrainConfig:
         for name, bare in UNFILLED.items():
             if getattr(self, name) is UNSET:
                 setattr(self, name, copy.deepcopy(filled.get(name, bare)))
+        epochs = _coerce("epochs", self.epochs)
+        if self.lr_step is UNSET or self.lr_step == AUTO:
+            self.lr_step = default_lr_step(epochs)
+        if self.schedule_epochs is UNSET or self.schedule_epochs == AUTO:
+            self.schedule_epochs = epochs
         for f in dataclasses.fields(self):
             setattr(self, f.name, _coerce(f.name, getattr(self, f.name)))
+        if self.imports:  # plugins (densemtl.plugins): imported once per process before anything is built
+            from densemtl.plugins import load_plugins
+
+            load_plugins(self.imports)
+        canonical_names(self)
         check_ranges(self)
 
     def to_dict(self) -> dict[str, Any]:
@@ -98,7 +117,9 @@ class TrainConfig:
 
 #: What a preset-dependent key is when no preset fills it: the dataset's own size, all its
 #: samples, the architecture's default knobs.
-UNFILLED: dict[str, Any] = {"size": None, "n_train": None, "n_val": None, "arch_args": {}, "lr_step": None}
+UNFILLED: dict[str, Any] = {"size": None, "n_train": None, "n_val": None, "arch_args": {}, "lr_step": "auto"}
+#: A schedule key's "work it out": ``lr_step`` 2/3 of ``epochs``, ``schedule_epochs`` = ``epochs``.
+AUTO = "auto"
 #: The demo's data sizes (synthetic scenes only) and knobs per architecture.
 DEMO: dict[str, Any] = {"size": (64, 80), "n_train": 320, "n_val": 96, "lr_step": 10}
 DEMO_ARCH_ARGS: dict[str, dict[str, Any]] = {"segnet": {"width": 0.25, "depth_stages": 4}}
@@ -127,9 +148,6 @@ def preset_values(values: Mapping[str, Any], preset: str = "demo") -> dict[str, 
 
 #: The largest side ``--size`` takes: beyond it one batch of images alone outgrows any GPU.
 MAX_SIDE = 8192
-#: Seeds are 0 .. 2**32 - 1: every generator seeded from them (numpy's, torch's, the data
-#: order's ``seed * 100_003 + epoch``) takes the result without overflow.
-MAX_SEED = 2**32 - 1
 
 
 def parse_size(value: Any, name: str = "--size") -> tuple[int, int]:
@@ -163,6 +181,18 @@ def parse_tasks(value: Any, name: str = "tasks") -> list[str]:
     repeated = sorted({t for t in out if out.count(t) > 1})
     if repeated:
         raise ConfigError(f"{name} names {', '.join(repeated)} more than once")
+    return out
+
+
+def parse_imports(value: Any, name: str = "imports") -> list[str]:
+    """'pkg.mod' or ['pkg.a', 'pkg.b'] -> the module names, in order, without repeats."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(m, str) for m in items):
+        raise ConfigError(f"{name} must be a module name or a list of module names, got {value!r}")
+    out: list[str] = []
+    for m in (m.strip() for m in items):
+        if m and m not in out:
+            out.append(m)
     return out
 
 
@@ -202,6 +232,8 @@ def _coerce(name: str, value: Any) -> Any:
         return parse_size(value, "size")
     if name == "tasks":
         return parse_tasks(value)
+    if name == "imports":
+        return parse_imports(value)
     base = (
         next((a for a in args if a is not type(None)), hint) if optional or isinstance(hint, types.UnionType) else hint
     )
@@ -246,50 +278,6 @@ def _numeric_string(value: Any, kind: type) -> Any:
         except ValueError:
             return int(number) if number.is_integer() else value
     return number
-
-
-#: The values of ``--amp``.
-AMP_MODES = ("off", "bf16", "fp16")
-
-
-def check_ranges(cfg: TrainConfig) -> None:
-    """Values that parse but make no sense (negative epochs, zero batch, ...)."""
-    if cfg.epochs < 0:
-        raise ConfigError(f"epochs must be >= 0, got {cfg.epochs}")
-    if cfg.batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {cfg.batch_size}")
-    if not 0 < cfg.lr < math.inf:
-        raise ConfigError(f"lr must be a finite number > 0, got {cfg.lr}")
-    if not 0 <= cfg.weight_decay < math.inf:
-        raise ConfigError(f"weight_decay must be a finite number >= 0, got {cfg.weight_decay}")
-    if not 0 < cfg.lr_gamma < math.inf:
-        raise ConfigError(f"lr_gamma must be a finite number > 0 (the factor on the learning rate), got {cfg.lr_gamma}")
-    if not 0 <= cfg.seed <= MAX_SEED:
-        raise ConfigError(f"seed must be in 0..{MAX_SEED} (2**32 - 1), got {cfg.seed}")
-    for name in ("n_train", "n_val"):
-        v = getattr(cfg, name)
-        if v is not None and v < 1:
-            raise ConfigError(f"{name} must be >= 1, got {v}")
-    if cfg.lr_step is not None and cfg.lr_step < 1:
-        raise ConfigError(f"lr_step must be >= 1, got {cfg.lr_step}")
-    if cfg.recompute_every < 1:
-        raise ConfigError(f"recompute_every must be >= 1, got {cfg.recompute_every}")
-    if not 0 <= cfg.mimicry_weight < math.inf or not 0 < cfg.mimicry_temperature < math.inf:
-        raise ConfigError(
-            f"mimicry_weight must be >= 0 and mimicry_temperature > 0, got {cfg.mimicry_weight}, "
-            f"{cfg.mimicry_temperature}"
-        )
-    if cfg.alpha_warmup_epochs < 0:
-        raise ConfigError(f"alpha_warmup_epochs must be >= 0, got {cfg.alpha_warmup_epochs}")
-    if cfg.workers < 0:
-        raise ConfigError(f"workers must be >= 0, got {cfg.workers}")
-    if cfg.diagnostics_every < 0:
-        raise ConfigError(f"diagnostics_every must be >= 0 (0 = off), got {cfg.diagnostics_every}")
-    if cfg.amp not in AMP_MODES:
-        raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)}, got {cfg.amp!r}")
-    for name in ("checkpoint_every", "skip_nonfinite"):  # steps; 0 = off
-        if getattr(cfg, name) < 0:
-            raise ConfigError(f"{name} must be >= 0 (0 = off), got {getattr(cfg, name)}")
 
 
 def build_config(values: Mapping[str, Any]) -> TrainConfig:
@@ -339,26 +327,47 @@ RESUMABLE = (
     "device",
     "diagnostics_every",
     "epochs",
+    "imports",
     "skip_nonfinite",
     "tensorboard",
     "workers",
 )
 
 
+#: Keys that ``--replan-schedule`` may change when a run is resumed.
+REPLANNED = ("lr_step", "schedule_epochs")
+
+
 def resume_config(
-    out: str | Path, overrides: Mapping[str, Any] | None = None, *, yaml: str | Path | None = None
+    out: str | Path,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    yaml: str | Path | None = None,
+    replan: bool = False,
 ) -> TrainConfig:
     """The config of the run in ``out``, with the YAML file's and the overrides' values over it;
-    only the :data:`RESUMABLE` keys may differ from the run's."""
+    only the :data:`RESUMABLE` keys may differ from the run's. The learning-rate schedule is kept
+    as planned unless ``replan``: then it is planned for the new ``epochs``
+    (:func:`~densemtl.training.schedule.replanned`; ``lr_step`` may be given)."""
+    from densemtl.training.schedule import replanned
+
     out = Path(out)
     path = out / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"--resume: {out} holds no run to resume (no config.yaml)")
     base = build_config(load_yaml(path))
-    given = build_config(merge_layers(base.to_dict(), load_yaml(yaml) if yaml is not None else {}, overrides))
+    layer = load_yaml(yaml) if yaml is not None else {}
+    given = build_config(merge_layers(base.to_dict(), layer, overrides))
+    if replan:
+        step_given = any("lr_step" in merge_layers(v) for v in (layer, overrides or {}))
+        given = replanned(base, given, step_given)
+    may_change = RESUMABLE + (REPLANNED if replan else ())
     for f in dataclasses.fields(TrainConfig):
-        if f.name not in RESUMABLE and getattr(given, f.name) != getattr(base, f.name):
-            raise ConfigError(f"cannot change {f.name!r} when resuming {out}; only {', '.join(RESUMABLE)} may change")
+        if f.name not in may_change and getattr(given, f.name) != getattr(base, f.name):
+            hint = "; --replan-schedule re-plans the schedule" if f.name in REPLANNED else ""
+            raise ConfigError(
+                f"cannot change {f.name!r} when resuming {out}; only {', '.join(RESUMABLE)} may change{hint}"
+            )
     return given
 
 

@@ -217,20 +217,70 @@ def flatten_scalars(record: dict[str, Any], prefix: str = "") -> dict[str, float
     return out
 
 
+def hparam_values(config: dict[str, Any], prefix: str = "") -> dict[str, int | float | str | bool]:
+    """A config as TensorBoard hyper-parameters: nested mappings flattened to ``a/b`` keys, lists
+    and None written as text (TensorBoard takes numbers, text and booleans only)."""
+    out: dict[str, int | float | str | bool] = {}
+    for key, value in config.items():
+        tag = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(hparam_values(value, tag + "/"))
+        elif isinstance(value, bool | int | float | str):
+            out[tag] = value
+        else:
+            out[tag] = str(value)
+    return out
+
+
 class TensorBoardLog:
-    """Writes every metrics record (losses, weights, val metrics, cosines, balance) to ``out``."""
+    """The run's TensorBoard log in ``out``:
+
+    - each epoch's record (losses, weights, validation metrics, cosines, balance) at its epoch;
+    - each training step's task losses and weights (``step/loss/<task>``, ``step/weight/<task>``;
+      a peer's under ``step/<peer>/…``) at the main network's step count, from :meth:`log_step`;
+    - with :meth:`attach`, the prediction grid (``plots/predictions.png``'s figure) as the image
+      ``predictions`` each epoch, and at :meth:`close` the run's config as hyper-parameters with its
+      final validation metrics (``final/<task>/<metric>``, TensorBoard's HPARAMS tab).
+    """
 
     def __init__(self, out: Path) -> None:
         require_tensorboard()
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=str(out))
+        self.hparams: dict[str, Any] | None = None
+        self.images: Callable[[], Any] | None = None
+        self.last: dict[str, Any] | None = None
+
+    def attach(self, hparams: dict[str, Any], images: Callable[[], Any] | None = None) -> None:
+        """The run's config (written with the final metrics at :meth:`close`) and a function
+        drawing the prediction grid as an (H, W, 3) uint8 array (logged with every epoch)."""
+        self.hparams = hparams
+        self.images = images
+
+    def log_step(self, step: int, results: Sequence[Any], tasks: Sequence[str], names: Sequence[str] = ("",)) -> None:
+        """One training step: each member's task losses and weights (``results``: one
+        :class:`~densemtl.engine.StepResult` per member, named by ``names``, "" the main network)."""
+        for name, result in zip(names, results, strict=True):
+            where = f"step/{name}/" if name else "step/"
+            for t, loss, weight in zip(tasks, result.losses.tolist(), result.weights.tolist(), strict=True):
+                self.writer.add_scalar(f"{where}loss/{t}", loss, step)
+                self.writer.add_scalar(f"{where}weight/{t}", weight, step)
 
     def log(self, record: dict[str, Any]) -> None:
+        """One epoch's record (and the prediction grid, when attached)."""
         step = int(record["epoch"])
         for tag, value in flatten_scalars(record).items():
             self.writer.add_scalar(tag, value, step)
+        if self.images is not None:
+            self.writer.add_image("predictions", self.images(), step, dataformats="HWC")
+        self.last = record
         self.writer.flush()
 
     def close(self) -> None:
+        """Write the hyper-parameters with the last record's validation metrics, then close."""
+        if self.hparams is not None and self.last is not None:
+            final = {f"final/{k}": v for k, v in flatten_scalars(self.last.get("val") or {}).items()}
+            if final:
+                self.writer.add_hparams(hparam_values(self.hparams), final, run_name="hparams")
         self.writer.close()

@@ -7,6 +7,7 @@ of steps summed and of non-finite steps skipped. A mid-epoch checkpoint keeps th
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -52,3 +53,18 @@ class EpochTotals:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.sums, self.steps, self.nonfinite = state["sums"].clone(), int(state["n"]), int(state["nonfinite"])
         self.amp_skipped = int(state.get("amp_skipped", 0))
+
+
+def end_epoch(members: Sequence[Any], totals: EpochTotals, epoch: int) -> dict[str, Any]:
+    """Close epoch ``epoch`` for every member (its LR schedule's step, its method's ``end_epoch``
+    with the epoch's mean losses) and return the record's ``train_loss`` and ``weights`` fields."""
+    means = totals.means()
+    record: dict[str, Any] = {}
+    for i, m in enumerate(members):
+        with warnings.catch_warnings():  # a resumed epoch's last steps may all be done already
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()` before", UserWarning)
+            m.scheduler.step()
+        m.method.end_epoch(epoch, means[i, 0].float())
+        record[m.key("train_loss")] = dict(zip(totals.tasks, means[i, 0].tolist(), strict=True))
+        record[m.key("weights")] = dict(zip(totals.tasks, means[i, 1].tolist(), strict=True))
+    return record

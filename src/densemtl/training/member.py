@@ -20,6 +20,7 @@ from densemtl.engine.precision import Precision
 from densemtl.models.sync_bn import convert_sync_bn
 from densemtl.training.builders import build_method, build_model, build_optimizer
 from densemtl.training.config import TrainConfig
+from densemtl.training.objects import Parts, own_optimizer
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,10 @@ class Member:
         spec: MemberSpec | None = None,
         comm: Comm | None = None,
         precision: Precision | None = None,
+        parts: Parts | None = None,
     ) -> None:
         spec = spec or MemberSpec()
+        parts = parts or Parts()
         own = dataclasses.replace(
             cfg,
             arch=spec.arch or cfg.arch,
@@ -56,13 +59,16 @@ class Member:
         )
         self.name, self.arch, self.arch_args, self.tasks = spec.name, own.arch, own.arch_args, tasks
         comm = comm or Comm()
-        self.model = build_model(own, tasks, num_classes).to(device)
+        if parts.model is not None:
+            self.model = parts.model.to(device)
+        else:
+            self.model = build_model(own, tasks, num_classes).to(device)
         #: whether batch-norm statistics are those of the global batch (``--sync-bn``)
         self.sync_bn = comm.active and cfg.sync_bn is not False
         if self.sync_bn:
             self.model = convert_sync_bn(self.model, device)  # type: ignore[assignment]
         comm.broadcast_([*self.model.parameters(), *self.model.buffers()])  # as DDP: rank 0's start
-        self.method = build_method(own.method, len(tasks), own.seed, own.method_args)
+        self.method = parts.method or build_method(own.method, len(tasks), own.seed, own.method_args)
         self.engine = Engine(
             self.model,
             self.method,
@@ -72,7 +78,10 @@ class Member:
             comm=comm,
             precision=precision,
         )
-        self.optimizer, self.scheduler = build_optimizer(own, self.model, self.method)
+        if parts.optimizer is not None:
+            self.optimizer, self.scheduler = own_optimizer(parts, self.model, self.method, own.lr)
+        else:
+            self.optimizer, self.scheduler = build_optimizer(own, self.model, self.method)
 
     def key(self, field: str) -> str:
         """This member's name for a record field: "val" is the main network's "val", the peer's "peer_val"."""

@@ -7,12 +7,14 @@ from typing import Any
 from densemtl.errors import ConfigError
 from densemtl.training.checkpoint import load_checkpoint
 from densemtl.training.rundir import read_history
+from densemtl.training.schedule import apply_plan, schedule_changed
 
 
 def restore(trainer: Any) -> None:
     """Put ``trainer`` (a :class:`~densemtl.training.trainer.Trainer`) in the state of its run's
     checkpoints/last.pt: every member, the epoch and step, the history, the partial sums, the guard,
-    the random generators (set when the run starts), the gradient scaler and the elapsed time."""
+    the random generators (set when the run starts), the gradient scaler and the elapsed time. A
+    schedule re-planned on resuming (``--replan-schedule``) takes over from the saved one here."""
     if not trainer.last_path.is_file():
         if any(r["epoch"] >= 1 for r in read_history(trainer.out / "metrics.jsonl")):
             raise ConfigError(f"--resume: {trainer.last_path} does not exist; the run cannot be continued")
@@ -25,6 +27,10 @@ def restore(trainer: Any) -> None:
         if not isinstance(state.get(m.name), dict):
             raise ConfigError(f"--resume: the checkpoint of {trainer.out} holds no member {m.name!r}")
         m.restore(state[m.name])
+    saved = state.get("config")
+    if isinstance(saved, dict) and schedule_changed(saved, trainer.cfg):  # --replan-schedule
+        for m in trainer.members:
+            apply_plan(m.scheduler, trainer.cfg)
     trainer.epoch, trainer.step = int(state["epoch"]), int(state.get("step", 0))
     if trainer.cfg.epochs < trainer.epoch:
         raise ConfigError(

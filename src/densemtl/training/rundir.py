@@ -35,11 +35,25 @@ def check_out_dir(out: Path, *, resume: bool = False) -> None:
     if resume:
         if not is_run_dir(out):
             raise ConfigError(f"--resume: {out} holds no run to resume")
-    elif out.exists() and (is_run_dir(out) or any(out.iterdir())):
+    elif out.exists() and (is_run_dir(out) or any(out.iterdir())) and not killed_at_birth(out):
         raise ConfigError(
             f"--out {out} already holds a run or other files; use --resume to continue it "
             "or choose another directory (runs are never overwritten)"
         )
+
+
+def killed_at_birth(out: Path) -> bool:
+    """Whether ``out`` holds only what a fresh run killed while making its directory leaves (an
+    empty ``checkpoints/`` folder, a temp file of its config.yaml): no run, so a new one may take it."""
+    if is_run_dir(out):
+        return False
+    for child in out.iterdir():
+        if child.name == "checkpoints" and child.is_dir() and not child.is_symlink():
+            if any(child.iterdir()):
+                return False
+        elif not (child.is_file() and child.name.startswith("config.yaml.") and child.name.endswith(".tmp")):
+            return False
+    return True
 
 
 def read_history(path: Path) -> list[dict[str, Any]]:

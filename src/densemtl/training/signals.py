@@ -14,6 +14,8 @@ import signal
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -69,6 +71,22 @@ class StopSignals(SignalScope):
             f"training stopped by {self.name} at {where}; checkpoint saved; resume with: {resume}",
             128 + self.received,
         )
+
+    def stop_if_received(self, comm: Any, save: Callable[[], None] | None, where: str, out: Path) -> None:
+        """After a SIGINT or SIGTERM on any rank of ``comm``: ``save`` a checkpoint (None: one was
+        just written) and raise :meth:`stopped`, with the command that resumes run ``out``."""
+        if not comm.any(self.received is not None):
+            return
+        if save is not None:
+            save()
+        if self.received is None:  # another rank was signalled: stop with it
+            self.received = signal.SIGTERM
+        again = f"densemtl train --resume --out {out}"
+        if comm.active:
+            again = f"torchrun --nproc_per_node N -m {again} (any N)"
+        stop = self.stopped(where, again)
+        stop.quiet = not comm.is_main  # type: ignore[attr-defined]
+        raise stop
 
     _at = 0.0  # when the first signal came (time.monotonic)
 

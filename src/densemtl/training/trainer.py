@@ -16,10 +16,8 @@ again; after that it stays resumable.
 
 from __future__ import annotations
 
-import signal
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,25 +26,29 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from densemtl.balancing import BalancingMethod
 from densemtl.data import MultiTaskDataset
 from densemtl.distributed import Comm
 from densemtl.engine import NonFiniteGradientError, StepResult
 from densemtl.engine.precision import Precision
 from densemtl.models import MultiTaskModel
+from densemtl.paths import fresh_run_dir
 from densemtl.report.console import metrics_header, metrics_row
 from densemtl.report.diagnostic_plots import plot_diagnostics
 from densemtl.report.jsonio import dumps
 from densemtl.report.plots import plot_run
+from densemtl.report.progress import progress
 from densemtl.report.visualize import prediction_grid, save_panel
 from densemtl.training.builders import build_datasets, resolve_device
 from densemtl.training.checkpoint import atomic_write_text, save_checkpoint
 from densemtl.training.config import TrainConfig
 from densemtl.training.diagnostics import Diagnostics, TensorBoardLog, require_tensorboard
-from densemtl.training.epoch import EpochTotals
+from densemtl.training.epoch import EpochTotals, end_epoch
 from densemtl.training.evaluation import evaluate_members, move
 from densemtl.training.faults import FiniteGuard
-from densemtl.training.loaders import epoch_loader
+from densemtl.training.loaders import epoch_loader, start_notes
 from densemtl.training.member import Member
+from densemtl.training.objects import OptimizerArg, SchedulerArg, check_parts, resolve_objects
 from densemtl.training.ranks import check_in_sync, check_world, on_main, rank_device, share_buffers
 from densemtl.training.restore import restore
 from densemtl.training.resumable import plain, rng_state, set_rng_state
@@ -68,16 +70,28 @@ class Trainer:
 
     def __init__(
         self,
-        cfg: TrainConfig,
-        out: str | Path,
+        cfg: TrainConfig | None = None,
+        out: str | Path | None = None,
         *,
+        model: MultiTaskModel | None = None,
+        train_data: MultiTaskDataset | None = None,
+        val_data: MultiTaskDataset | None = None,
+        method: str | BalancingMethod | None = None,
+        optimizer: OptimizerArg | None = None,
+        scheduler: SchedulerArg | None = None,
         scheme: Scheme | None = None,
         resume: bool = False,
         progress: bool = True,
         log: Callable[[str], None] = tqdm.write,
         comm: Comm | None = None,
     ) -> None:
-        self.out = Path(out)
+        """``cfg`` (default: the demo, ``TrainConfig()``) into ``out`` (default: a fresh folder
+        under ./runs); the objects replace what the config names (:mod:`densemtl.training.objects`)."""
+        cfg, parts, self.objects = resolve_objects(
+            cfg if cfg is not None else TrainConfig(), model=model, train_data=train_data, val_data=val_data,
+            method=method, optimizer=optimizer, scheduler=scheduler,
+        )  # fmt: skip
+        self.out = Path(out) if out is not None else fresh_run_dir(cfg)
         #: the processes of the run: rank 0 writes, validates and prints (:mod:`densemtl.training.ranks`)
         self.comm = comm if comm is not None else Comm.current()
         self.main_rank = self.comm.is_main
@@ -91,15 +105,20 @@ class Trainer:
             require_tensorboard()
         self.tb: TensorBoardLog | None = None
         self.device = rank_device(resolve_device(cfg.device), self.comm)
-        self.train_set, self.val_set = build_datasets(cfg)
+        if train_data is not None and val_data is not None:
+            self.train_set, self.val_set = train_data, val_data
+        else:
+            self.train_set, self.val_set = build_datasets(cfg)
         self.tasks: tuple[str, ...] = tuple(self.train_set.tasks)
         self.num_classes: int = int(self.train_set.num_classes)
         self.scheme = scheme if scheme is not None else scheme_for(cfg)
         #: --amp: the forward's precision and fp16's gradient scaler, one for every member
         self.precision = Precision(cfg.amp, self.device)
+        specs = self.scheme.members()
+        check_parts(parts, self.objects, cfg, self.tasks, self.num_classes, len(specs))
         self.members = [
-            Member(cfg, self.tasks, self.num_classes, self.device, spec, self.comm, self.precision)
-            for spec in self.scheme.members()
+            Member(cfg, self.tasks, self.num_classes, self.device, spec, self.comm, self.precision, parts)
+            for spec in specs
         ]
         main = self.members[0]
         self.diagnostics = Diagnostics(
@@ -149,6 +168,7 @@ class Trainer:
             "num_classes": self.num_classes,
             "size": list(self.train_set.size),
             "epoch": epoch,
+            **({"objects": dict(self.objects)} if self.objects else {}),
         }
 
     def state(self) -> dict[str, Any]:
@@ -257,19 +277,8 @@ class Trainer:
 
     def _stop_if_signalled(self, *, saved: bool) -> None:
         """After a SIGINT or SIGTERM: write a checkpoint (unless one was just written) and stop."""
-        if not self.comm.any(self.signals.received is not None):
-            return
-        if not saved:
-            self._save()
-        if self.signals.received is None:  # another rank was signalled: stop with it
-            self.signals.received = signal.SIGTERM
         where = f"epoch {self.epoch + 1} step {self.step}" if self.step else f"the end of epoch {self.epoch}"
-        again = f"densemtl train --resume --out {self.out}"
-        if self.comm.active:
-            again = f"torchrun --nproc_per_node N -m {again} (any N)"
-        stop = self.signals.stopped(where, again)
-        stop.quiet = not self.main_rank  # type: ignore[attr-defined]
-        raise stop
+        self.signals.stop_if_received(self.comm, None if saved else self._save, where, self.out)
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         """Train epoch ``epoch`` (from batch ``self.step`` on, when resuming within it) and return
@@ -284,33 +293,28 @@ class Trainer:
         self.scheme.start_epoch(epoch)
         every = self.cfg.checkpoint_every
         total = start + len(loader)
-        bar = tqdm(
+        bar = progress(  # a bar on a terminal, a line every N seconds off one
             loader,
             desc=f"epoch {epoch}/{self.cfg.epochs}",
+            prefix="densemtl train",
             initial=start,
             total=total,
-            leave=False,
-            disable=None if self.progress else True,
-            dynamic_ncols=True,
+            later=(self.cfg.epochs - epoch) * total,
+            enabled=self.progress,
         )
         for batch in bar:
             results = self._train_batch(epoch, move(batch, self.device))
             if results is not None:
                 self.totals.add(results)
+                if self.tb is not None:  # TensorBoard: each step's losses and weights
+                    step = self.members[0].engine.step_count
+                    self.tb.log_step(step, results, self.tasks, [m.name for m in self.members])
             self.step += 1
             self._stop_if_signalled(saved=False)
             if every and self.step % every == 0 and self.step < total:
                 self._save()
             bar.set_postfix({t: f"{v:.3f}" for t, v in self.totals.main_losses().items()})
-        means = self.totals.means()
-        record: dict[str, Any] = {}
-        for i, m in enumerate(self.members):
-            with warnings.catch_warnings():  # a resumed epoch's last steps may all be done already
-                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()` before", UserWarning)
-                m.scheduler.step()
-            m.method.end_epoch(epoch, means[i, 0].float())
-            record[m.key("train_loss")] = dict(zip(self.tasks, means[i, 0].tolist(), strict=True))
-            record[m.key("weights")] = dict(zip(self.tasks, means[i, 1].tolist(), strict=True))
+        record = end_epoch(self.members, self.totals, epoch)
         record.update(self.scheme.record())
         record.update(self.diagnostics.summary())
         if self.cfg.skip_nonfinite:
@@ -338,9 +342,13 @@ class Trainer:
     def _create_files(self) -> None:
         """The run directory, its config.yaml and the TensorBoard log (rank 0)."""
         self.tb = create_run_files(self.out, self.cfg)
+        if self.tb is not None:  # TensorBoard: the prediction grid each epoch, the config as hparams
+            self.tb.attach(self.cfg.to_dict(), lambda: prediction_grid(self.model, self.val_set, self.num_classes))
 
     def _run(self) -> dict[str, Any]:
         on_main(self.comm, self._create_files)
+        for note in start_notes(self.train_set, self.val_set, self.cfg, self.comm):  # dropped batch, empty tasks
+            self.log(note)
         self._started = time.perf_counter()
         self.log(metrics_header(self.tasks))
         if self._rng is not None:
@@ -383,7 +391,9 @@ class Trainer:
     def summary(self, elapsed: float) -> dict[str, Any]:
         """Final, initial and best metrics (and with several members each peer's and the ensemble's),
         the number of processes and whether their parameters and method states stayed equal."""
-        return {**run_summary(self, elapsed), "world_size": self.comm.world_size, "ranks_in_sync": self.ranks_in_sync}
+        given = {"objects": self.objects, "arch": self.objects["model"]} if "model" in self.objects else {}
+        extra = {"world_size": self.comm.world_size, "ranks_in_sync": self.ranks_in_sync}
+        return {**run_summary(self, elapsed), **given, **extra}
 
     def _check_ranks(self, where: str) -> None:
         """Stop every rank when one's parameters or method state left rank 0's (a bug, never expected)."""

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from densemtl.balancing.base import Aggregator, BalancingMethod, GramianWeighting
 from densemtl.distributed import Comm
 from densemtl.engine.gramian import gramian
+from densemtl.engine.layer_norms import kernel_ids
 from densemtl.engine.precision import Precision, mark_overflow
 from densemtl.errors import DenseMTLError
 from densemtl.models.base import MultiTaskModel
@@ -34,7 +35,9 @@ class Forward:
     (``rep_in``).
 
     Per-task gradients are taken of ``parts[t]``, never of ``losses[t]``: indexing the stacked
-    vector would send zero cotangents back through every other task's head.
+    vector would send zero cotangents back through every other task's head. When the caller ran
+    the forward pass itself (:func:`densemtl.backward` with ``features``), ``rep_in`` is ``rep``:
+    the gradients at ``rep`` are taken without traversing the graph below it.
     """
 
     preds: dict[str, Tensor]
@@ -61,20 +64,62 @@ class StepResult:
 @dataclass
 class Context:
     """The run a strategy serves: model, method, tasks, the shared and per-task parameters, and
-    the processes it runs in (``comm``; one by default)."""
+    the processes it runs in (``comm``; one by default).
 
-    model: MultiTaskModel
+    ``model`` is None when the caller owns the forward pass (:func:`densemtl.backward` on any
+    ``nn.Module``): the strategies then read only the parameter lists, ``representation`` says
+    whether a shared representation is given, and ``names`` name the shared parameters.
+    """
+
+    model: MultiTaskModel | None
     method: BalancingMethod
     tasks: tuple[str, ...]
     shared: list[nn.Parameter]
     own: list[list[nn.Parameter]]
     comm: Comm = field(default_factory=Comm)
     precision: Precision = field(default_factory=Precision)
+    #: whether the forward pass offers one shared representation (default: the model's say)
+    representation: bool | None = None
+    #: the names of ``shared``, in order (default: the model's, or ``shared_params[i]``)
+    names: list[str] | None = None
 
     @property
     def heads(self) -> list[nn.Parameter]:
         """Every task-specific parameter."""
         return [p for own in self.own for p in own]
+
+    @property
+    def has_representation(self) -> bool:
+        """Whether the forward pass can stop at one shared representation."""
+        if self.representation is not None:
+            return self.representation
+        return self.model is not None and self.model.has_representation
+
+    @property
+    def owner(self) -> str:
+        """What the shared parameters belong to, for messages."""
+        return type(self.model).__name__ if self.model is not None else "shared_params"
+
+    def named_shared(self) -> list[tuple[str, nn.Parameter]]:
+        """(name, parameter) of every shared parameter."""
+        if self.names is not None:
+            return list(zip(self.names, self.shared, strict=True))
+        if self.model is not None:
+            return list(self.model.named_shared_parameters())
+        return [(f"shared_params[{i}]", p) for i, p in enumerate(self.shared)]
+
+    def kernels(self) -> set[int]:
+        """The ids of the model's convolution and linear weights (none without a model)."""
+        return kernel_ids(self.model) if self.model is not None else set()
+
+    def parameters(self) -> list[nn.Parameter]:
+        """Every parameter whose ``.grad`` a step may write: the model's, or shared and heads."""
+        return list(self.model.parameters()) if self.model is not None else self.shared + self.heads
+
+    def zero_grad(self) -> None:
+        """Clear ``.grad`` of every parameter of :meth:`parameters`."""
+        for p in self.parameters():
+            p.grad = None
 
     def overflowed(self, J: Tensor) -> bool:
         """With a gradient scaler: whether the per-task gradients ``J`` overflowed (on any rank),
@@ -95,7 +140,7 @@ class Context:
         if self.comm.active:
             bad = self.comm.any(bad, vec.device)
         if bad:
-            self.model.zero_grad(set_to_none=True)
+            self.zero_grad()
             raise NonFiniteGradientError(
                 f"method {type(self.method).__name__} gave a non-finite update at step {step}; "
                 "the step was not applied (try a lower --lr)"

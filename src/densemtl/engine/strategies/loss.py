@@ -43,21 +43,21 @@ class LossStrategy(Strategy):
         self.searched = False  # whether the "auto" layer was looked for in a step's graph
         #: the forward stops at the representation, so that the norms come from head passes (in one
         #: process: across processes the norms are those of the reduced layer gradients)
-        self.split = self.wants_norms and ctx.model.has_representation and bool(ctx.shared) and not ctx.comm.active
+        self.split = self.wants_norms and ctx.has_representation and bool(ctx.shared) and not ctx.comm.active
         self.split = self.split and ctx.precision.scaler is None  # fp16: one scaled backward
         if req.layer_grad_norms not in (None, "auto"):
             self.norm_layer_name, self.norm_layer = self._named_layer(req.layer_grad_norms)
 
     def _named_layer(self, wanted: str) -> tuple[str, nn.Parameter]:
         """The shared parameter called ``wanted``, or a ConfigError naming the last candidates."""
-        named = list(self.ctx.model.named_shared_parameters())
+        named = self.ctx.named_shared()
         for name, p in named:
             if name == wanted:
                 return name, p
         some = ", ".join([n for n, p in named if p.dim() >= 2][-5:]) or "none"
         raise ConfigError(
             f"{type(self.method).__name__} knob 'layer': {wanted!r} is not a shared parameter of "
-            f"{type(self.ctx.model).__name__}; the last shared weights are: {some}"
+            f"{self.ctx.owner}; the last shared weights are: {some}"
         )
 
     def splits_forward(self, step: int) -> bool:
@@ -68,7 +68,8 @@ class LossStrategy(Strategy):
         rep, rep_in = fwd.rep, fwd.rep_in
         if self.wants_norms and self.norm_layer is None and not self.searched:
             roots = [rep] if rep is not None else fwd.parts
-            self.norm_layer_name, self.norm_layer = last_shared_kernel(self.ctx.model, roots)
+            found = last_shared_kernel(self.ctx.named_shared(), self.ctx.kernels(), roots)
+            self.norm_layer_name, self.norm_layer = found
             self.searched = True
         pieces = None
         if self.norm_layer is not None:
@@ -91,9 +92,9 @@ class LossStrategy(Strategy):
         else:
             scale = self.ctx.precision.scale  # fp16's loss scale; the scaler divides it out again
             (scalar * scale if scale != 1.0 else scalar).backward()
-            if rep is not None and rep_in is not None:
+            if rep is not None and rep_in is not None and rep_in is not rep:
                 rep.backward(rep_in.grad if rep_in.grad is not None else torch.zeros_like(rep))
-        self.ctx.comm.reduce_grads([*self.ctx.model.parameters(), *self.method.parameters()])
+        self.ctx.comm.reduce_grads([*self.ctx.parameters(), *self.method.parameters()])
         return StepResult(losses.detach(), weights.detach())
 
     def _global_layer_norms(self, parts: list[Tensor], W: nn.Parameter) -> Tensor:

@@ -1,0 +1,70 @@
+"""A trained run, ready for inference: :func:`load_run` (also :func:`from_checkpoint`).
+
+``densemtl.load_run(path)`` reads what ``densemtl train`` wrote (a run directory, one of its
+``checkpoints/*.pt``, or a ``densemtl export`` ``.safetensors`` file) and returns a
+:class:`LoadedRun`: the network in eval mode on the device asked for (the CPU by default), its
+config, tasks, class count and input size. The plugin modules the run recorded (``imports``)
+are imported first, as ``densemtl eval`` does; the file itself is read as tensors and plain
+values only. A missing path or a file that is not a densemtl checkpoint is a one-line ConfigError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from densemtl.models.base import MultiTaskModel
+from densemtl.plugins import load_plugins
+from densemtl.training.builders import model_from_state, resolve_device
+from densemtl.training.checkpoint import load_checkpoint, resolve_checkpoint
+from densemtl.training.config import TrainConfig, parse_imports
+
+__all__ = ["LoadedRun", "from_checkpoint", "load_run"]
+
+
+@dataclass(frozen=True)
+class LoadedRun:
+    """A trained network and what it was trained on.
+
+    ``model(x)`` maps an image batch (B, 3, H, W), float in [0, 1], to ``{task: prediction}``;
+    ``size`` is the (H, W) the run trained at (None when the checkpoint does not say).
+    """
+
+    model: MultiTaskModel
+    config: TrainConfig
+    tasks: tuple[str, ...]
+    num_classes: int
+    size: tuple[int, int] | None
+    epoch: int
+    #: the checkpoint file read
+    path: Path
+
+
+def load_run(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
+    """The run at ``path`` (a run directory, a checkpoint ``.pt`` or an exported ``.safetensors``),
+    its network in eval mode on ``device`` ("cpu", "cuda", "cuda:N" or "auto")."""
+    file = resolve_checkpoint(path)
+    state = load_checkpoint(file)
+    config = state["config"]
+    if isinstance(config, Mapping) and config.get("imports"):  # what registered its architecture, …
+        load_plugins(parse_imports(config["imports"], f"checkpoint {file}: imports"))
+    model, cfg = model_from_state(state, file)
+    model.to(resolve_device(str(device))).eval()
+    size = state.get("size")
+    return LoadedRun(
+        model=model,
+        config=cfg,
+        tasks=tuple(state["tasks"]),
+        num_classes=int(state["num_classes"]),
+        size=(int(size[0]), int(size[1])) if size else None,
+        epoch=int(state.get("epoch") or 0),
+        path=file,
+    )
+
+
+def from_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
+    """The same as :func:`load_run` (the name other libraries use)."""
+    return load_run(path, device)
