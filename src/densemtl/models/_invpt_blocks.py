@@ -1,0 +1,206 @@
+"""Building blocks of InvPT (``densemtl.models.invpt``): the padded timm backbone and the decoder.
+
+- ``PaddedTimmFeatures``: four feature maps of a timm model for images in [0, 1]. Plain ViTs
+  (one stride at every block) give the outputs of four evenly spaced blocks (ViT-S/B: 3, 6, 9,
+  12 counting from 1; ViT-L: 6, 12, 18, 24), hierarchical models (Swin, CNNs) their 4 deepest
+  stages. Inputs whose sides are not multiples of the model's stride are zero-padded (after
+  normalisation, so the padding is the mean colour) at the bottom and right; the caller crops.
+- ``JointBlock``: a pre-norm transformer block over the tokens of *all* tasks at once: every
+  query attends to the keys and values of every task, which are first average-pooled by the
+  stage's spatial-reduction ratio ``sr`` (as in PVTv2's linear SRA), so attention costs
+  (T·N) × (T·N / sr²) rather than (T·N)². Its MLP has a depthwise 3×3 convolution on each task's
+  map (the tokens' only positional signal besides the backbone's).
+- ``DecoderStage``: one scale of the inverted pyramid: upsample ×2 and a 3×3 conv-BN-ReLU (shared
+  by the tasks) to the stage's width (all but the first stage), add a projection of one backbone
+  level resized to the stage's grid, add a learned embedding per task, then the joint blocks.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from densemtl.errors import ConfigError
+from densemtl.models.layers import conv_bn_relu, upsample
+from densemtl.models.timm_backbone import IMAGENET_MEAN, IMAGENET_STD, TIMM_PREFIX, create_features, import_timm
+
+ARCH = "invpt"
+LEVELS = 4
+
+
+def check_backbone_name(backbone: object) -> str:
+    """The timm model name in ``backbone`` (``timm:<name>``); a one-line ``ConfigError`` otherwise."""
+    if not isinstance(backbone, str) or not backbone.startswith(TIMM_PREFIX):
+        raise ConfigError(
+            f"{ARCH} knob 'backbone' must be a timm model, timm:<name> (e.g. timm:vit_small_patch16_224), "
+            f"got {backbone!r}"
+        )
+    name = backbone[len(TIMM_PREFIX) :].strip()
+    timm = import_timm(ARCH)
+    if not name or not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(TIMM_PREFIX + c for c in close)}?" if close else ""
+        raise ConfigError(f"{ARCH} knob 'backbone': timm {timm.__version__} has no model {name!r}{hint}")
+    return name
+
+
+def feature_indices(name: str, extra: dict[str, Any]) -> int | tuple[int, ...]:
+    """timm ``out_indices`` for ``name``: 4 evenly spaced blocks of a single-stride model (a plain
+    ViT: its ``feature_info`` has one entry per block), else the 4 deepest levels. The model is
+    built on the meta device to find out (no memory, no initialisation, no weights)."""
+    timm = import_timm(ARCH)
+    probe_args = {k: v for k, v in extra.items() if k not in ("pretrained", "features_only", "out_indices")}
+    try:
+        with torch.device("meta"):
+            probe = timm.create_model(name, pretrained=False, **probe_args)
+    except Exception as exc:  # timm's errors for keywords a model refuses
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"{ARCH} knob 'backbone': timm cannot build {name}: {first}") from None
+    info = getattr(probe, "feature_info", None) or []
+    reductions = {i.get("reduction") for i in info} if isinstance(info, list) else set()
+    if len(reductions) == 1 and len(info) > LEVELS:
+        depth = len(info)
+        return tuple(depth * (k + 1) // LEVELS - 1 for k in range(LEVELS))
+    return LEVELS
+
+
+class PaddedTimmFeatures(nn.Module):
+    """Four feature maps (NCHW, shallow to deep) of a timm model; see the module docstring."""
+
+    def __init__(self, backbone: str, *, pretrained: bool, extra: dict[str, Any]) -> None:
+        super().__init__()
+        self.name = check_backbone_name(backbone)
+        extra = dict(extra)
+        extra.setdefault("out_indices", feature_indices(self.name, extra))
+        self.net = create_features(ARCH, self.name, LEVELS, None, pretrained, extra)
+        info = self.net.feature_info
+        self.channels: tuple[int, ...] = tuple(info.channels())
+        self.reductions: tuple[int, ...] = tuple(info.reduction())
+        if len(self.channels) != LEVELS:
+            raise ConfigError(
+                f"{ARCH} knob 'backbone': timm's {self.name} gives {len(self.channels)} feature levels, "
+                f"{ARCH} needs {LEVELS}"
+            )
+        fmt = getattr(self.net, "output_fmt", "NCHW")
+        self.nhwc = getattr(fmt, "value", fmt) == "NHWC"
+        self.multiple, self.fixed_size = self._geometry()
+        cfg = getattr(self.net, "pretrained_cfg", None) or {}
+        mean, std = cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    def _geometry(self) -> tuple[int, tuple[int, int] | None]:
+        """(the multiple of 16 every padded side must be, the one size a fixed-size model takes)."""
+        multiple = math.lcm(16, *self.reductions)
+        fixed = None
+        for m in self.net.modules():
+            patch = getattr(m, "patch_size", None)
+            if not type(m).__name__.endswith("PatchEmbed") or patch is None:
+                continue
+            for p in (patch, patch) if isinstance(patch, int) else tuple(patch)[:2]:
+                multiple = math.lcm(multiple, int(p))
+            img = getattr(m, "img_size", None)
+            if getattr(m, "strict_img_size", False) and not getattr(m, "dynamic_img_pad", False) and img is not None:
+                fixed = (int(img[0]), int(img[1]))
+        return multiple, fixed
+
+    def padded_size(self, h: int, w: int) -> tuple[int, int]:
+        """The size an (h, w) image is padded to (its own when both sides are multiples)."""
+        return (math.ceil(h / self.multiple) * self.multiple, math.ceil(w / self.multiple) * self.multiple)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        """The 4 feature maps of ``x`` zero-padded (normalised) to :meth:`padded_size`."""
+        x = (x - self.mean) / self.std
+        h, w = x.shape[-2:]
+        ph, pw = self.padded_size(h, w)
+        x = F.pad(x, (0, pw - w, 0, ph - h))
+        if self.fixed_size is not None and self.fixed_size != (ph, pw):
+            x = F.interpolate(x, size=self.fixed_size, mode="bilinear", align_corners=False)
+        feats = self.net(x)
+        feats = list(feats.values()) if isinstance(feats, dict) else list(feats)
+        return [f.permute(0, 3, 1, 2) for f in feats] if self.nhwc else feats
+
+
+class JointBlock(nn.Module):
+    """Transformer block over the concatenated tokens of all tasks, with spatially reduced keys/values."""
+
+    def __init__(self, dim: int, heads: int, sr: int, mlp_ratio: int = 4) -> None:
+        super().__init__()
+        self.heads, self.sr = heads, sr
+        self.norm1 = nn.LayerNorm(dim)
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.kv_norm = nn.LayerNorm(dim) if sr > 1 else nn.Identity()
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        hidden = dim * mlp_ratio
+        self.fc1 = nn.Linear(dim, hidden)
+        self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def _maps(self, x: Tensor, tasks: int, size: tuple[int, int]) -> Tensor:
+        """Tokens (B, T·h·w, C) as per-task maps (B·T, C, h, w)."""
+        b, _, c = x.shape
+        return x.reshape(b * tasks, size[0], size[1], c).permute(0, 3, 1, 2)
+
+    def _tokens(self, m: Tensor, batch: int) -> Tensor:
+        """Per-task maps (B·T, C, h, w) as tokens (B, T·h·w, C)."""
+        return m.flatten(2).transpose(1, 2).reshape(batch, -1, m.shape[1])
+
+    def attention(self, x: Tensor, tasks: int, size: tuple[int, int]) -> Tensor:
+        b, n, c = x.shape
+        q = self.q(x)
+        if self.sr > 1:
+            reduced = (math.ceil(size[0] / self.sr), math.ceil(size[1] / self.sr))
+            x = self.kv_norm(self._tokens(F.adaptive_avg_pool2d(self._maps(x, tasks, size), reduced), b))
+        k, v = self.kv(x).chunk(2, dim=-1)
+        q, k, v = (t.reshape(b, -1, self.heads, c // self.heads).transpose(1, 2) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+    def forward(self, x: Tensor, tasks: int, size: tuple[int, int]) -> Tensor:
+        """``x``: (B, T·h·w, C), the tasks' tokens in task order, each task's in raster order."""
+        x = x + self.attention(self.norm1(x), tasks, size)
+        y = self.fc1(self.norm2(x))
+        y = self._tokens(self.dwconv(self._maps(y, tasks, size)), x.shape[0])
+        return x + self.fc2(F.gelu(y))
+
+
+class DecoderStage(nn.Module):
+    """One scale of the inverted pyramid (see the module docstring); shared by all tasks."""
+
+    def __init__(
+        self, tasks: int, in_dim: int, dim: int, backbone_dim: int, depth: int, heads: int, sr: int, up: bool
+    ) -> None:
+        super().__init__()
+        self.tasks = tasks
+        self.up = conv_bn_relu(in_dim, dim) if up else None
+        self.fuse = nn.Sequential(nn.Conv2d(backbone_dim, dim, 1, bias=False), nn.BatchNorm2d(dim))
+        self.task_embed = nn.Parameter(torch.zeros(tasks, dim))
+        nn.init.trunc_normal_(self.task_embed, std=0.02)
+        self.blocks = nn.ModuleList([JointBlock(dim, heads, sr) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: Tensor, feature: Tensor, size: tuple[int, int]) -> Tensor:
+        """``x``: the tasks' maps (B·T, C_in, h', w'), row i·T + t holding image i's task t;
+        ``feature``: a backbone level (B, C_b, ·, ·). Returns the tasks' maps (B·T, C, h, w) at ``size``."""
+        if self.up is not None:
+            x = self.up(upsample(x, size))
+        b, t = feature.shape[0], self.tasks
+        fused = upsample(self.fuse(feature), size)
+        c = fused.shape[1]
+        x = x.reshape(b, t, c, *size) + fused.unsqueeze(1)
+        tokens = x.flatten(3).transpose(2, 3) + self.task_embed[None, :, None, :]
+        tokens = tokens.reshape(b, t * size[0] * size[1], c)
+        for block in self.blocks:
+            tokens = block(tokens, t, size)
+        tokens = self.norm(tokens)
+        return tokens.reshape(b * t, size[0], size[1], c).permute(0, 3, 1, 2).contiguous()
+
+
+__all__ = ["ARCH", "LEVELS", "DecoderStage", "JointBlock", "PaddedTimmFeatures", "check_backbone_name"]
