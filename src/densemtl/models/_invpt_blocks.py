@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from densemtl.errors import ConfigError
 from densemtl.models.layers import conv_bn_relu, upsample
-from densemtl.models.timm_backbone import IMAGENET_MEAN, IMAGENET_STD, TIMM_PREFIX, create_features, import_timm
+from densemtl.models.timm_backbone import TIMM_PREFIX, TimmFeatures, import_timm
 
 ARCH = "invpt"
 LEVELS = 4
@@ -69,45 +69,19 @@ def feature_indices(name: str, extra: dict[str, Any]) -> int | tuple[int, ...]:
     return LEVELS
 
 
-class PaddedTimmFeatures(nn.Module):
-    """Four feature maps (NCHW, shallow to deep) of a timm model; see the module docstring."""
+class PaddedTimmFeatures(TimmFeatures):
+    """Four feature maps (NCHW, shallow to deep) of a timm model; see the module docstring. The
+    image is zero-padded to a multiple of 16, of the patch and of the deepest stride, not resized."""
 
     def __init__(self, backbone: str, *, pretrained: bool, extra: dict[str, Any]) -> None:
-        super().__init__()
-        self.name = check_backbone_name(backbone)
         extra = dict(extra)
-        extra.setdefault("out_indices", feature_indices(self.name, extra))
-        self.net = create_features(ARCH, self.name, LEVELS, None, pretrained, extra)
-        info = self.net.feature_info
-        self.channels: tuple[int, ...] = tuple(info.channels())
-        self.reductions: tuple[int, ...] = tuple(info.reduction())
-        if len(self.channels) != LEVELS:
-            raise ConfigError(
-                f"{ARCH} knob 'backbone': timm's {self.name} gives {len(self.channels)} feature levels, "
-                f"{ARCH} needs {LEVELS}"
-            )
-        fmt = getattr(self.net, "output_fmt", "NCHW")
-        self.nhwc = getattr(fmt, "value", fmt) == "NHWC"
-        self.multiple, self.fixed_size = self._geometry()
-        cfg = getattr(self.net, "pretrained_cfg", None) or {}
-        mean, std = cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        extra.setdefault("out_indices", feature_indices(check_backbone_name(backbone), extra))
+        super().__init__(backbone, ARCH, levels=LEVELS, pretrained=pretrained, extra=extra)
+        #: the multiple every padded side must be
+        self.multiple = math.lcm(16, *self.reductions, *self.divisor)
 
-    def _geometry(self) -> tuple[int, tuple[int, int] | None]:
-        """(the multiple of 16 every padded side must be, the one size a fixed-size model takes)."""
-        multiple = math.lcm(16, *self.reductions)
-        fixed = None
-        for m in self.net.modules():
-            patch = getattr(m, "patch_size", None)
-            if not type(m).__name__.endswith("PatchEmbed") or patch is None:
-                continue
-            for p in (patch, patch) if isinstance(patch, int) else tuple(patch)[:2]:
-                multiple = math.lcm(multiple, int(p))
-            img = getattr(m, "img_size", None)
-            if getattr(m, "strict_img_size", False) and not getattr(m, "dynamic_img_pad", False) and img is not None:
-                fixed = (int(img[0]), int(img[1]))
-        return multiple, fixed
+    def check_name(self, arch: str, backbone: str) -> str:
+        return check_backbone_name(backbone)
 
     def padded_size(self, h: int, w: int) -> tuple[int, int]:
         """The size an (h, w) image is padded to (its own when both sides are multiples)."""

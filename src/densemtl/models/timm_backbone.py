@@ -228,7 +228,7 @@ class TimmFeatures(nn.Module):
         extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.name = check_timm_backbone(arch, backbone)
+        self.name = self.check_name(arch, backbone)
         self.net = create_features(arch, self.name, levels, output_stride, pretrained, dict(extra or {}))
         info = self.net.feature_info
         self.channels: tuple[int, ...] = tuple(info.channels())
@@ -246,6 +246,10 @@ class TimmFeatures(nn.Module):
         mean, std = cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    def check_name(self, arch: str, backbone: str) -> str:
+        """The timm model name of ``backbone`` (``timm:<name>``), checked for ``arch``."""
+        return check_timm_backbone(arch, backbone)
 
     def _input_geometry(self) -> tuple[tuple[int, int], tuple[int, int] | None]:
         """(the multiple each input side must be, the one input size a fixed-size model takes)."""
