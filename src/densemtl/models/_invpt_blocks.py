@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import difflib
 import math
 from typing import Any
 
@@ -27,7 +26,7 @@ from torch import Tensor, nn
 
 from densemtl.errors import ConfigError
 from densemtl.models.layers import conv_bn_relu, upsample
-from densemtl.models.timm_backbone import TIMM_PREFIX, TimmFeatures, import_timm
+from densemtl.models.timm_backbone import TIMM_PREFIX, TimmFeatures, import_timm, timm_model_name
 
 ARCH = "invpt"
 LEVELS = 4
@@ -40,13 +39,7 @@ def check_backbone_name(backbone: object) -> str:
             f"{ARCH} knob 'backbone' must be a timm model, timm:<name> (e.g. timm:vit_small_patch16_224), "
             f"got {backbone!r}"
         )
-    name = backbone[len(TIMM_PREFIX) :].strip()
-    timm = import_timm(ARCH)
-    if not name or not timm.is_model(name):
-        close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
-        hint = f"; did you mean {', '.join(TIMM_PREFIX + c for c in close)}?" if close else ""
-        raise ConfigError(f"{ARCH} knob 'backbone': timm {timm.__version__} has no model {name!r}{hint}")
-    return name
+    return timm_model_name(ARCH, backbone)
 
 
 def feature_indices(name: str, extra: dict[str, Any]) -> int | tuple[int, ...]:

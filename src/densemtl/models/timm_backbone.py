@@ -83,15 +83,20 @@ def check_timm_backbone(arch: str, backbone: str) -> str:
             f"{arch} knob 'backbone': timm backbones ({backbone!r}) are supported by {', '.join(TIMM_ARCHS)}, "
             f"not {arch}"
         )
+    return timm_model_name(
+        arch, backbone, " (python -c 'import timm; print(timm.list_models(\"<pattern>*\"))' lists them)"
+    )
+
+
+def timm_model_name(arch: str, backbone: str, more: str = "") -> str:
+    """The name after ``timm:`` in ``backbone``, one timm has; otherwise a one-line ``ConfigError``
+    naming ``arch``, with the closest names (and ``more``)."""
     name = backbone[len(TIMM_PREFIX) :].strip()
     timm = import_timm(arch)
     if not name or not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(TIMM_PREFIX + c for c in close)}?" if close else ""
-        raise ConfigError(
-            f"{arch} knob 'backbone': timm {timm.__version__} has no model {name!r}{hint} "
-            "(python -c 'import timm; print(timm.list_models(\"<pattern>*\"))' lists them)"
-        )
+        raise ConfigError(f"{arch} knob 'backbone': timm {timm.__version__} has no model {name!r}{hint}{more}")
     return name
 
 

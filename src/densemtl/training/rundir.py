@@ -138,7 +138,9 @@ def run_summary(trainer: Any, elapsed: float) -> dict[str, Any]:
     for m in peers:
         out[m.key("parameters")] = count_parameters(m.model)
         out[m.key("arch_args")] = m.arch_args
-    return out
+    if "model" in trainer.objects:  # a model given as an object: its class, not the config's arch
+        out.update(objects=trainer.objects, arch=trainer.objects["model"])
+    return {**out, "world_size": trainer.comm.world_size, "ranks_in_sync": trainer.ranks_in_sync}
 
 
 def create_run_files(out: Path, cfg: Any) -> Any:

@@ -391,9 +391,7 @@ class Trainer:
     def summary(self, elapsed: float) -> dict[str, Any]:
         """Final, initial and best metrics (and with several members each peer's and the ensemble's),
         the number of processes and whether their parameters and method states stayed equal."""
-        given = {"objects": self.objects, "arch": self.objects["model"]} if "model" in self.objects else {}
-        extra = {"world_size": self.comm.world_size, "ranks_in_sync": self.ranks_in_sync}
-        return {**run_summary(self, elapsed), **given, **extra}
+        return run_summary(self, elapsed)
 
     def _check_ranks(self, where: str) -> None:
         """Stop every rank when one's parameters or method state left rank 0's (a bug, never expected)."""

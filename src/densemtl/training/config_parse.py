@@ -1,0 +1,78 @@
+"""The values of flags and YAML keys that need parsing: sizes, task lists, module lists, key=value
+knobs. Each bad value is a one-line :class:`~densemtl.errors.ConfigError` naming the flag."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from densemtl.errors import ConfigError
+
+#: The largest side ``--size`` takes: beyond it one batch of images alone outgrows any GPU.
+MAX_SIDE = 8192
+
+
+def parse_size(value: Any, name: str = "--size") -> tuple[int, int]:
+    """'HxW', 'H,W', [H, W] or an int -> (H, W); each side 16 .. :data:`MAX_SIDE`."""
+    try:
+        if isinstance(value, str):
+            parts = value.lower().replace(",", "x").split("x")
+            h, w = (int(p) for p in parts)
+        elif isinstance(value, int):
+            h = w = value
+        else:
+            h, w = (int(v) for v in value)
+    except (ValueError, TypeError):
+        raise ConfigError(f"{name} {value!r} is not a size; write it as HxW, e.g. 96x128") from None
+    if h < 16 or w < 16:
+        raise ConfigError(f"{name} {value!r} is too small; both sides must be at least 16 pixels")
+    if h > MAX_SIDE or w > MAX_SIDE:
+        raise ConfigError(f"{name} {value!r} is too large; both sides must be at most {MAX_SIDE} pixels")
+    return h, w
+
+
+def parse_tasks(value: Any, name: str = "tasks") -> list[str]:
+    """'seg,depth' or ['seg', 'depth'] -> ['seg', 'depth']: non-empty, no repeats (names are
+    checked against the dataset's tasks when it is opened)."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(t, str) for t in items):
+        raise ConfigError(f"{name} must be a comma-separated list of task names, got {value!r}")
+    out = [t.strip().lower() for t in items if t.strip()]
+    if not out:
+        raise ConfigError(f"{name} must name at least one task, got {value!r}")
+    repeated = sorted({t for t in out if out.count(t) > 1})
+    if repeated:
+        raise ConfigError(f"{name} names {', '.join(repeated)} more than once")
+    return out
+
+
+def parse_imports(value: Any, name: str = "imports") -> list[str]:
+    """'pkg.mod' or ['pkg.a', 'pkg.b'] -> the module names, in order, without repeats."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(m, str) for m in items):
+        raise ConfigError(f"{name} must be a module name or a list of module names, got {value!r}")
+    out: list[str] = []
+    for m in (m.strip() for m in items):
+        if m and m not in out:
+            out.append(m)
+    return out
+
+
+def parse_value(text: str) -> Any:
+    """A knob value from the command line: YAML scalar semantics ('3' -> 3, 'true' -> True)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def parse_kv(items: list[str] | None, flag: str) -> dict[str, Any]:
+    """['k=v', ...] -> {k: parsed v}; a malformed item is a one-line error naming the flag."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} {item!r} must be key=value")
+        out[key.strip().replace("-", "_")] = parse_value(value)
+    return out
