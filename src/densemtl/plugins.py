@@ -7,8 +7,12 @@ densemtl in three ways, each loaded once per process, before the first registry 
 - ``--import pkg.module`` (repeatable) on ``train``, ``eval``, ``predict``, ``export``, ``bench``,
   ``speed`` and ``list``;
 - ``imports: [pkg.module, ...]`` in a train config or bench grid file. A run's ``config.yaml`` and
-  checkpoints record the imports, so ``eval``, ``predict``, ``export`` and ``train --resume`` on that
-  run import them again without being told;
+  checkpoints (``.pt``, and an exported ``.safetensors``'s metadata) record the imports; a module a
+  *file* names is imported only with the user's consent on the command line: ``--import MODULE``
+  naming it, or ``--trust-imports`` ("import what the files I give name"). Without it the command
+  refuses in one line naming the file and the modules (:func:`consent`); from Python,
+  ``densemtl.load_run(path, trust_imports=True)``. A ``TrainConfig(imports=[...])`` built in the
+  user's own code imports them (that code is the consent);
 - the entry-point group ``densemtl.plugins`` of an installed distribution
   (``[project.entry-points."densemtl.plugins"] name = "pkg.module"``, or ``"pkg.module:setup"`` for a
   function that is called): every such entry point is loaded the first time plugins are loaded.
@@ -42,6 +46,8 @@ _loaded: list[str] = []  # the modules imported through --import / imports:, in 
 _entry_points: list[str] = []  # the entry points loaded, as "name = value"
 _entry_points_done = False
 _pending_done = False
+_allowed: set[str] = set()  # the modules the running command may import (its --import, its --trust-imports)
+_strict = False  # while a command runs without --trust-imports: a config naming a module not allowed is refused
 
 
 def loaded() -> list[str]:
@@ -72,14 +78,25 @@ def load_plugins(imports: Iterable[str] = (), *, entry_points: bool = True) -> l
 
 
 def load_pending() -> None:
-    """The entry points, and the modules ``$DENSEMTL_IMPORTS`` names (a parent command's imports),
-    loaded once per process: what a registry lookup calls first, so a spawned worker knows every
-    name its parent knew. Cheap after the first call."""
+    """The entry points, and the modules ``$DENSEMTL_IMPORTS`` names (a parent command's imports,
+    which it had the user's consent for), loaded once per process: what a registry lookup calls
+    first, so a spawned worker knows every name its parent knew. Cheap after the first call. A name
+    that is not a module, or that does not import, is a one-line ConfigError naming the variable."""
     global _pending_done
     if _pending_done:
         return
     _pending_done = True
-    load_plugins([m for m in os.environ.get(ENV, "").split(",") if m.strip()])
+    load_entry_points()
+    for name in (m.strip() for m in os.environ.get(ENV, "").split(",")):
+        if not name or name in _loaded:
+            continue
+        if not _MODULE.match(name):
+            raise ConfigError(f"${ENV} names {name!r}, not a module name; it lists the plugin modules a parent "
+                              "densemtl command imported, comma-separated (unset it, or name modules)")  # fmt: skip
+        try:
+            load_plugins([name], entry_points=False)
+        except ConfigError as e:
+            raise ConfigError(f"${ENV} names {name!r}: {e}") from None
 
 
 def export_to_children() -> None:
@@ -101,14 +118,17 @@ def load_entry_points() -> None:
             continue
         seen.add(ep.value)
         what = f"plugin entry point {ep.name!r} ({ep.value})"
-        obj = _guard(what, ep.load)
+        obj = _guard(what, ep.load, module=ep.module)
         if ep.attr and callable(obj):
-            _guard(what, obj)
+            _guard(what, obj, module=ep.module)
         _entry_points.append(f"{ep.name} = {ep.value}")
 
 
 def _guard(what: str, action: Callable[[], Any], module: str = "") -> Any:
-    """``action()``, any failure but an interrupt turned into one line naming ``what``."""
+    """``action()``, any failure but an interrupt turned into one line naming ``what`` (and, for a
+    bug in the plugin's code, its file and line: :mod:`densemtl.plugin_faults`)."""
+    from densemtl.plugin_faults import PluginError, describe, failed, last_frame
+
     try:
         return action()
     except ConfigError as e:
@@ -117,18 +137,23 @@ def _guard(what: str, action: Callable[[], Any], module: str = "") -> Any:
         if "registered twice" in str(e):  # Registry.register: a name already taken
             raise ConfigError(f"{what} registers {e.args[0].replace(' registered twice', '')}, a name already "
                               "registered; choose another name") from None  # fmt: skip
-        raise ConfigError(f"{what} failed to import: {_describe(e)}") from None
+        raise _import_failed(what, e, module) from None
     except ModuleNotFoundError as e:
         own = bool(e.name) and f"{module}.".startswith(f"{e.name}.")  # the plugin itself, not its imports
         hint = "; is it installed, or on PYTHONPATH?" if own else ""
-        raise ConfigError(f"{what} failed to import: {_describe(e)}{hint}") from None
+        at = "" if own else last_frame(e.__traceback__, module)
+        raise PluginError(f"{what} failed to import: {describe(e)}{f' at {at}' if at else ''}{hint}", e) from None
+    except SystemExit as e:  # sys.exit() while imported: say which plugin ended the process
+        raise failed(what, e, module) from None
     except Exception as e:  # noqa: BLE001 - the user's code may raise anything; one line names it
-        raise ConfigError(f"{what} failed to import: {_describe(e)}") from None
+        raise _import_failed(what, e, module) from None
 
 
-def _describe(e: BaseException) -> str:
-    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+def _import_failed(what: str, e: BaseException, module: str) -> ConfigError:
+    from densemtl.plugin_faults import PluginError, describe, last_frame
+
+    at = last_frame(e.__traceback__, module)
+    return PluginError(f"{what} failed to import: {describe(e)}{f' at {at}' if at else ''}", e)
 
 
 def _with_cwd_on_path() -> None:
@@ -156,22 +181,32 @@ def yaml_imports(path: str | Path) -> list[str]:
     return [] if value is None else parse_imports(value, f"{path}: imports")
 
 
-def checkpoint_imports(path: str | Path) -> list[str]:
+def checkpoint_imports(path: str | Path) -> list[tuple[str, list[str]]]:
     """The imports recorded with a checkpoint (a run directory, a ``.pt`` or an exported
-    ``.safetensors``), read without building anything; ``[]`` when they cannot be read (the
-    command that loads the checkpoint then says what is wrong with it)."""
-    p = Path(path)
-    run = p if p.is_dir() else (p.parent.parent if p.parent.name == "checkpoints" else None)
-    try:
-        if run is not None and (run / "config.yaml").is_file():
-            return yaml_imports(run / "config.yaml")
-        if not p.is_file():
-            return []
-        config = _safetensors_config(p) if p.suffix == ".safetensors" else _pt_config(p)
-        from densemtl.training.config import parse_imports
+    ``.safetensors``), read without building or importing anything, as (the file, its modules):
+    the run's ``config.yaml`` and the checkpoint file itself. A file that cannot be read is left
+    out (the command that loads it then says what is wrong with it)."""
+    from densemtl.training.checkpoint import resolve_checkpoint
+    from densemtl.training.config import parse_imports
 
-        return parse_imports(config.get("imports") or [], f"{p}: imports")
-    except Exception:  # any unreadable file (SafetensorError, UnpicklingError, ...): the loader says why
+    p = Path(path)
+    out: list[tuple[str, list[str]]] = []
+    run = p if p.is_dir() else (p.parent.parent if p.parent.name == "checkpoints" else None)
+    if run is not None and (run / "config.yaml").is_file():
+        out.append((str(run / "config.yaml"), _quietly(lambda: yaml_imports(run / "config.yaml"))))
+    try:
+        file = resolve_checkpoint(p)
+    except Exception:  # noqa: BLE001 - a missing or odd path: the loader says why
+        return [(f, names) for f, names in out if names]
+    reader = _safetensors_config if file.suffix == ".safetensors" else _pt_config
+    out.append((str(file), _quietly(lambda: parse_imports(reader(file).get("imports") or [], f"{file}: imports"))))
+    return [(f, names) for f, names in out if names]
+
+
+def _quietly(read: Callable[[], list[str]]) -> list[str]:
+    try:
+        return read()
+    except Exception:  # noqa: BLE001 - any unreadable file (SafetensorError, UnpicklingError, ...): the loader says why
         return []
 
 
@@ -191,25 +226,95 @@ def _pt_config(p: Path) -> dict[str, Any]:
     return dict(state.get("config") or {}) if isinstance(state, dict) else {}
 
 
-def command_imports(args: Any) -> list[str]:
-    """Every module a parsed command asks for: the files' ``imports`` (``--config``, ``--grid``, the
-    run of ``train --resume``, the checkpoint of ``eval``/``predict``/``export``), then ``--import``."""
-    names: list[str] = []
+def file_imports(args: Any) -> list[tuple[str, list[str], str]]:
+    """The modules each file a parsed command reads names, as (the file, its modules, why): the
+    ``imports`` of ``--config`` and ``--grid``, of the run of ``train --resume``, of the bench
+    continued in ``bench --out``, and of the checkpoint of ``eval``/``predict``/``export``."""
+    found: list[tuple[str, list[str], str]] = []
     for attr in ("config", "grid"):
         path = getattr(args, attr, None)
         if isinstance(path, str) and Path(path).is_file():
-            names += yaml_imports(path)
+            found.append((f"--{attr} {path}", yaml_imports(path), "its imports:"))
     out = getattr(args, "out", None)
     if getattr(args, "resume", False) and out and (Path(out) / "config.yaml").is_file():
-        names += yaml_imports(Path(out) / "config.yaml")
+        found.append((str(Path(out) / "config.yaml"), yaml_imports(Path(out) / "config.yaml"), "the run used them"))
+    if getattr(args, "command", None) == "bench" and out and (Path(out) / "bench.yaml").is_file():
+        found.append((str(Path(out) / "bench.yaml"), _bench_imports(Path(out) / "bench.yaml"), "the bench used them"))
     checkpoint = getattr(args, "checkpoint", None)
     if isinstance(checkpoint, str):
-        names += checkpoint_imports(checkpoint)
+        found += [(f, names, "the run was trained with them") for f, names in checkpoint_imports(checkpoint)]
+    return [(f, names, why) for f, names, why in found if names]
+
+
+def _bench_imports(path: Path) -> list[str]:
+    """The ``imports`` of a bench folder's ``bench.yaml`` (its shared ``base`` settings)."""
+    from densemtl.training.config import load_yaml, parse_imports
+
+    base = _quietly(lambda: [load_yaml(path).get("base")])  # type: ignore[list-item]
+    value = base[0].get("imports") if base and isinstance(base[0], dict) else None
+    return _quietly(lambda: parse_imports(value, f"{path}: imports")) if value else []
+
+
+def command_imports(args: Any) -> list[str]:
+    """Every module a parsed command imports: the files' ``imports`` (:func:`file_imports`), then
+    ``--import``."""
+    names = [n for _, mods, _ in file_imports(args) for n in mods]
     return _unique([*names, *(getattr(args, "imports", None) or [])])
 
 
+# -- consent: a module a file names is imported only when the command line allows it ---------------
+def allowed(name: str) -> bool:
+    """Whether importing ``name`` needs no more consent: the command line allowed it, a plugin
+    loaded it, or it is imported already (importing it again runs nothing)."""
+    return name in _allowed or name in _loaded or name in sys.modules
+
+
+def refusal(where: str, names: list[str], why: str, how: str = "") -> ConfigError:
+    """The one line refusing to import the ``names`` that file ``where`` names."""
+    s = "s" if len(names) > 1 else ""
+    how = how or f"pass {' '.join(f'--import {n}' for n in names)}, or --trust-imports"
+    return ConfigError(f"{where} names plugin module{s} {', '.join(names)} ({why}); importing runs their code: {how}")
+
+
+def consent(args: Any) -> list[str]:
+    """The modules a parsed command may import, in order (the files', then ``--import``'s); a module
+    a file names that neither ``--import`` nor ``--trust-imports`` allows is refused in one line
+    naming the file. From here until :func:`end_command`, a config naming a module not allowed is
+    refused too (:func:`config_imports`), wherever it was read."""
+    global _strict
+    given = [str(n).strip() for n in (getattr(args, "imports", None) or [])]
+    trust = bool(getattr(args, "trust_imports", False))
+    names: list[str] = []
+    for where, mods, why in file_imports(args):
+        missing = [m for m in mods if m not in given and not allowed(m)]
+        if missing and not trust:
+            raise refusal(where, missing, why)
+        names += mods
+    _allowed.update([*names, *given])
+    _strict = not trust
+    return _unique([*names, *given])
+
+
+def end_command() -> None:
+    """Forget the running command's consent (in-process callers of ``main`` run several)."""
+    global _strict
+    _strict = False
+    _allowed.clear()
+
+
+def config_imports(names: list[str]) -> None:
+    """Import a config's ``imports`` (``TrainConfig``): a user's own code building a config consents;
+    while a command runs, a module its command line did not allow is refused, not imported."""
+    if _strict:
+        missing = [n for n in names if not allowed(n)]
+        if missing:
+            raise refusal("the config", missing, "a file densemtl read names them")
+    load_plugins(names)
+
+
 def add_import_flag(parser: argparse.ArgumentParser) -> None:
-    """``--import MODULE`` (repeatable) on a command's parser (absent from the namespace unless given)."""
+    """``--import MODULE`` (repeatable) and ``--trust-imports`` on a command's parser (absent from the
+    namespace unless given)."""
     parser.add_argument(
         "--import",
         dest="imports",
@@ -218,4 +323,11 @@ def add_import_flag(parser: argparse.ArgumentParser) -> None:
         default=argparse.SUPPRESS,
         help="import this module first (repeatable): a plugin registering architectures, methods, tasks "
         "or datasets (see docs/plugins.md)",
+    )
+    parser.add_argument(
+        "--trust-imports",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="import the plugin modules the files given name (a run's config.yaml, a checkpoint, --config, "
+        "--grid); without it, or --import naming each, a file naming a module is refused: importing runs its code",
     )

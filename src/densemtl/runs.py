@@ -3,9 +3,11 @@
 ``densemtl.load_run(path)`` reads what ``densemtl train`` wrote (a run directory, one of its
 ``checkpoints/*.pt``, or a ``densemtl export`` ``.safetensors`` file) and returns a
 :class:`LoadedRun`: the network in eval mode on the device asked for (the CPU by default), its
-config, tasks, class count and input size. The plugin modules the run recorded (``imports``)
-are imported first, as ``densemtl eval`` does; the file itself is read as tensors and plain
-values only. A missing path or a file that is not a densemtl checkpoint is a one-line ConfigError.
+config, tasks, class count and input size. The file itself is read as tensors and plain values
+only. The plugin modules the run recorded (``imports``) are imported first only with
+``trust_imports=True`` (or when already imported): importing runs their code, so a file alone never
+does; otherwise a one-line ConfigError names them. A missing path or a file that is not a densemtl
+checkpoint is a one-line ConfigError.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 import torch
 
 from densemtl.models.base import MultiTaskModel
-from densemtl.plugins import load_plugins
+from densemtl.plugins import allowed, load_plugins, refusal
 from densemtl.training.builders import model_from_state, resolve_device
 from densemtl.training.checkpoint import load_checkpoint, resolve_checkpoint
 from densemtl.training.config import TrainConfig, parse_imports
@@ -43,14 +45,20 @@ class LoadedRun:
     path: Path
 
 
-def load_run(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
+def load_run(path: str | Path, device: str | torch.device = "cpu", *, trust_imports: bool = False) -> LoadedRun:
     """The run at ``path`` (a run directory, a checkpoint ``.pt`` or an exported ``.safetensors``),
-    its network in eval mode on ``device`` ("cpu", "cuda", "cuda:N" or "auto")."""
+    its network in eval mode on ``device`` ("cpu", "cuda", "cuda:N" or "auto"). The plugin modules
+    it names are imported only with ``trust_imports=True`` (or when imported already)."""
     file = resolve_checkpoint(path)
     state = load_checkpoint(file)
     config = state["config"]
     if isinstance(config, Mapping) and config.get("imports"):  # what registered its architecture, …
-        load_plugins(parse_imports(config["imports"], f"checkpoint {file}: imports"))
+        names = parse_imports(config["imports"], f"checkpoint {file}: imports")
+        missing = [n for n in names if not allowed(n)]
+        if missing and not trust_imports:
+            how = "pass trust_imports=True, or import them first"
+            raise refusal(f"checkpoint {file}", missing, "the run was trained with them", how)
+        load_plugins(names)
     model, cfg = model_from_state(state, file)
     model.to(resolve_device(str(device))).eval()
     size = state.get("size")
@@ -65,6 +73,6 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
     )
 
 
-def from_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
+def from_checkpoint(path: str | Path, device: str | torch.device = "cpu", *, trust_imports: bool = False) -> LoadedRun:
     """The same as :func:`load_run` (the name other libraries use)."""
-    return load_run(path, device)
+    return load_run(path, device, trust_imports=trust_imports)

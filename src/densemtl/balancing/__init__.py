@@ -21,7 +21,7 @@ from densemtl.balancing.base import (
 )
 from densemtl.registry import Registry
 
-METHODS: Registry[BalancingMethod] = Registry("method")
+METHODS: Registry[BalancingMethod] = Registry("method", returns=BalancingMethod)
 register = METHODS.register
 
 

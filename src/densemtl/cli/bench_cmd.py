@@ -131,7 +131,8 @@ def gather(args: argparse.Namespace) -> dict[str, Any]:
     """The values of the bench flags given on the command line."""
     flags = ["--archs", "--methods", "--seeds", "--jobs", "--val-fraction", "--out", *(f for f, _ in BENCH_FLAGS)]
     values = given_flags(args, flags, BENCH_KNOB_FLAGS)
-    if hasattr(args, "imports"):  # --import (B1, plugins): in every run's config, so its worker imports it too
+    # --import / --trust-imports (plugins): in every run's config, so its worker imports them too
+    if hasattr(args, "imports") or hasattr(args, "trust_imports"):
         from densemtl.plugins import command_imports
 
         values["imports"] = command_imports(args)

@@ -61,17 +61,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    try:
-        from densemtl.plugins import command_imports, export_to_children, load_plugins
+    from densemtl import plugins
 
-        load_plugins(command_imports(args))  # entry points, the files' imports:, --import; before any lookup
-        export_to_children()  # bench and speed workers import them too (densemtl.plugins.load_pending)
+    try:
+        # the files' imports: only with --import / --trust-imports (refused in one line otherwise)
+        plugins.load_plugins(plugins.consent(args))  # entry points, then those; before any lookup
+        plugins.load_pending()  # a parent command's $DENSEMTL_IMPORTS (a bad one: one line)
+        plugins.export_to_children()  # bench and speed workers import them too (densemtl.plugins.load_pending)
         from densemtl.report.progress import progress_every
 
         progress_every()  # a bad $DENSEMTL_PROGRESS_EVERY is refused before any work
         return int(args.func(args) or 0)
     except DenseMTLError as e:
         if not getattr(e, "quiet", False):  # quiet: a copy, on another rank, of rank 0's error
+            show_cause(e)
             sys.stderr.write(f"densemtl: error: {e}\n")
         return e.exit_code
     except OSError as e:  # a write or read the commands did not anticipate: still one line, exit 1
@@ -91,6 +94,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("densemtl: interrupted\n")
         return 130
+    finally:
+        plugins.end_command()
+
+
+def show_cause(e: BaseException) -> None:
+    """With ``DENSEMTL_TRACEBACK=1``: the full traceback of the user's code (a plugin) behind ``e``."""
+    import os
+
+    from densemtl.plugin_faults import TRACEBACK_ENV
+
+    cause = getattr(e, "cause", None)
+    if os.environ.get(TRACEBACK_ENV, "").strip() not in ("", "0") and isinstance(cause, BaseException):
+        import traceback
+
+        traceback.print_exception(type(cause), cause, cause.__traceback__, file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -183,7 +183,8 @@ def run(args: argparse.Namespace) -> int:
     from densemtl.training.trainer import Trainer
 
     values = given_flags(args, [flag for flag, _ in FLAGS], KNOB_FLAGS)
-    if hasattr(args, "imports"):  # --import (B1, plugins): added to the config file's or resumed run's imports
+    # --import / --trust-imports (plugins): added to the config file's or resumed run's imports
+    if hasattr(args, "imports") or hasattr(args, "trust_imports"):
         from densemtl.plugins import command_imports
 
         values["imports"] = command_imports(args)

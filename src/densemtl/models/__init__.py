@@ -14,7 +14,7 @@ from typing import Any
 from densemtl.models.base import MultiTaskModel, Predictions
 from densemtl.registry import Registry
 
-MODELS: Registry[MultiTaskModel] = Registry("architecture")
+MODELS: Registry[MultiTaskModel] = Registry("architecture", returns=MultiTaskModel)
 register = MODELS.register
 
 

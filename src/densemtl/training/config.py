@@ -108,9 +108,9 @@ class TrainConfig:
         for f in dataclasses.fields(self):
             setattr(self, f.name, _coerce(f.name, getattr(self, f.name)))
         if self.imports:  # plugins (densemtl.plugins): imported once per process before anything is built
-            from densemtl.plugins import load_plugins
+            from densemtl.plugins import config_imports
 
-            load_plugins(self.imports)
+            config_imports(self.imports)  # while a command runs: only what its command line allowed
         canonical_names(self)
         check_ranges(self)
 

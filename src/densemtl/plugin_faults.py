@@ -1,0 +1,132 @@
+"""A plugin's failures, reported as the plugin's: one line naming it, its file and line.
+
+A plugin is the user's code (:mod:`densemtl.plugins`); when it raises while imported, or when a
+factory it registered raises, returns something that is not what its registry makes, or ends the
+process (``sys.exit``), the command says so in one line (:class:`PluginError`, exit 2) instead of a
+traceback through densemtl. ``DENSEMTL_TRACEBACK=1`` in the environment prints the plugin's own
+traceback first (:mod:`densemtl.cli.main`). densemtl's own factories are called as they are: a bug
+of densemtl stays a traceback.
+"""
+
+from __future__ import annotations
+
+import inspect
+import traceback
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any
+
+from densemtl.errors import ConfigError, DenseMTLError
+
+#: ``DENSEMTL_TRACEBACK=1``: a plugin's failure also prints its full traceback.
+TRACEBACK_ENV = "DENSEMTL_TRACEBACK"
+
+
+class PluginError(ConfigError):
+    """A failure inside a user's plugin: the message names the plugin, its file and line; ``cause``
+    is the plugin's own exception (its traceback printed with ``DENSEMTL_TRACEBACK=1``)."""
+
+    def __init__(self, message: str, cause: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+def is_own(obj: object) -> bool:
+    """Whether ``obj`` (a function or class) is densemtl's own, not a plugin's."""
+    return _in_package(str(getattr(obj, "__module__", "") or ""), "densemtl")
+
+
+def _in_package(module: str, top: str) -> bool:
+    return bool(top) and (module == top or module.startswith(f"{top}."))
+
+
+def describe(e: BaseException) -> str:
+    """``"ValueError: its first line"`` (the type alone when the message is empty)."""
+    text = str(e).strip()
+    first = text.splitlines()[0] if text else ""
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
+def last_frame(tb: TracebackType | None, module: str) -> str:
+    """``"file:line"`` of the last frame of ``tb`` in the package of ``module`` (the plugin's own
+    code, not the libraries it called); else the last frame outside densemtl; "" when none."""
+    top = module.split(".")[0]
+    frames = traceback.extract_tb(tb)
+    mods = [_frame_module(t) for t in _tb_frames(tb)]
+    mine = [f for f, m in zip(frames, mods, strict=True) if _in_package(m, top)]
+    if not mine:
+        mine = [f for f, m in zip(frames, mods, strict=True) if not _in_package(m, "densemtl")]
+        mine = [f for f in mine if not f.filename.startswith("<")]
+    return f"{mine[-1].filename}:{mine[-1].lineno}" if mine else ""
+
+
+def _tb_frames(tb: TracebackType | None) -> list[Any]:
+    out = []
+    while tb is not None:
+        out.append(tb.tb_frame)
+        tb = tb.tb_next
+    return out
+
+
+def _frame_module(frame: Any) -> str:
+    return str(frame.f_globals.get("__name__", "") or "")
+
+
+def defined_at(obj: object) -> str:
+    """``"file:line"`` where a plugin's function or class is defined ("" when unknown)."""
+    try:
+        file = inspect.getsourcefile(obj)  # type: ignore[arg-type]
+        line = inspect.getsourcelines(obj)[1]  # type: ignore[arg-type]
+    except (TypeError, OSError):
+        return ""
+    return f"{file}:{line}" if file else ""
+
+
+def _owner(kind: str, name: str, factory: object) -> str:
+    module = getattr(factory, "__module__", "?")
+    return f"{kind} {name!r} of plugin {module!r}"
+
+
+def failed(what: str, e: BaseException, module: str) -> PluginError:
+    """The one line for ``e`` raised by the user's code ``what`` (of ``module``)."""
+    where = last_frame(e.__traceback__, module)
+    at = f" at {where}" if where else ""
+    if isinstance(e, SystemExit):
+        return PluginError(f"{what} ended the process (sys.exit({e.code!r})){at}; a plugin must not exit", e)
+    return PluginError(f"{what} raised {describe(e)}{at} (a bug in the plugin; {TRACEBACK_ENV}=1 shows its "
+                       "traceback)", e)  # fmt: skip
+
+
+def call_factory(kind: str, name: str, factory: Callable[..., Any], kwargs: Mapping[str, Any],
+                 returns: type | None = None) -> Any:  # fmt: skip
+    """``factory(**kwargs)``; a plugin's factory that raises from its body, exits, or returns
+    something that is not a ``returns`` is a :class:`PluginError` naming it, its file and line. A
+    TypeError raised by the call itself (a keyword the factory does not take) stays a TypeError:
+    the caller's "bad knob" error."""
+    if is_own(factory):
+        return factory(**kwargs)
+    module = str(getattr(factory, "__module__", "") or "")
+    what = _owner(kind, name, factory)
+    try:
+        obj = factory(**kwargs)
+    except DenseMTLError:
+        raise  # the plugin's own one-line refusal
+    except TypeError as e:
+        if e.__traceback__ is not None and e.__traceback__.tb_next is None:
+            raise  # raised by the call: a keyword the factory does not take
+        raise failed(what, e, module) from None
+    except MemoryError:
+        raise
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's code may raise anything; one line names it
+        raise failed(what, e, module) from None
+    if returns is not None and not isinstance(obj, returns):
+        at = defined_at(factory)
+        raise PluginError(
+            f"{what}{f' ({at})' if at else ''} returned {_kind_of(obj)}, not a {returns.__module__}.{returns.__name__}"
+            f"; {'an' if kind[0] in 'aeiou' else 'a'} {kind} factory must return one"
+        )
+    return obj
+
+
+def _kind_of(obj: object) -> str:
+    return "None" if obj is None else f"a {type(obj).__name__}"
