@@ -132,7 +132,60 @@ def _scale_width(state: dict) -> None:
     state["config"]["arch_args"]["width"] = 0.25
 
 
+#: a plugin module that leaves a file behind when imported (the rows check that it never runs)
+TRUSTMOD = "from pathlib import Path\n\nPath('trustmod-ran').write_text('imported')\n"
+#: plugins that fail: their factories unregister themselves when called, so nothing outlives the row
+NONEMOD = """from densemtl import models
+
+
+@models.register("nonearch")
+def nonearch(task_channels: dict, width: float = 1.0) -> None:
+    models.MODELS.unregister("nonearch")
+"""
+RAISEMOD = """from densemtl import models
+
+
+@models.register("raisearch")
+def raisearch(task_channels: dict, width: float = 1.0) -> None:
+    models.MODELS.unregister("raisearch")
+    raise ValueError("width must be even")
+"""
+
+
+def _imports(names: list[str]) -> Callable[[dict], None]:
+    return lambda d: d["config"].__setitem__("imports", names)
+
+
+def _run_imports(paths: dict[str, Path]) -> None:
+    _write("trustmod.py", TRUSTMOD)(paths)
+    p = paths["RUN"] / "config.yaml"
+    p.write_text(p.read_text() + "imports: [trustmod]\n")
+
+
+def _shared_export(paths: dict[str, Path]) -> None:
+    from densemtl.training.checkpoint import export_safetensors
+
+    _write("trustmod.py", TRUSTMOD)(paths)
+    state = torch.load(paths["RUN"] / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    _imports(["trustmod", "this"])(state)
+    export_safetensors(state, paths["TMP"] / "shared.safetensors")
+
+
 SETUP: dict[str, Callable[[dict[str, Path]], None]] = {
+    "import-run-config": _run_imports,
+    "import-checkpoint": lambda p: (_write("trustmod.py", TRUSTMOD)(p), _checkpoint(_imports(["trustmod"]))(p)),
+    "import-safetensors": _shared_export,
+    "import-config-this": _write("c.yaml", "imports: [this]\n"),
+    "import-resume": _run_imports,
+    "import-grid": lambda p: (_write("trustmod.py", TRUSTMOD)(p), _write("g.yaml", "imports: [trustmod]\n")(p)),
+    "import-bench-folder": lambda p: (
+        _write("trustmod.py", TRUSTMOD)(p),
+        _write("b/bench.yaml", "base:\n  imports: [trustmod]\narchs: [segnet]\n")(p),
+    ),
+    "plugin-exit": _write("exitmod.py", "import sys\nsys.exit(3)\n"),
+    "plugin-import-raises": _write("brokenmod.py", "import os\n\nraise ValueError(f'no config for {__name__}')\n"),
+    "plugin-factory-none": _write("nonemod.py", NONEMOD),
+    "plugin-factory-raises": _write("raisemod.py", RAISEMOD),
     "config-binary": _write("bin.yaml", b"\x89PNG\r\n\x1a\n\xff\xfe\x00\x01"),
     "yaml-invalid": _write("c.yaml", "lr: [1\n"),
     "yaml-list": _write("c.yaml", "- 1\n- 2\n"),

@@ -1,7 +1,8 @@
 """Plugins: a user's module registering an architecture, a method, a task and a dataset reaches
 ``train``, ``eval``, ``predict`` and ``list`` through ``--import``, a config's ``imports:`` and the
-``densemtl.plugins`` entry-point group; a run records its imports, so ``eval``/``predict`` on it
-need no flag. Every command runs in a subprocess: the registries of this process stay untouched."""
+``densemtl.plugins`` entry-point group; a run records its imports, and ``eval``/``predict`` on it
+import them with ``--trust-imports`` (tests/test_plugin_trust.py: never without a flag). Every command runs in a
+subprocess: the registries of this process stay untouched."""
 
 from __future__ import annotations
 
@@ -105,9 +106,8 @@ TINY = ["--size", "32x40", "--n-train", "8", "--n-val", "4", "--batch-size", "4"
 
 def _cli(args: list[str], cwd: Path, pythonpath: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
-    env.pop("PYTHONPATH", None)
-    if pythonpath is not None:
-        env["PYTHONPATH"] = str(pythonpath)
+    src = str(Path(__file__).resolve().parents[1] / "src")  # this checkout's densemtl, whatever is installed
+    env["PYTHONPATH"] = src if pythonpath is None else f"{src}{os.pathsep}{pythonpath}"
     return subprocess.run(
         [sys.executable, "-m", "densemtl.cli.main", *args], cwd=cwd, env=env, capture_output=True, text=True
     )
@@ -128,7 +128,8 @@ def run(plugdir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("work")
     (work / "cfg.yaml").write_text("imports: [mymethod]\nmethod: twice\n")
     out = work / "run"
-    args = ["train", "--import", "myplug", "--config", "cfg.yaml", "--arch", "myarch", "--dataset", "greyscenes"]
+    args = ["train", "--import", "myplug", "--config", "cfg.yaml", "--trust-imports", "--arch", "myarch",
+            "--dataset", "greyscenes"]  # fmt: skip
     r = _cli([*args, *TINY, "--out", str(out)], work, plugdir)
     assert r.returncode == 0, r.stderr
     return out
@@ -143,21 +144,25 @@ def test_train_records_the_imports(run: Path) -> None:
 
 
 def test_eval_and_predict_import_them_again(run: Path, plugdir: Path, tmp_path: Path) -> None:
-    r = _cli(["eval", "--checkpoint", str(run), "--json", "m.json"], tmp_path, plugdir)
+    r = _cli(["eval", "--checkpoint", str(run), "--json", "m.json", "--trust-imports"], tmp_path, plugdir)
     assert r.returncode == 0, r.stderr
     assert set(json.loads((tmp_path / "m.json").read_text())["metrics"]) == {"seg", "depth", "normal", "grey"}
     image = tmp_path / "x.npy"
     import numpy as np
 
     np.save(image, np.random.default_rng(0).random((32, 40, 3), dtype=np.float32))
-    r = _cli(["predict", "--checkpoint", str(run / "checkpoints" / "last.pt"), str(image), "--out", "p"], tmp_path,
-             plugdir)  # fmt: skip
+    r = _cli(["predict", "--checkpoint", str(run / "checkpoints" / "last.pt"), str(image), "--out", "p",
+              "--import", "myplug", "--import", "mymethod"], tmp_path, plugdir)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "p" / "x_pred.png").is_file()
     # without the plugin on the path: one line naming the module, exit 2
-    r = _cli(["eval", "--checkpoint", str(run)], tmp_path)
+    r = _cli(["eval", "--checkpoint", str(run), "--trust-imports"], tmp_path)
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "plugin 'mymethod' failed to import: ModuleNotFoundError" in r.stderr
+    # without a flag: refused, naming the run's modules
+    r = _cli(["eval", "--checkpoint", str(run)], tmp_path, plugdir)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "names plugin modules mymethod, myplug (the run was trained with them)" in r.stderr
 
 
 def _dist(site: Path, name: str, entry_points: str) -> None:
