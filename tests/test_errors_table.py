@@ -151,6 +151,17 @@ def raisearch(task_channels: dict, width: float = 1.0) -> None:
     raise ValueError("width must be even")
 """
 
+HALFMOD = """from densemtl import methods
+from densemtl.balancing.base import Aggregator
+
+
+@methods.register("halfmethod")
+class HalfMethod(Aggregator):
+    def __init__(self) -> None:
+        super().__init__()
+        methods.METHODS.unregister("halfmethod")
+"""
+
 
 def _imports(names: list[str]) -> Callable[[dict], None]:
     return lambda d: d["config"].__setitem__("imports", names)
@@ -186,6 +197,7 @@ SETUP: dict[str, Callable[[dict[str, Path]], None]] = {
     "plugin-import-raises": _write("brokenmod.py", "import os\n\nraise ValueError(f'no config for {__name__}')\n"),
     "plugin-factory-none": _write("nonemod.py", NONEMOD),
     "plugin-factory-raises": _write("raisemod.py", RAISEMOD),
+    "plugin-method-protocol": _write("halfmod.py", HALFMOD),
     "config-binary": _write("bin.yaml", b"\x89PNG\r\n\x1a\n\xff\xfe\x00\x01"),
     "yaml-invalid": _write("c.yaml", "lr: [1\n"),
     "yaml-list": _write("c.yaml", "- 1\n- 2\n"),

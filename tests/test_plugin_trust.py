@@ -233,6 +233,7 @@ def test_env_imports_load(work: Path, monkeypatch: pytest.MonkeyPatch, capsys: p
 
 # -- a plugin's failures ---------------------------------------------------------------------------
 FAIL = """from densemtl import methods, models
+from densemtl.balancing.base import Aggregator, BalancingMethod
 
 
 @models.register("failnone")
@@ -253,6 +254,16 @@ def failtype(task_channels: dict, width: float = 1.0) -> None:
 @methods.register("failproto")
 class FailProto:
     pass
+
+
+@methods.register("failnoagg")
+class FailNoAgg(Aggregator):
+    pass
+
+
+@methods.register("failhalf")
+class FailHalf(BalancingMethod):
+    pass
 """
 
 
@@ -265,22 +276,36 @@ def failing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     for name in ("failnone", "failvalue", "failtype"):
         if models.MODELS.find(name):
             models.MODELS.unregister(name)
-    if densemtl.methods.METHODS.find("failproto"):
-        densemtl.methods.METHODS.unregister("failproto")
+    for name in ("failproto", "failnoagg", "failhalf"):
+        if densemtl.methods.METHODS.find(name):
+            densemtl.methods.METHODS.unregister(name)
+
+
+def test_every_built_in_method_follows_the_protocol() -> None:
+    """What a plugin's method is held to, every method of densemtl's own meets."""
+    from densemtl.balancing.base import protocol_gap
+
+    for name in densemtl.methods.available():
+        method = densemtl.methods.METHODS.get(name)(**densemtl.methods.METHODS.tiny(name))
+        assert protocol_gap(method) == "", name
 
 
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--arch", "failnone"], "architecture 'failnone' of plugin 'failmod' (FILE:4) returned None, not a "
+        (["--arch", "failnone"], "architecture 'failnone' of plugin 'failmod' (FILE:5) returned None, not a "
          "densemtl.models.base.MultiTaskModel; an architecture factory must return one"),
         (["--arch", "failvalue"], "architecture 'failvalue' of plugin 'failmod' raised ValueError: width must be even "
-         "at FILE:11 (a bug in the plugin; DENSEMTL_TRACEBACK=1 shows its traceback)"),
+         "at FILE:12 (a bug in the plugin; DENSEMTL_TRACEBACK=1 shows its traceback)"),
         (["--arch", "failtype"], "architecture 'failtype' of plugin 'failmod' raised TypeError: object of type "
-         "'float' has no len() at FILE:16"),
+         "'float' has no len() at FILE:17"),
         (["--arch", "failtype", "--arch-arg", "depth=2"], "architecture 'failtype' has no knob 'depth'"),
-        (["--method", "failproto"], "method 'failproto' of plugin 'failmod' (FILE:19) returned a FailProto, not a "
+        (["--method", "failproto"], "method 'failproto' of plugin 'failmod' (FILE:20) returned a FailProto, not a "
          "densemtl.balancing.base.BalancingMethod"),
+        (["--method", "failnoagg"], "method 'failnoagg' of plugin 'failmod' (FILE:25) does not follow the method "
+         "protocol: an Aggregator must define aggregate(J)"),
+        (["--method", "failhalf"], "method 'failhalf' of plugin 'failmod' (FILE:30) does not follow the method "
+         "protocol: it declares no 'requirements'"),
     ],
 )  # fmt: skip
 def test_plugin_failures(flags: list[str], message: str, failing: Path, capsys: pytest.CaptureFixture) -> None:
@@ -296,7 +321,7 @@ def test_traceback_switch(failing: Path, monkeypatch: pytest.MonkeyPatch, capsys
     monkeypatch.setenv("DENSEMTL_TRACEBACK", "1")
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith("Traceback (most recent call last):") and f'File "{failing}", line 11' in err
+    assert err.startswith("Traceback (most recent call last):") and f'File "{failing}", line 12' in err
     assert err.splitlines()[-1].startswith("densemtl: error: architecture 'failvalue' of plugin 'failmod' raised")
 
 

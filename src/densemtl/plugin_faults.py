@@ -98,9 +98,10 @@ def failed(what: str, e: BaseException, module: str) -> PluginError:
 
 
 def call_factory(kind: str, name: str, factory: Callable[..., Any], kwargs: Mapping[str, Any],
-                 returns: type | None = None) -> Any:  # fmt: skip
-    """``factory(**kwargs)``; a plugin's factory that raises from its body, exits, or returns
-    something that is not a ``returns`` is a :class:`PluginError` naming it, its file and line. A
+                 returns: type | None = None, check: Callable[[Any], str] | None = None) -> Any:  # fmt: skip
+    """``factory(**kwargs)``; a plugin's factory that raises from its body, exits, returns
+    something that is not a ``returns``, or one that ``check`` finds lacking (its reason, "" when
+    nothing lacks) is a :class:`PluginError` naming it, its file and line. A
     TypeError raised by the call itself (a keyword the factory does not take) stays a TypeError:
     the caller's "bad knob" error."""
     if is_own(factory):
@@ -125,6 +126,10 @@ def call_factory(kind: str, name: str, factory: Callable[..., Any], kwargs: Mapp
             f"{what}{f' ({at})' if at else ''} returned {_kind_of(obj)}, not a {returns.__module__}.{returns.__name__}"
             f"; {'an' if kind[0] in 'aeiou' else 'a'} {kind} factory must return one"
         )
+    gap = check(obj) if check is not None else ""
+    if gap:
+        at = defined_at(type(obj))
+        raise PluginError(f"{what}{f' ({at})' if at else ''} does not follow the {kind} protocol: {gap}")
     return obj
 
 

@@ -39,9 +39,10 @@ class Registry(Generic[T]):
     :meth:`canonical` is the registered name a spelling stands for.
     """
 
-    def __init__(self, kind: str, returns: type | None = None) -> None:
+    def __init__(self, kind: str, returns: type | None = None, check: Callable[[Any], str] | None = None) -> None:
         self.kind = kind
         self.returns = returns  # what a factory must return (a plugin's that does not: one line)
+        self.check = check  # what a plugin's object lacks ("" when nothing): one line naming the plugin
         self._factories: dict[str, Callable[..., T]] = {}
         self._tiny: dict[str, dict[str, Any]] = {}
         self._aliases: dict[str, str] = {}  # squashed alias -> registered name
@@ -139,7 +140,7 @@ class Registry(Generic[T]):
                 check_knob_type(self.kind, name, key, value, valid[key].default)
         from densemtl.plugin_faults import call_factory  # a plugin's failure: one line naming it
 
-        return call_factory(self.kind, self.canonical(name), factory, kwargs, self.returns)
+        return call_factory(self.kind, self.canonical(name), factory, kwargs, self.returns, self.check)
 
 
 def check_knob_type(kind: str, name: str, key: str, value: Any, default: Any) -> None:

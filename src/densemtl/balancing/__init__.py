@@ -18,10 +18,11 @@ from densemtl.balancing.base import (
     LossWeighting,
     OptimizerMethod,
     Requirements,
+    protocol_gap,
 )
 from densemtl.registry import Registry
 
-METHODS: Registry[BalancingMethod] = Registry("method", returns=BalancingMethod)
+METHODS: Registry[BalancingMethod] = Registry("method", returns=BalancingMethod, check=protocol_gap)
 register = METHODS.register
 
 

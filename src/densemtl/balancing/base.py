@@ -288,3 +288,27 @@ class OptimizerMethod(Aggregator):
     """
 
     requirements = Requirements(sources=("jacobian",), coordinate_state=True, optimizer="sgd")
+
+
+def protocol_gap(method: BalancingMethod) -> str:
+    """What ``method`` (a plugin's) lacks to be trained with, "" when nothing: a
+    :class:`Requirements` declaration, and a way to balance (``weights`` or ``combine`` of a
+    :class:`LossWeighting`; ``aggregate``, ``weights_from_gramian`` or the row stream of an
+    :class:`Aggregator`)."""
+    cls = type(method)
+    if not isinstance(getattr(method, "requirements", None), Requirements):
+        return "it declares no 'requirements' (a densemtl.balancing.base.Requirements)"
+    if isinstance(method, LossWeighting):
+        if cls.weights is LossWeighting.weights and cls.combine is LossWeighting.combine:
+            return "a LossWeighting must define weights(losses)"
+        return ""
+    if isinstance(method, GramianWeighting):
+        own = cls.weights_from_gramian is not GramianWeighting.weights_from_gramian
+        if not own and cls.aggregate is GramianWeighting.aggregate and cls.finish_rows is Aggregator.finish_rows:
+            return "a GramianWeighting must define weights_from_gramian(G)"
+        return ""
+    if isinstance(method, Aggregator):
+        if cls.aggregate is Aggregator.aggregate and cls.finish_rows is Aggregator.finish_rows:
+            return "an Aggregator must define aggregate(J)"
+        return ""
+    return "it subclasses BalancingMethod itself, not LossWeighting, Aggregator or GramianWeighting"
