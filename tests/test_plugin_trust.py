@@ -345,3 +345,18 @@ def test_a_plugin_calling_a_library_is_located_in_its_own_code(
     assert main(["list", "--import", "deepmod"]) == 2
     err = capsys.readouterr().err
     assert "plugin 'deepmod' failed to import: JSONDecodeError:" in err and f"at {tmp_path}/deepmod.py:3" in err, err
+
+
+def test_a_command_hands_its_imports_to_its_children_only(
+    work: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """``$DENSEMTL_IMPORTS`` names the command's modules while it runs, and is put back after it
+    (an in-process caller's next command, or a process it starts later, does not inherit them)."""
+    import os
+
+    from densemtl.cli import list_cmd
+
+    seen: list[str | None] = []
+    monkeypatch.setattr(list_cmd, "run", lambda args: seen.append(os.environ.get(plugins.ENV)) or 0)
+    assert main(["list", "--import", "plantmod"]) == 0
+    assert seen == ["plantmod"] and plugins.ENV not in os.environ

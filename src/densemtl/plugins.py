@@ -48,6 +48,8 @@ _entry_points_done = False
 _pending_done = False
 _allowed: set[str] = set()  # the modules the running command may import (its --import, its --trust-imports)
 _strict = False  # while a command runs without --trust-imports: a config naming a module not allowed is refused
+_UNSET = object()
+_env_before: Any = _UNSET  # $DENSEMTL_IMPORTS before export_to_children set it (restored by end_command)
 
 
 def loaded() -> list[str]:
@@ -100,8 +102,12 @@ def load_pending() -> None:
 
 
 def export_to_children() -> None:
-    """Name this process's imported modules in ``$DENSEMTL_IMPORTS`` for the processes it starts."""
+    """Name this process's imported modules in ``$DENSEMTL_IMPORTS`` for the processes it starts
+    (until :func:`end_command` puts the variable back as it was)."""
+    global _env_before
     if _loaded:
+        if _env_before is _UNSET:
+            _env_before = os.environ.get(ENV)
         os.environ[ENV] = ",".join(_loaded)
 
 
@@ -296,10 +302,17 @@ def consent(args: Any) -> list[str]:
 
 
 def end_command() -> None:
-    """Forget the running command's consent (in-process callers of ``main`` run several)."""
-    global _strict
+    """Forget the running command's consent and put ``$DENSEMTL_IMPORTS`` back (in-process callers
+    of ``main`` run several commands)."""
+    global _strict, _env_before
     _strict = False
     _allowed.clear()
+    if _env_before is not _UNSET:  # the command's children are done: $DENSEMTL_IMPORTS as it was
+        if _env_before is None:
+            os.environ.pop(ENV, None)
+        else:
+            os.environ[ENV] = _env_before
+        _env_before = _UNSET
 
 
 def config_imports(names: list[str]) -> None:
