@@ -19,7 +19,6 @@ its summary held the last session only, 0 s for a run that was only re-evaluated
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -200,7 +199,13 @@ def remove_orphan(out: Path, created: bool) -> None:
         out.rmdir()
 
 
-def remove_if_empty(run: Path) -> None:
-    """Remove the run folder ``run`` if it is empty (what a job refused at its start leaves)."""
-    with contextlib.suppress(OSError):  # not empty, or already gone: kept as it is
-        run.rmdir()
+def remove_if_empty(run: Path, up_to: Path) -> None:
+    """Remove the run folder ``run`` and its parents below ``up_to`` (what existed before the job)
+    while they are empty: what a job refused at its start made, and nothing else."""
+    folder = run
+    while folder != up_to and up_to in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (another job's), or already gone: kept as it is
+            return
+        folder = folder.parent

@@ -36,6 +36,7 @@ from densemtl.bench.rundir import check_bench_links, clear, finished, remove_if_
 from densemtl.data import MultiTaskDataset
 from densemtl.errors import DenseMTLError, Interrupted, RuntimeFault
 from densemtl.metrics import relative_improvement  # noqa: F401 - re-exported: its home before densemtl.metrics
+from densemtl.paths import existing_ancestor
 from densemtl.report.jsonio import dumps
 from densemtl.report.progress import background_line, progress_every, ticking
 from densemtl.training.builders import build_datasets
@@ -131,12 +132,11 @@ def run_job(job: Job, threads: int | None = None, log: Callable[[str], None] = p
     if threads is not None:
         torch.set_num_threads(threads)
     out = Path(job.out)
-    created = not out.exists()
+    existed = existing_ancestor(out)
     try:
         return _run_job_locked(job, out, log)
     except DenseMTLError:
-        if created:
-            remove_if_empty(out)  # refused at its start: no empty run folder left behind
+        remove_if_empty(out, up_to=existed)  # refused at its start: no empty folder it made left behind
         raise
 
 
