@@ -304,3 +304,12 @@ def test_predict_refuses_an_empty_folder(tmp: Path, capsys: pytest.CaptureFixtur
     Path("empty").mkdir()
     line = refused(["predict", "--checkpoint", "run", "empty", "--out", "pred"], capsys, tmp)
     assert line.startswith("folder empty holds no image (.png, .jpg, .jpeg, .npy, .tif, .tiff)")
+
+
+def test_predict_never_overwrites_an_input(tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    """``--out`` the images' own folder: an array named like an input (``a_depth.npy``) is refused,
+    even with --overwrite."""
+    shutil.copy("imgs/a.npy", "imgs/a_depth.npy")
+    argv = ["predict", "--checkpoint", "run", "imgs", "--out", "imgs", "--save-npy", "--overwrite"]
+    line = refused(argv, capsys, tmp)
+    assert line == "--out imgs: imgs/a_depth.npy is one of the inputs; refusing to overwrite it"

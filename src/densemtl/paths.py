@@ -96,6 +96,16 @@ def check_replaceable(path: Path, flag: str, overwrite: bool, where: str = "") -
         raise ConfigError(f"{what}{path} is not writable")
 
 
+def check_into_folder(out: Path, targets: list[Path], inputs: list[Path], overwrite: bool) -> None:
+    """The files a command will write into the folder ``--out out``: each replaceable
+    (:func:`check_replaceable`) and none of them one of the command's ``inputs``."""
+    given = {p.resolve() for p in inputs if p.exists()}
+    for target in targets:
+        if target.resolve() in given:
+            raise ConfigError(f"--out {out}: {target} is one of the inputs; refusing to overwrite it")
+        check_replaceable(target, "--out", overwrite, f"--out {out}: ")
+
+
 def check_output_file(path: str | Path, flag: str, overwrite: bool = False) -> Path:
     """``path`` as a file the command may write: created with its folders, or an existing one
     replaced under :func:`check_replaceable`'s rule."""

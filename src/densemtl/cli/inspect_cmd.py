@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from densemtl.errors import ConfigError, DataError
-from densemtl.paths import check_output_dir, check_output_file, check_replaceable, image_inputs, write_bytes
+from densemtl.paths import check_into_folder, check_output_dir, check_output_file, image_inputs, write_bytes
 from densemtl.report.jsonio import dumps
 
 
@@ -166,15 +166,12 @@ def run_predict(args: argparse.Namespace) -> int:
                 f"{targets[name]} and {p} would both be written to {out / name}; rename one or predict them separately"
             )
         targets[name] = p
-    where = f"--out {out}: "
-    for name in targets:
-        check_replaceable(out / name, "--out", args.overwrite, where)
+    check_into_folder(out, [out / name for name in targets], inputs, args.overwrite)
     model, cfg, state = load_model(args.checkpoint, args.device)
     check_fits_model(model, cfg.arch, size)
     if args.save_npy:
-        for p in inputs:
-            for t in state["tasks"]:
-                check_replaceable(out / f"{p.stem}_{t}.npy", "--out", args.overwrite, where)
+        arrays = [out / f"{p.stem}_{t}.npy" for p in inputs for t in state["tasks"]]
+        check_into_folder(out, arrays, inputs, args.overwrite)
     device = next(model.parameters()).device
     trained = tuple(state.get("size") or ())
     images = [(p, read_image(p)) for p in inputs]
