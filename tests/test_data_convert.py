@@ -71,6 +71,13 @@ def test_nyuv2(nyu_raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> 
     assert main(args) == 0
     assert np.load(root / "train" / "image" / "0.npy").shape == (48, 64, 3)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ny", "nyraw"]  # no temporary folder left
+    (tmp_path / "ny-link").symlink_to(root)  # --overwrite never removes through a link (issue 21)
+    args[args.index(str(root))] = str(tmp_path / "ny-link")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err == f"densemtl: error: --out {tmp_path / 'ny-link'} is a symbolic link; refusing to write through it " \
+        "(remove it or choose another path)\n"
+    assert np.load(root / "train" / "image" / "0.npy").shape == (48, 64, 3)
 
 
 def test_cityscapes_trains(cs_raw: Path, tmp_path: Path) -> None:

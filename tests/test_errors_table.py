@@ -124,6 +124,22 @@ def _same_stem(paths: dict[str, Path]) -> None:
     np.save(paths["TMP"] / "sub" / "a.npy", img)
 
 
+def _link(rel: str, target: str) -> Callable[[dict[str, Path]], None]:
+    """``TMP/rel`` (its folder made) a symbolic link to ``TMP/target``."""
+
+    def setup(paths: dict[str, Path]) -> None:
+        p = paths["TMP"] / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.symlink_to(paths["TMP"] / target)
+
+    return setup
+
+
+def _plots_elsewhere(paths: dict[str, Path]) -> None:
+    shutil.move(paths["RUN"] / "plots", paths["TMP"] / "elsewhere")
+    (paths["RUN"] / "plots").symlink_to(paths["TMP"] / "elsewhere")
+
+
 def _set(key: str, value: object) -> Callable[[dict], None]:
     return lambda d: d.__setitem__(key, value)
 
@@ -246,6 +262,12 @@ SETUP: dict[str, Callable[[dict[str, Path]], None]] = {
     "predict-same-stem": _same_stem,
     "size-arch-data": lambda p: synthesize(p["TMP"] / "d16", 2, 1, (16, 20), 0),
     "ckpt-predict-pickle": lambda p: (_pickle_payload(p), _same_stem(p)),
+    "eval-json-symlink": _link("m.json", "notes.txt"),
+    "predict-out-exists": lambda p: (_same_stem(p), _write("pred/a_pred.png", "an earlier prediction")(p)),
+    "predict-out-symlink": lambda p: (_same_stem(p), _link("pred/a_pred.png", "notes.txt")(p)),
+    "resume-plots-symlink": _plots_elsewhere,
+    "bench-symlink": _link("b/.lock", "notes.txt"),
+    "predict-dir-empty": lambda p: (p["TMP"] / "empty").mkdir(),
 }
 #: Rows that only mean something on a machine without a CUDA device.
 NEEDS_NO_GPU = {"device-cuda", "eval-device-cuda"}

@@ -238,7 +238,8 @@ def test_predict_keeps_aspect_and_saves_arrays(tb_run: Path, tmp_path: Path) -> 
     assert panel.size == (4 * 96 + 6, 32)  # the run's height (32), the image's 3:1 aspect ratio
     seg, depth, normal = (np.load(out / f"wide_{t}.npy") for t in ("seg", "depth", "normal"))
     assert seg.shape == depth.shape == (30, 90) and seg.dtype == np.int32 and normal.shape == (30, 90, 3)
-    assert main(["predict", "--checkpoint", str(tb_run), str(image), "--out", str(out), "--size", "48x64"]) == 0
+    again = ["--size", "48x64", "--overwrite"]  # the same file again: replaced only when asked
+    assert main(["predict", "--checkpoint", str(tb_run), str(image), "--out", str(out), *again]) == 0
     assert Image.open(out / "wide_pred.png").size == (4 * 64 + 6, 48)
 
 

@@ -160,3 +160,52 @@ def clear(out: Path) -> None:
             shutil.rmtree(child)
         else:
             os.unlink(child)
+
+
+# -- the bench folder itself ----------------------------------------------------------------------
+#: What a bench writes beside its runs/ (the lock file named as in :mod:`densemtl.bench.processes`).
+BENCH_FILES = ("bench.yaml", ".lock", "results.csv", "results.md", "report.html", "summary.json")
+
+
+def check_bench_links(out: Path) -> None:
+    """No file a bench writes in ``out``, nor ``runs/`` or a run folder in it, is a symbolic link
+    (a bench never makes one): a one-line refusal naming the link, before anything is written."""
+    from densemtl.paths import check_not_linked
+
+    for name in (*BENCH_FILES, "runs"):
+        check_not_linked(out / name, f"--out {out}: ")
+    runs = out / "runs"
+    if runs.is_dir():
+        for child in sorted(runs.iterdir()):
+            check_not_linked(child, f"--out {out}: ")
+
+
+def remove_orphan(out: Path, created: bool) -> None:
+    """Undo a fresh bench that refused before any run wrote a file: its bench.yaml, its lock, empty
+    run folders, and ``out`` itself when this bench made it. A run folder holding anything is kept."""
+    if not out.is_dir():
+        return
+    runs = out / "runs"
+    if runs.is_dir() and not runs.is_symlink():
+        for child in runs.iterdir():
+            if child.is_dir() and not child.is_symlink() and not any(child.iterdir()):
+                child.rmdir()
+        if not any(runs.iterdir()):
+            runs.rmdir()
+    for name in ("bench.yaml", ".lock"):
+        if (out / name).is_file() and not (out / name).is_symlink():
+            (out / name).unlink()
+    if created and not any(out.iterdir()):
+        out.rmdir()
+
+
+def remove_if_empty(run: Path, up_to: Path) -> None:
+    """Remove the run folder ``run`` and its parents below ``up_to`` (what existed before the job)
+    while they are empty: what a job refused at its start made, and nothing else."""
+    folder = run
+    while folder != up_to and up_to in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (another job's), or already gone: kept as it is
+            return
+        folder = folder.parent

@@ -32,10 +32,11 @@ from densemtl.bench.processes import (
     interrupted,
     run_lock,
 )
-from densemtl.bench.rundir import clear, finished, resumable
+from densemtl.bench.rundir import check_bench_links, clear, finished, remove_if_empty, remove_orphan, resumable
 from densemtl.data import MultiTaskDataset
-from densemtl.errors import Interrupted, RuntimeFault
+from densemtl.errors import DenseMTLError, Interrupted, RuntimeFault
 from densemtl.metrics import relative_improvement  # noqa: F401 - re-exported: its home before densemtl.metrics
+from densemtl.paths import existing_ancestor
 from densemtl.report.jsonio import dumps
 from densemtl.report.progress import background_line, progress_every, ticking
 from densemtl.training.builders import build_datasets
@@ -131,6 +132,15 @@ def run_job(job: Job, threads: int | None = None, log: Callable[[str], None] = p
     if threads is not None:
         torch.set_num_threads(threads)
     out = Path(job.out)
+    existed = existing_ancestor(out)
+    try:
+        return _run_job_locked(job, out, log)
+    except DenseMTLError:
+        remove_if_empty(out, up_to=existed)  # refused at its start: no empty folder it made left behind
+        raise
+
+
+def _run_job_locked(job: Job, out: Path, log: Callable[[str], None]) -> dict[str, Any]:
     with run_lock(out, log):
         done = finished(out)
         if done is not None:
@@ -228,6 +238,8 @@ def check_out(out: Path, grid_dict: dict[str, Any]) -> None:
     marker = out / "bench.yaml"
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file, not a directory")
+    if out.is_dir():
+        check_bench_links(out)
     if out.is_dir() and any(p.name != BENCH_LOCK for p in out.iterdir()) and not marker.is_file():
         raise ConfigError(f"--out {out} holds other files and no bench (no bench.yaml); choose another directory")
     if marker.is_file():
@@ -254,9 +266,24 @@ def run_bench(
     grid_dict = grid.to_dict()
     progress_every()  # a bad $DENSEMTL_PROGRESS_EVERY is refused before anything is written
     check_out(out, grid_dict)
+    preflight(grid)
+    created, fresh = not out.exists(), not (out / "bench.yaml").is_file()
     out.mkdir(parents=True, exist_ok=True)
-    with bench_lock(out):  # one densemtl bench at a time in ``out``, released however this process ends
-        return _run_locked(grid, grid_dict, out, log, executor or LocalExecutor(grid.jobs))
+    try:
+        with bench_lock(out):  # one densemtl bench at a time in ``out``, released however this process ends
+            return _run_locked(grid, grid_dict, out, log, executor or LocalExecutor(grid.jobs))
+    except DenseMTLError as e:
+        if fresh and e.exit_code == 2:  # refused: a fresh bench leaves no folder behind (runs that wrote stay)
+            remove_orphan(out, created)
+        raise
+
+
+def preflight(grid: Any) -> None:
+    """What every run of ``grid`` would refuse at its start, checked before the bench folder is
+    made: every cell's config, and the data (its tasks, its splits, the carved validation split)."""
+    cfgs = [build_config(grid.cell_config(a, m, 0)) for a in grid.archs for m in grid.methods]
+    full, _ = build_datasets(replace(cfgs[0], seed=DATA_SEED))
+    carve(len(full), grid.val_fraction)  # type: ignore[arg-type]
 
 
 def _run_locked(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from densemtl.errors import ConfigError, DataError
-from densemtl.paths import check_output_dir, check_output_file
+from densemtl.paths import check_into_folder, check_output_dir, check_output_file, image_inputs, write_bytes
 from densemtl.report.jsonio import dumps
 
 
@@ -24,18 +25,27 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--n", type=int, help="evaluate the first N samples only")
     e.add_argument("--batch-size", type=int, default=8)
     e.add_argument("--device", default="cpu")
-    e.add_argument("--json", metavar="FILE", help="also write the metrics as JSON")
+    e.add_argument(
+        "--json",
+        metavar="FILE",
+        help="also write the metrics as JSON (an existing file only with --overwrite; never a checkpoint or run file)",
+    )
+    e.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     e.set_defaults(func=run_eval)
     p = sub.add_parser(
         "predict",
         help="write prediction images (the input, then a tile per task)",
         description="Predict every task on each image and write OUT/<stem>_pred.png (the input, then a tile "
         "per task). The image is resized to the run's training height with its own aspect ratio kept, "
-        "unless --size says otherwise.",
+        "unless --size says otherwise. A folder given as IMAGE stands for its PNG/JPEG/.npy/TIFF files "
+        "(sorted, not its subfolders). Files already in OUT are replaced only with --overwrite.",
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG/JPEG files or H×W×3 .npy arrays")
+    p.add_argument(
+        "images", nargs="+", metavar="IMAGE", help="PNG/JPEG files, H×W×3 .npy arrays, or folders of them"
+    )
     p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--overwrite", action="store_true", help="replace prediction files already in --out")
     p.add_argument(
         "--size",
         metavar="HxW",
@@ -64,7 +74,7 @@ def run_eval(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.n is not None and args.n < 1:
         raise ConfigError(f"--n must be >= 1, got {args.n}")
-    json_path = check_output_file(args.json, "--json") if args.json else None
+    json_path = check_output_file(args.json, "--json", args.overwrite) if args.json is not None else None
     model, cfg, state = load_model(args.checkpoint, args.device)
     name = args.dataset or cfg.dataset
     same = args.dataset is None or args.dataset == cfg.dataset
@@ -103,8 +113,7 @@ def run_eval(args: argparse.Namespace) -> int:
     print(metrics_header(tasks))
     print(metrics_row(state["epoch"], metrics, tasks))
     if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(dumps({"metrics": metrics}, indent=2) + "\n")
+        write_bytes(json_path, (dumps({"metrics": metrics}, indent=2) + "\n").encode())
     return 0
 
 
@@ -148,19 +157,24 @@ def run_predict(args: argparse.Namespace) -> int:
 
     size = parse_size(args.size, "--size") if args.size is not None else None
     out = check_output_dir(args.out, "--out")
+    inputs = image_inputs(args.images)
     targets: dict[str, Path] = {}
-    for p in map(Path, args.images):
+    for p in inputs:
         name = f"{p.stem}_pred.png"
         if name in targets:
             raise ConfigError(
                 f"{targets[name]} and {p} would both be written to {out / name}; rename one or predict them separately"
             )
         targets[name] = p
+    check_into_folder(out, [out / name for name in targets], inputs, args.overwrite)
     model, cfg, state = load_model(args.checkpoint, args.device)
     check_fits_model(model, cfg.arch, size)
+    if args.save_npy:
+        arrays = [out / f"{p.stem}_{t}.npy" for p in inputs for t in state["tasks"]]
+        check_into_folder(out, arrays, inputs, args.overwrite)
     device = next(model.parameters()).device
     trained = tuple(state.get("size") or ())
-    images = [(Path(p), read_image(Path(p))) for p in args.images]
+    images = [(p, read_image(p)) for p in inputs]
     for path, img in images:
         h_in, w_in = img.shape[-2:]
         at = size or predict_size((h_in, w_in), trained, model.min_input_side())
@@ -180,6 +194,8 @@ def run_predict(args: argparse.Namespace) -> int:
                     else F.interpolate(v.float(), size=(h_in, w_in), mode="bilinear", align_corners=False)
                 )
                 array_path = out / f"{path.stem}_{t}.npy"
-                np.save(array_path, raw_array(task_registry.get(t), full[0]))
+                buf = io.BytesIO()
+                np.save(buf, raw_array(task_registry.get(t), full[0]), allow_pickle=False)
+                write_bytes(array_path, buf.getvalue())
                 print(f"densemtl: wrote {array_path}")
     return 0

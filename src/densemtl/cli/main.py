@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: The flags that name a place a command writes (every command's, whichever it has).
+OUTPUT_FLAGS = ("out", "json")
+
 #: The commands that look up registered names, and so take ``--import MODULE`` (plugins).
 PLUGIN_COMMANDS = ("train", "eval", "predict", "export", "bench", "speed", "list")
 
@@ -64,6 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from densemtl import plugins
 
     try:
+        from densemtl.paths import refuse_empty
+
+        for key in OUTPUT_FLAGS:  # --out '' would be the current folder: refused before anything
+            refuse_empty(getattr(args, key, None), f"--{key}")
         # the files' imports: only with --import / --trust-imports (refused in one line otherwise)
         plugins.load_plugins(plugins.consent(args))  # entry points, then those; before any lookup
         plugins.load_pending()  # a parent command's $DENSEMTL_IMPORTS (a bad one: one line)
@@ -78,8 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stderr.write(f"densemtl: error: {e}\n")
         return e.exit_code
     except OSError as e:  # a write or read the commands did not anticipate: still one line, exit 1
-        where = f" {e.filename}" if e.filename else ""
-        sys.stderr.write(f"densemtl: error:{where}: {e.strerror or e}\n")
+        where = f"{e.filename}: " if e.filename else ""
+        sys.stderr.write(f"densemtl: error: {where}{e.strerror or e}\n")
         return 1
     except MemoryError:
         sys.stderr.write("densemtl: error: out of memory; use a smaller --size or --batch-size\n")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from densemtl.errors import ConfigError
+from densemtl.paths import check_output_file, write_bytes
 
 #: what the --world-size table's columns are, recorded with its JSON
 DDP_NOTES = {
@@ -68,6 +69,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="mixed precision of the forward, as train --amp (fp16 needs CUDA; default: off)",
     )
     p.add_argument("--json", metavar="FILE", help="also write the results and settings as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -207,9 +209,11 @@ def run(args: argparse.Namespace) -> int:
         dataset_tasks(data_args) if args.tasks is None else tuple(t.strip() for t in args.tasks.split(",") if t.strip())
     )
     arch_args = parse_kv(args.arch_arg, "--arch-arg") if args.arch_arg else None
-    out = Path(args.json) if args.json else None
+    out = Path(args.json) if args.json is not None else None
     if out is not None and not out.parent.is_dir():
         raise ConfigError(f"--json {args.json}: directory {out.parent} does not exist")
+    if out is not None:
+        check_output_file(out, "--json", args.overwrite)
     load_before = _load()
     ddp = args.world_size > 1
     measure: Any = functools.partial(measure_speed_ddp, world_size=args.world_size) if ddp else measure_speed
@@ -272,6 +276,6 @@ def run(args: argparse.Namespace) -> int:
     if note:
         print(note)
     if out is not None:
-        out.write_text(json.dumps({"results": rows, "settings": settings}, indent=2) + "\n")
+        write_bytes(out, (json.dumps({"results": rows, "settings": settings}, indent=2) + "\n").encode())
         print(f"densemtl: results written to {out}")
     return 0

@@ -188,6 +188,10 @@ def check_out(out: Path, overwrite: bool) -> None:
         return
     if not overwrite:
         raise ConfigError(f"--out {out} already exists; refusing to overwrite it (pass --overwrite to replace it)")
+    from densemtl.paths import check_not_linked
+
+    for entry in (out, *sorted(out.iterdir())):  # what --overwrite removes: never a link's target
+        check_not_linked(entry, "--out ")
     foreign = sorted(p.name for p in out.iterdir() if p.name not in _REPLACEABLE)
     if foreign:
         raise ConfigError(

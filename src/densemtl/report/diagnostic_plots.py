@@ -20,6 +20,8 @@ from matplotlib.colors import TwoSlopeNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from densemtl.report.plots import save_figure  # noqa: E402
+
 
 def plot_grad_cosine(sampled: list[dict[str, Any]], path: Path) -> None:
     """grad_cosine.png from the records that carry ``grad_cosine``."""
@@ -39,8 +41,7 @@ def plot_grad_cosine(sampled: list[dict[str, Any]], path: Path) -> None:
     ax.set_title("cosine of task gradients (shared parameters, epoch mean)", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def balance_table(records: list[dict[str, Any]], tasks: tuple[str, ...]) -> tuple[list[int], list[str], np.ndarray]:
@@ -101,8 +102,6 @@ def plot_diagnostics(history: list[dict[str, Any]], tasks: tuple[str, ...], out:
     written = [out / "grad_cosine.png"]
     balanced = [r for r in sampled if r.get("layer_balance")]
     if balanced:
-        fig = layer_balance_figure(balanced, tasks)
-        fig.savefig(out / "layer_balance.png", dpi=100)
-        plt.close(fig)
+        save_figure(layer_balance_figure(balanced, tasks), out / "layer_balance.png")
         written.append(out / "layer_balance.png")
     return written

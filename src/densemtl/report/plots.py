@@ -14,6 +14,7 @@ ensemble's metrics (dotted) beside the main network (solid).
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 from typing import Any
@@ -116,10 +117,19 @@ def curves_figure(
     return fig
 
 
-def _save(fig: Figure, path: Path) -> Path:
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Write ``fig`` as a PNG atomically (a full disk leaves no partial file; a link at ``path`` is
+    replaced, not followed) and close it."""
+    from densemtl.paths import write_bytes
+
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=100)
+    finally:
+        plt.close(fig)
+    write_bytes(path, buf.getvalue())
     return path
+
 
 
 def plot_losses_and_weights(history: list[dict[str, Any]], tasks: tuple[str, ...], out: Path) -> list[Path]:
@@ -133,9 +143,9 @@ def plot_losses_and_weights(history: list[dict[str, Any]], tasks: tuple[str, ...
         first = next(r["weights"] for r in history if r.get("weights"))
         values = ", ".join(f"{t} {first[t]:g}" for t in tasks)
         note = f"task weights constant over the run ({values}): weights.png not drawn"
-    written = [_save(curves_figure(history, tasks, "train_loss", "training loss", note), out / "losses.png")]
+    written = [save_figure(curves_figure(history, tasks, "train_loss", "training loss", note), out / "losses.png")]
     if not constant:
-        written.append(_save(curves_figure(history, tasks, "weights", "task weight"), out / "weights.png"))
+        written.append(save_figure(curves_figure(history, tasks, "weights", "task weight"), out / "weights.png"))
     return written
 
 
@@ -205,4 +215,5 @@ def plot_run(history: list[dict[str, Any]], tasks: tuple[str, ...], out: Path) -
     """Write losses.png, weights.png (unless constant) and metrics.png from metrics.jsonl records;
     return the paths written."""
     out.mkdir(parents=True, exist_ok=True)
-    return [*plot_losses_and_weights(history, tasks, out), _save(metrics_figure(history, tasks), out / "metrics.png")]
+    metrics = save_figure(metrics_figure(history, tasks), out / "metrics.png")
+    return [*plot_losses_and_weights(history, tasks, out), metrics]

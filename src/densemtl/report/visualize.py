@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,9 +71,13 @@ def prediction_panel(
 
 
 def save_panel(panel: np.ndarray, path: Path) -> None:
-    """Write a panel or grid as a PNG, creating the folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(panel).save(path)
+    """Write a panel or grid as a PNG, creating the folder; atomically (a full disk leaves no
+    partial file and is one line naming ``path``)."""
+    from densemtl.paths import write_bytes
+
+    buf = io.BytesIO()
+    Image.fromarray(panel).save(buf, format="PNG")
+    write_bytes(path, buf.getvalue())
 
 
 @dataclass

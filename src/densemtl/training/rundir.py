@@ -15,7 +15,7 @@ import yaml
 from densemtl.errors import ConfigError, RuntimeFault
 from densemtl.metrics import lower_is_better, relative_improvement
 from densemtl.models import count_parameters
-from densemtl.paths import existing_ancestor
+from densemtl.paths import RUN_FILES, RUN_FOLDERS, check_not_linked, existing_ancestor
 
 
 def is_run_dir(path: Path) -> bool:
@@ -32,6 +32,8 @@ def check_out_dir(out: Path, *, resume: bool = False) -> None:
         raise ConfigError(f"--out {out}: {place} is a file, not a directory")
     if not os.access(place, os.W_OK | os.X_OK):
         raise RuntimeFault(f"cannot write to {place}: permission denied; choose another --out")
+    if out.is_dir():
+        check_run_links(out)
     if resume:
         if not is_run_dir(out):
             raise ConfigError(f"--resume: {out} holds no run to resume")
@@ -40,6 +42,18 @@ def check_out_dir(out: Path, *, resume: bool = False) -> None:
             f"--out {out} already holds a run or other files; use --resume to continue it "
             "or choose another directory (runs are never overwritten)"
         )
+
+
+def check_run_links(out: Path) -> None:
+    """No file or folder a run writes in ``out`` (its own files, ``plots/``, ``checkpoints/``,
+    ``tensorboard/`` and what is in them) is a symbolic link: a run never makes one, so writing
+    would go through a link someone else put there (a one-line refusal naming it, before any work)."""
+    for name in (*RUN_FILES, *RUN_FOLDERS):
+        entry = out / name
+        check_not_linked(entry, f"--out {out}: ")
+        if name in RUN_FOLDERS and entry.is_dir():
+            for child in sorted(entry.iterdir()):
+                check_not_linked(child, f"--out {out}: ")
 
 
 def killed_at_birth(out: Path) -> bool:
