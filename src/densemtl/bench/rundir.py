@@ -69,7 +69,8 @@ def read_history(path: Path) -> tuple[list[Record], bool] | None:
                 torn = True
                 break
             return None
-        if not isinstance(rec, dict) or not isinstance(rec.get("epoch"), int) or not isinstance(rec.get("val"), dict):
+        epoch = rec.get("epoch") if isinstance(rec, dict) else None
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0 or not isinstance(rec.get("val"), dict):
             return None
         records.append(rec)
     return records, torn

@@ -25,7 +25,7 @@ def parse_size(value: Any, name: str = "--size") -> tuple[int, int]:
             h, w = (_side(v) for v in value)
     except _Fraction:
         raise ConfigError(f"{name} {value!r}: sides must be whole numbers of pixels (not truncated)") from None
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         raise ConfigError(f"{name} {value!r} is not a size; write it as HxW, e.g. 96x128") from None
     if h < 16 or w < 16:
         raise ConfigError(f"{name} {value!r} is too small; both sides must be at least 16 pixels")
