@@ -102,10 +102,15 @@ def check_fits_model(model: MultiTaskModel, arch: str, size: tuple[int, int] | N
         return
     need = model.min_input_side()
     if min(size) < need:
+        hint = getattr(model, "min_input_hint", None)
+        why = (
+            f"({hint}); use a larger {flag}"
+            if isinstance(hint, str)
+            else (f"(one 2x2 pooling per stage); use a larger {flag} or fewer stages (--arch-arg depth_stages=N)")
+        )
         raise ConfigError(
             f"{flag} {size[0]}x{size[1]} does not fit architecture {arch!r}: both sides must be at least "
-            f"{need} pixels (one 2x2 pooling per stage); use a larger {flag} or fewer stages "
-            "(--arch-arg depth_stages=N)"
+            f"{need} pixels {why}"
         )
 
 
@@ -118,7 +123,9 @@ def probe_model(arch: str, arch_args: dict[str, Any], tasks: tuple[str, ...], nu
 def build_model(cfg: TrainConfig, tasks: tuple[str, ...], num_classes: int) -> MultiTaskModel:
     """The config's model, initialised from its seed; a ``cfg.size`` it cannot take, or knobs
     whose model would not fit in memory, are refused."""
-    probe_model(cfg.arch, cfg.arch_args, tasks, num_classes)
+    probe = probe_model(cfg.arch, cfg.arch_args, tasks, num_classes)
+    if isinstance(probe, MultiTaskModel):
+        check_fits_model(probe, cfg.arch, cfg.size)  # before a parameter is allocated
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.arch, cfg.arch_args, tasks, num_classes)
     check_fits_model(model, cfg.arch, cfg.size)
