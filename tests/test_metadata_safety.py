@@ -194,6 +194,22 @@ def test_yaml_deep_nesting_is_one_line(tmp_path: Path, capsys: pytest.CaptureFix
     assert "--arch-arg x is nested too deeply" in err
 
 
+def test_flag_value_with_a_duplicate_key_is_refused() -> None:
+    from densemtl.training.config import parse_kv
+
+    with pytest.raises(ConfigError, match=r"--arch-arg backbone_args: key 'depth' is given twice \(lines 1 and 1\)"):
+        parse_kv(["backbone_args={depth: 2, depth: 3}"], "--arch-arg")
+    assert parse_kv(["x=[1", "y=off"], "--arch-arg") == {"x": "[1", "y": False}  # not YAML: the text
+
+
+@pytest.mark.parametrize("classes", [0, 70000])
+def test_num_classes_range(classes: int) -> None:
+    from densemtl.training.config import resolve_config
+
+    with pytest.raises(ConfigError, match=f"num_classes must be in 1..65536, got {classes}"):
+        resolve_config({"num_classes": classes})
+
+
 def test_yaml_duplicate_key_names_key_and_lines(tmp_path: Path) -> None:
     from densemtl.training.config import load_yaml
 

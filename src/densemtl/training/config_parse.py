@@ -77,12 +77,13 @@ def parse_imports(value: Any, name: str = "imports") -> list[str]:
 
 def parse_value(text: str, flag: str = "--arch-arg") -> Any:
     """A knob value from the command line: YAML scalar semantics ('3' -> 3, 'true' -> True); text
-    that is not YAML stays text, a list nested too deeply is a one-line error naming ``flag``."""
+    that is not YAML stays text; a list nested too deeply or a key given twice is a one-line error
+    naming ``flag``."""
     try:
         return parse_yaml(text, flag)
     except ConfigError as e:
-        if "nested too deeply" in str(e):
-            raise
+        if "is not valid YAML" not in str(e):
+            raise  # nested too deeply, a key given twice
         return text
 
 
