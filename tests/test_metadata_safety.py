@@ -202,12 +202,11 @@ def test_flag_value_with_a_duplicate_key_is_refused() -> None:
     assert parse_kv(["x=[1", "y=off"], "--arch-arg") == {"x": "[1", "y": False}  # not YAML: the text
 
 
-@pytest.mark.parametrize("classes", [0, 70000])
-def test_num_classes_range(classes: int) -> None:
+def test_num_classes_upper_bound() -> None:
     from densemtl.training.config import resolve_config
 
-    with pytest.raises(ConfigError, match=f"num_classes must be in 1..65536, got {classes}"):
-        resolve_config({"num_classes": classes})
+    with pytest.raises(ConfigError, match="num_classes must be at most 65536, got 2147483648"):
+        resolve_config({"num_classes": 2**31})
 
 
 def test_yaml_duplicate_key_names_key_and_lines(tmp_path: Path) -> None:
