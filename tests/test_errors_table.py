@@ -197,6 +197,37 @@ def _shared_export(paths: dict[str, Path]) -> None:
     _imports(["trustmod", "this"])(state)
     export_safetensors(state, paths["TMP"] / "shared.safetensors")
 
+def _export(edit: Callable[[dict], None] | None = None) -> Callable[[dict[str, Path]], None]:
+    """``TMP/m.safetensors``, the run's export, with ``edit`` applied to its decoded metadata."""
+
+    def setup(paths: dict[str, Path]) -> None:
+        from safetensors import safe_open
+        from safetensors.torch import save_file
+
+        out = paths["TMP"] / "m.safetensors"
+        assert main(["export", "--checkpoint", str(paths["RUN"]), "--out", str(out)]) == 0
+        if edit is None:
+            return
+        with safe_open(str(out), framework="pt") as f:
+            meta = dict(f.metadata())
+            weights = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+        decoded = {k: json.loads(v) for k, v in meta.items() if k != "format"}
+        edit(decoded)
+        metadata = {**{k: json.dumps(v) for k, v in decoded.items()}, "format": meta["format"]}
+        save_file(weights, str(out), metadata=metadata)
+
+    return setup
+
+
+def _export_as_last(paths: dict[str, Path]) -> None:
+    _export()(paths)
+    (paths["TMP"] / "m.safetensors").replace(paths["RUN"] / "checkpoints" / "last.pt")
+
+
+def _timm_file_in_config(state: dict) -> None:
+    state["config"]["arch"] = "hps"
+    state["config"]["arch_args"] = {"backbone": "timm:resnet10t", "backbone_args": {"checkpoint_path": "/etc/passwd"}}
+
 
 SETUP: dict[str, Callable[[dict[str, Path]], None]] = {
     "import-run-config": _run_imports,
@@ -268,6 +299,20 @@ SETUP: dict[str, Callable[[dict[str, Path]], None]] = {
     "resume-plots-symlink": _plots_elsewhere,
     "bench-symlink": _link("b/.lock", "notes.txt"),
     "predict-dir-empty": lambda p: (p["TMP"] / "empty").mkdir(),
+
+    "ckpt-size-strings": _checkpoint(_set("size", ["a", "b"])),
+    "ckpt-size-huge": _export(_set("size", [200000, 200000])),
+    "ckpt-size-negative": _checkpoint(_set("size", [-64, 5])),
+    "ckpt-num-classes-huge": _checkpoint(_set("num_classes", 2**31)),
+    "ckpt-width-huge": _checkpoint(lambda s: s["config"]["arch_args"].__setitem__("width", 4096)),
+    "ckpt-epoch": _checkpoint(_set("epoch", "abc")),
+    "ckpt-epoch-fraction": _export(_set("epoch", 1.5)),
+    "resume-safetensors": _export_as_last,
+    "resume-no-optimizer": _checkpoint(lambda s: s.pop("optimizer")),
+    "yaml-deep": _write("c.yaml", "arch_args: {x: " + "[" * 5000 + "]" * 5000 + "}\n"),
+    "yaml-duplicate": _write("c.yaml", "epochs: 1\nlr: 0.1\nepochs: 3\n"),
+    "yaml-size-float": _write("c.yaml", "size: [32.7, 40.9]\n"),
+    "timm-ckpt-checkpoint-path": _checkpoint(_timm_file_in_config),
 }
 #: Rows that only mean something on a machine without a CUDA device.
 NEEDS_NO_GPU = {"device-cuda", "eval-device-cuda"}

@@ -36,6 +36,11 @@ def _number(value: Any) -> bool:
     return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
 
 
+def _count(value: Any) -> bool:
+    """An integer >= 0 (not a boolean)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _metrics(value: Any, tasks: list[str]) -> bool:
     """``{task: {name: number or null}}`` for every task of the run."""
     return (
@@ -69,7 +74,8 @@ def read_history(path: Path) -> tuple[list[Record], bool] | None:
                 torn = True
                 break
             return None
-        if not isinstance(rec, dict) or not isinstance(rec.get("epoch"), int) or not isinstance(rec.get("val"), dict):
+        epoch = rec.get("epoch") if isinstance(rec, dict) else None
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0 or not isinstance(rec.get("val"), dict):
             return None
         records.append(rec)
     return records, torn
@@ -106,10 +112,10 @@ def finished(out: Path) -> dict[str, Any] | None:
     tasks, epochs, bench = summary.get("tasks"), summary.get("epochs"), summary.get("bench")
     if not (isinstance(tasks, list) and tasks and all(isinstance(t, str) for t in tasks)):
         return None
-    if not (isinstance(epochs, int) and epochs >= 0 and isinstance(bench, dict)):
+    if not (_count(epochs) and isinstance(bench, dict)):
         return None
     selected = bench.get("selected_epoch")
-    if not (isinstance(selected, int) and 0 <= selected <= epochs and _number(bench.get("selection_score"))):
+    if not (_count(selected) and selected <= epochs and _number(bench.get("selection_score"))):
         return None
     if not (_metrics(bench.get("test_metrics"), tasks) and _metrics(bench.get("val_metrics"), tasks)):
         return None
@@ -138,7 +144,7 @@ def resumable(out: Path) -> tuple[bool, str | None]:
         epoch = load_checkpoint(ckpt).get("epoch")
     except Exception as e:  # noqa: BLE001 - whatever the reason, this checkpoint cannot be continued
         return False, f"{ckpt.name} cannot be loaded ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
-    if not isinstance(epoch, int) or epoch < 0:
+    if not _count(epoch):
         return False, f"{ckpt.name} holds no epoch"
     if epoch >= 1 and not _whole(out / "checkpoints" / "best.pt"):  # the selected epoch's model is lost
         return False, "best.pt is missing or truncated"

@@ -231,9 +231,8 @@ def run_jobs(
 
 def check_out(out: Path, grid_dict: dict[str, Any]) -> None:
     """``out`` must be new, empty, or a bench of the same data and settings (its ``bench.yaml``)."""
-    import yaml
-
     from densemtl.errors import ConfigError
+    from densemtl.training.config import load_yaml
 
     marker = out / "bench.yaml"
     if out.exists() and not out.is_dir():
@@ -243,7 +242,7 @@ def check_out(out: Path, grid_dict: dict[str, Any]) -> None:
     if out.is_dir() and any(p.name != BENCH_LOCK for p in out.iterdir()) and not marker.is_file():
         raise ConfigError(f"--out {out} holds other files and no bench (no bench.yaml); choose another directory")
     if marker.is_file():
-        old = yaml.safe_load(marker.read_text()) or {}
+        old = load_yaml(marker)
         free = ("device", "workers", "checkpoint_every")  # may change between sessions of one bench
         for key in ("base", "val_fraction", "method_args", "arch_args"):
             a, b = old.get(key), grid_dict.get(key)

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from densemtl.errors import ConfigError
 from densemtl.models.layers import conv_bn_relu, upsample
-from densemtl.models.timm_backbone import TIMM_PREFIX, TimmFeatures, import_timm, timm_model_name
+from densemtl.models.timm_backbone import TIMM_PREFIX, TimmFeatures, check_file_free, import_timm, timm_model_name
 
 ARCH = "invpt"
 LEVELS = 4
@@ -46,6 +46,8 @@ def feature_indices(name: str, extra: dict[str, Any]) -> int | tuple[int, ...]:
     """timm ``out_indices`` for ``name``: 4 evenly spaced blocks of a single-stride model (a plain
     ViT: its ``feature_info`` has one entry per block), else the 4 deepest levels. The model is
     built on the meta device to find out (no memory, no initialisation, no weights)."""
+    for key, value in extra.items():
+        check_file_free(ARCH, key, value)
     timm = import_timm(ARCH)
     probe_args = {k: v for k, v in extra.items() if k not in ("pretrained", "features_only", "out_indices")}
     try:
@@ -75,6 +77,19 @@ class PaddedTimmFeatures(TimmFeatures):
 
     def check_name(self, arch: str, backbone: str) -> str:
         return check_backbone_name(backbone)
+
+    def window(self) -> int:
+        """The largest attention window (in tokens) of a window-attention backbone (Swin: 7 or
+        8), 1 for one that attends globally (ViT) or convolves."""
+        sizes = [getattr(m, "window_size", None) for m in self.net.modules() if type(m).__name__.endswith("Block")]
+        sides = [w if isinstance(w, int) else max(w) for w in sizes if isinstance(w, int | tuple | list) and w]
+        return max(sides, default=1)
+
+    def min_input_side(self) -> int:
+        """The smallest input side: the deepest stride, times the attention window of a Swin (its
+        last stage must hold one whole window: below that timm cuts the windows to the map and the
+        model is not the one its weights were trained as)."""
+        return max(self.reductions) * self.window()
 
     def padded_size(self, h: int, w: int) -> tuple[int, int]:
         """The size an (h, w) image is padded to (its own when both sides are multiples)."""

@@ -114,6 +114,19 @@ class InvPT(DeepSupervision, MultiTaskModel):
         )
         self.heads = nn.ModuleDict({t: InvPTHead(embed_dim, widths[-1], c) for t, c in self.task_channels.items()})
 
+    def min_input_side(self) -> int:
+        """The backbone's deepest stride, times its attention window for a Swin (7 x 32 = 224)."""
+        return self.backbone.min_input_side()
+
+    @property
+    def min_input_hint(self) -> str:
+        """Why :meth:`min_input_side` is what it is (for the one-line refusal of a smaller ``--size``)."""
+        window = self.backbone.window()
+        deepest = max(self.backbone.reductions)
+        if window > 1:
+            return f"timm:{self.backbone.name} attends in {window}x{window} windows at stride {deepest}"
+        return f"timm:{self.backbone.name} has stride {deepest}"
+
     def forward(self, x: Tensor) -> Predictions:
         """Final predictions at the input size; ``.aux`` holds each task's preliminary one."""
         h, w = x.shape[-2:]

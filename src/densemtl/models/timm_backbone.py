@@ -51,6 +51,23 @@ FAMILIES: tuple[tuple[str, str, str, str], ...] = (
     ("swin", "swin_tiny_patch4_window7_224", "swin_small_..., swin_base_...", "32 (native; 4-32 for mtinet)"),
     ("vit / deit", "vit_small_patch16_224", "vit_tiny_patch16_224, deit_small_patch16_224, ...", "16 at every level"),
 )
+#: timm keywords that open, load or write files (``timm.create_model``'s own and the pretrained
+#: loader's): refused in ``backbone_args``, from flags and from stored metadata alike. A deny-list
+#: (with :data:`FILE_KEY_ENDS`, :data:`FILE_KEY_PARTS` and path-like values) rather than an allow-list: each timm model
+#: takes keywords of its own (``embed_dim``, ``depths``, ``drop_path_rate``, ...).
+FILE_KWARGS = ("checkpoint_path", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "file", "url")
+#: Endings and parts of a keyword's name that mark it as naming a file, a folder or a download
+#: (``drop_path_rate`` is not one).
+FILE_KEY_ENDS = ("_path", "_file", "_dir", "_url")
+FILE_KEY_PARTS = ("checkpoint", "hf_hub", "cache")
+#: Keywords densemtl sets itself (refused in ``backbone_args``), with why.
+OWNED_KWARGS = {
+    "features_only": "densemtl always builds timm's feature-map model",
+    "out_indices": "densemtl chooses the feature levels its architecture needs",
+    "num_classes": "timm's classifier is not used; densemtl builds a head per task",
+    "global_pool": "timm's classifier is not used; densemtl builds a head per task",
+    "pretrained": "use the architecture's own knob (--arch-arg pretrained=true)",
+}
 #: Keyword arguments asked of every model and dropped for those that do not take them.
 OPTIONAL_KWARGS = ("output_stride", "dynamic_img_size")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -110,7 +127,44 @@ def check_backbone_args(arch: str, backbone: object, backbone_args: object) -> d
         )
     if backbone_args and not is_timm_backbone(backbone):
         raise ConfigError(f"{arch} knob 'backbone_args' applies to timm backbones (timm:<name>), not {backbone!r}")
+    for key, value in backbone_args.items():
+        check_file_free(arch, key, value)
+        if key in OWNED_KWARGS:
+            raise ConfigError(f"{arch} knob 'backbone_args': {key}={value!r} is refused; {OWNED_KWARGS[key]}")
+        if key == "in_chans" and value != 3:
+            raise ConfigError(
+                f"{arch} knob 'backbone_args': in_chans={value!r} is refused; densemtl's images have 3 channels "
+                "(RGB): leave in_chans out"
+            )
     return dict(backbone_args)
+
+
+def _names_a_file(key: str) -> bool:
+    k = key.lower()
+    return k in FILE_KWARGS or k.endswith(FILE_KEY_ENDS) or any(part in k for part in FILE_KEY_PARTS)
+
+
+def _path_like(value: object) -> bool:
+    """A string that reads as a path or a URL, anywhere inside ``value`` (lists, mappings)."""
+    if isinstance(value, str):
+        return any(c in value for c in ("/", "\\")) or value.startswith(("~", ".")) or "://" in value
+    if isinstance(value, dict):
+        return any(_path_like(k) or _path_like(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_path_like(v) for v in value)
+    return False
+
+
+def check_file_free(arch: str, key: str, value: object) -> None:
+    """A one-line ``ConfigError`` when timm keyword ``key=value`` would make timm open, load or
+    write a file (see :data:`FILE_KWARGS`): a checkpoint that names such a keyword must not make
+    timm ``torch.load`` a file on the reader's machine."""
+    if _names_a_file(key) or _path_like(value):
+        raise ConfigError(
+            f"{arch} knob 'backbone_args': {key}={value!r} is refused: it would make timm read a file or "
+            "a URL (keywords naming files, weights or configs, and values that are paths, are never passed "
+            "to timm); pretrained weights come from the 'pretrained' knob"
+        )
 
 
 def weights_location(timm: ModuleType, name: str) -> tuple[str | None, str, str, str]:
@@ -163,14 +217,29 @@ def _create(timm: ModuleType, arch: str, name: str, kwargs: dict[str, Any], opti
             kwargs.pop(refused)
         except AssertionError as exc:  # timm asserts on output strides a model cannot give
             if "output_stride" not in kwargs or "output_stride" not in optional:
-                raise ConfigError(f"{arch} knob 'backbone': timm cannot build {name}: {_first_line(exc)}") from None
+                raise no_features(arch, name, exc) from None
             kwargs.pop("output_stride")
+        except (IndexError, KeyError, ValueError, RuntimeError, NotImplementedError, AttributeError) as exc:
+            if kwargs.get("pretrained"):
+                raise  # a download or a weights file: create_features says which
+            raise no_features(arch, name, exc) from None
+
+
+def no_features(arch: str, name: str, exc: BaseException) -> ConfigError:
+    """The one line for a timm model that cannot give the feature maps ``arch`` needs."""
+    families = ", ".join(f[0] for f in FAMILIES)
+    return ConfigError(
+        f"{arch} knob 'backbone': timm cannot build {name} as a feature extractor ({_first_line(exc)}); "
+        f"models that give feature maps include {families}"
+    )
 
 
 def create_features(
     arch: str, name: str, levels: int, output_stride: int | None, pretrained: bool, extra: dict[str, Any]
 ) -> nn.Module:
     """timm's ``features_only`` net for ``name`` with its ``levels`` deepest feature maps."""
+    for key, value in extra.items():  # whoever built ``extra``: no file reaches timm through it
+        check_file_free(arch, key, value)
     timm = import_timm(arch)
     kwargs: dict[str, Any] = {"features_only": True, "out_indices": levels, "dynamic_img_size": True}
     if output_stride is not None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from densemtl import data as data_registry
 from densemtl import methods as method_registry
@@ -19,7 +20,9 @@ from densemtl.errors import ConfigError
 from densemtl.models.base import MultiTaskModel
 from densemtl.registry import did_you_mean
 from densemtl.tasks import task_channels
+from densemtl.training.checkpoint_meta import check_state_fields
 from densemtl.training.config import TrainConfig, build_config
+from densemtl.training.model_check import meta_model
 from densemtl.training.schedule import NO_DECAY, make_optimizer, make_scheduler
 
 
@@ -99,15 +102,30 @@ def check_fits_model(model: MultiTaskModel, arch: str, size: tuple[int, int] | N
         return
     need = model.min_input_side()
     if min(size) < need:
+        hint = getattr(model, "min_input_hint", None)
+        why = (
+            f"({hint}); use a larger {flag}"
+            if isinstance(hint, str)
+            else (f"(one 2x2 pooling per stage); use a larger {flag} or fewer stages (--arch-arg depth_stages=N)")
+        )
         raise ConfigError(
             f"{flag} {size[0]}x{size[1]} does not fit architecture {arch!r}: both sides must be at least "
-            f"{need} pixels (one 2x2 pooling per stage); use a larger {flag} or fewer stages "
-            "(--arch-arg depth_stages=N)"
+            f"{need} pixels {why}"
         )
 
 
+def probe_model(arch: str, arch_args: dict[str, Any], tasks: tuple[str, ...], num_classes: int) -> nn.Module | None:
+    """``arch`` built on the meta device (shapes only); knobs whose model would not fit in memory
+    are refused in one line (:mod:`~densemtl.training.model_check`)."""
+    return meta_model(lambda knobs: create_model(arch, knobs, tasks, num_classes), arch, arch_args)
+
+
 def build_model(cfg: TrainConfig, tasks: tuple[str, ...], num_classes: int) -> MultiTaskModel:
-    """The config's model, initialised from its seed; a ``cfg.size`` it cannot take is refused."""
+    """The config's model, initialised from its seed; a ``cfg.size`` it cannot take, or knobs
+    whose model would not fit in memory, are refused."""
+    probe = probe_model(cfg.arch, cfg.arch_args, tasks, num_classes)
+    if isinstance(probe, MultiTaskModel):
+        check_fits_model(probe, cfg.arch, cfg.size)  # before a parameter is allocated
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.arch, cfg.arch_args, tasks, num_classes)
     check_fits_model(model, cfg.arch, cfg.size)
@@ -128,26 +146,33 @@ def model_from_state(state: Mapping[str, Any], where: str | Path) -> tuple[Multi
             "build that model yourself and load the checkpoint's 'model' weights into it"
         )
     tasks, classes = state["tasks"], state["num_classes"]
-    if not isinstance(tasks, list | tuple) or not tasks or not all(isinstance(t, str) for t in tasks):
-        raise ConfigError(f"checkpoint {where}: 'tasks' must be a list of task names, got {tasks!r}")
-    if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
-        raise ConfigError(f"checkpoint {where}: 'num_classes' must be an integer >= 1, got {classes!r}")
-    if not isinstance(state["config"], Mapping):
-        raise ConfigError(f"checkpoint {where}: 'config' must be a mapping, got {type(state['config']).__name__}")
+    check_state_fields(state, where)
     try:
         cfg = build_config(state["config"])
     except ConfigError as e:
         raise ConfigError(f"checkpoint {where} holds a bad config: {e}") from None
+    # the checkpoint's weights replace any pretrained ones: do not look for those again
+    knobs = {**cfg.arch_args, **({"pretrained": False} if cfg.arch_args.get("pretrained") else {})}
+    weights = state["model"]
     try:
-        # the checkpoint's weights replace any pretrained ones: do not look for those again
-        knobs = {**cfg.arch_args, **({"pretrained": False} if cfg.arch_args.get("pretrained") else {})}
+        probe = probe_model(cfg.arch, knobs, tuple(tasks), classes)
+    except ConfigError as e:
+        raise ConfigError(f"checkpoint {where}: {e}") from None
+    if probe is not None:  # shapes first: knobs the weights do not have are refused unbuilt
+        _check_weights(probe.state_dict(), weights, cfg, tasks, where)
+    try:
         model = create_model(cfg.arch, knobs, tuple(tasks), classes)
     except ConfigError as e:
         raise ConfigError(f"checkpoint {where}: {e}") from None
-    weights = state["model"]
-    if not isinstance(weights, Mapping) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
-        raise ConfigError(f"checkpoint {where}: 'model' must map parameter names to tensors")
-    expected = model.state_dict()
+    _check_weights(model.state_dict(), weights, cfg, tasks, where)
+    model.load_state_dict(weights)
+    return model, cfg
+
+
+def _check_weights(
+    expected: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor], cfg: TrainConfig, tasks: Any, where: Any
+) -> None:
+    """A ConfigError unless ``weights`` has exactly the names and shapes of ``expected``."""
     missing = [k for k in expected if k not in weights]
     unexpected = [k for k in weights if k not in expected]
     mismatched = [k for k in expected if k in weights and weights[k].shape != expected[k].shape]
@@ -158,8 +183,6 @@ def model_from_state(state: Mapping[str, Any], where: str | Path) -> tuple[Multi
             f"{', '.join(tasks)}: {len(missing)} missing, {len(unexpected)} unexpected, {len(mismatched)} "
             f"mismatched keys (first: {first!r})"
         )
-    model.load_state_dict(weights)
-    return model, cfg
 
 
 #: A method's random generator is seeded with the run's seed plus this prime, so that its draws

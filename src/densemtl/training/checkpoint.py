@@ -25,6 +25,7 @@ import torch
 from densemtl.errors import ConfigError, RuntimeFault
 from densemtl.models import MultiTaskModel
 from densemtl.training.builders import model_from_state, resolve_device
+from densemtl.training.checkpoint_meta import check_state_fields
 from densemtl.training.config import TrainConfig
 
 TMP_SUFFIX = ".tmp"
@@ -176,7 +177,7 @@ def _alive(pid: int) -> bool:
 
 
 # -- loading ------------------------------------------------------------------------------------
-def _is_safetensors(p: Path) -> bool:
+def is_safetensors(p: Path) -> bool:
     """A safetensors file: ``.safetensors`` suffix, or an 8-byte header length then ``{``."""
     if p.suffix == ".safetensors":
         return True
@@ -209,6 +210,7 @@ def _load_safetensors(p: Path) -> dict[str, Any]:
     except ValueError:
         raise ConfigError(f"checkpoint {p} has unreadable densemtl metadata") from None
     state["model"] = weights
+    check_state_fields(state, p)
     return state
 
 
@@ -230,7 +232,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     CPU without running any code it may carry; a missing, truncated, foreign or unsafe file is a
     one-line :class:`ConfigError`. A stale temp file of an interrupted save is removed."""
     p = resolve_checkpoint(path)
-    if _is_safetensors(p):
+    if is_safetensors(p):
         return _load_safetensors(p)
     remove_stale_temps(p.parent)
     try:
@@ -249,6 +251,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"checkpoint {p} is truncated or not a checkpoint ({type(e).__name__})") from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise ConfigError(f"checkpoint {p} is not a densemtl checkpoint")
+    check_state_fields(state, p)
     return state
 
 

@@ -36,6 +36,7 @@ from densemtl.training.config_parse import parse_size as parse_size  # re-export
 from densemtl.training.config_parse import parse_tasks as parse_tasks  # re-exported
 from densemtl.training.config_parse import parse_value as parse_value  # re-exported
 from densemtl.training.schedule import default_lr_step
+from densemtl.training.yaml_io import parse_yaml
 
 
 class _Unset:
@@ -321,17 +322,19 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {p} is not a text file (not UTF-8); pass a YAML file") from None
     except OSError as e:
         raise ConfigError(f"config file {p} cannot be read ({e.strerror or e})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ConfigError(f"config file {p} is not valid YAML{where}") from None
+    data = parse_yaml(text, f"config file {p}", text_keys())
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {p} must hold a mapping of keys to values")
     return data
+
+
+@functools.cache
+def text_keys() -> frozenset[str]:
+    """The string-typed config keys (``amp``, ``arch``, ``method``, ...): in YAML their values keep
+    their own spelling where YAML 1.1 would read a boolean (``amp: off``)."""
+    return frozenset(k for k, hint in _hints().items() if hint in (str, str | None))
 
 
 def save_yaml(cfg: TrainConfig, path: str | Path) -> None:

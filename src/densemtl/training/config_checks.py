@@ -16,6 +16,10 @@ if TYPE_CHECKING:
 MAX_SEED = 2**32 - 1
 
 
+#: The most classes a run may have: per-pixel logits of more would outgrow any memory (LVIS has 1203).
+MAX_CLASSES = 65536
+
+
 #: The values of ``--amp``.
 AMP_MODES = ("off", "bf16", "fp16")
 
@@ -43,6 +47,8 @@ def check_ranges(cfg: TrainConfig) -> None:
         raise ConfigError(f"lr_gamma must be a finite number > 0 (the factor on the learning rate), got {cfg.lr_gamma}")
     if not 0 <= cfg.seed <= MAX_SEED:
         raise ConfigError(f"seed must be in 0..{MAX_SEED} (2**32 - 1), got {cfg.seed}")
+    if cfg.num_classes is not None and cfg.num_classes > MAX_CLASSES:  # below 1: the dataset says what it has
+        raise ConfigError(f"num_classes must be at most {MAX_CLASSES}, got {cfg.num_classes}")
     for name in ("n_train", "n_val"):
         v = getattr(cfg, name)
         if v is not None and v < 1:

@@ -3,11 +3,11 @@ knobs. Each bad value is a one-line :class:`~densemtl.errors.ConfigError` naming
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-import yaml
-
 from densemtl.errors import ConfigError
+from densemtl.training.yaml_io import parse_yaml
 
 #: The largest side ``--size`` takes: beyond it one batch of images alone outgrows any GPU.
 MAX_SIDE = 8192
@@ -19,17 +19,33 @@ def parse_size(value: Any, name: str = "--size") -> tuple[int, int]:
         if isinstance(value, str):
             parts = value.lower().replace(",", "x").split("x")
             h, w = (int(p) for p in parts)
-        elif isinstance(value, int):
-            h = w = value
+        elif isinstance(value, int | float):
+            h = w = _side(value)
         else:
-            h, w = (int(v) for v in value)
-    except (ValueError, TypeError):
+            h, w = (_side(v) for v in value)
+    except _Fraction:
+        raise ConfigError(f"{name} {value!r}: sides must be whole numbers of pixels (not truncated)") from None
+    except (ValueError, TypeError, OverflowError):
         raise ConfigError(f"{name} {value!r} is not a size; write it as HxW, e.g. 96x128") from None
     if h < 16 or w < 16:
         raise ConfigError(f"{name} {value!r} is too small; both sides must be at least 16 pixels")
     if h > MAX_SIDE or w > MAX_SIDE:
         raise ConfigError(f"{name} {value!r} is too large; both sides must be at most {MAX_SIDE} pixels")
     return h, w
+
+
+class _Fraction(ValueError):
+    """A side with a fractional part."""
+
+
+def _side(value: Any) -> int:
+    """One side of a size: an int, or a float with no fraction (32.0); else ValueError (32.7
+    is not truncated, True is not 1)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(value)
+    if isinstance(value, float) and math.isfinite(value) and not value.is_integer():
+        raise _Fraction(value)
+    return int(value)
 
 
 def parse_tasks(value: Any, name: str = "tasks") -> list[str]:
@@ -59,11 +75,15 @@ def parse_imports(value: Any, name: str = "imports") -> list[str]:
     return out
 
 
-def parse_value(text: str) -> Any:
-    """A knob value from the command line: YAML scalar semantics ('3' -> 3, 'true' -> True)."""
+def parse_value(text: str, flag: str = "--arch-arg") -> Any:
+    """A knob value from the command line: YAML scalar semantics ('3' -> 3, 'true' -> True); text
+    that is not YAML stays text; a list nested too deeply or a key given twice is a one-line error
+    naming ``flag``."""
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
+        return parse_yaml(text, flag)
+    except ConfigError as e:
+        if "is not valid YAML" not in str(e):
+            raise  # nested too deeply, a key given twice
         return text
 
 
@@ -74,5 +94,5 @@ def parse_kv(items: list[str] | None, flag: str) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"{flag} {item!r} must be key=value")
-        out[key.strip().replace("-", "_")] = parse_value(value)
+        out[key.strip().replace("-", "_")] = parse_value(value, f"{flag} {key.strip()}")
     return out

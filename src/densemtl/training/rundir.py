@@ -71,7 +71,8 @@ def killed_at_birth(out: Path) -> bool:
 
 
 def read_history(path: Path) -> list[dict[str, Any]]:
-    """The records of a metrics.jsonl that are whole lines of JSON (a torn line is left out)."""
+    """The records of a metrics.jsonl that are whole lines of JSON with an ``epoch`` >= 0 and a
+    ``val`` mapping (a torn or foreign line is left out)."""
     out: list[dict[str, Any]] = []
     if path.is_file():
         for line in path.read_text(errors="replace").splitlines():
@@ -79,8 +80,10 @@ def read_history(path: Path) -> list[dict[str, Any]]:
                 rec = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(rec, dict) and isinstance(rec.get("epoch"), int):
-                out.append(rec)
+            epoch = rec.get("epoch") if isinstance(rec, dict) else None
+            whole = isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0
+            if whole and isinstance(rec.get("val"), dict):
+                out.append(rec)  # an epoch record; anything else (a hand-edited line) is left out
     return out
 
 
