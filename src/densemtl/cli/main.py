@@ -22,7 +22,10 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        sys.stderr.write(f"densemtl: error: {message} (see '{self.prog} --help')\n")
+        from densemtl.launch import speaks
+
+        if speaks():  # under torchrun, rank 0 alone: every rank parses the same flags
+            sys.stderr.write(f"densemtl: error: {message} (see '{self.prog} --help')\n")
         raise SystemExit(2)
 
 
@@ -71,7 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress_every()  # a bad $DENSEMTL_PROGRESS_EVERY is refused before any work
         return int(args.func(args) or 0)
     except DenseMTLError as e:
-        if not getattr(e, "quiet", False):  # quiet: a copy, on another rank, of rank 0's error
+        from densemtl.launch import speaks
+
+        # quiet: a copy, on another rank, of rank 0's error; before the ranks join, rank 0 speaks for all
+        if not getattr(e, "quiet", False) and speaks():
             sys.stderr.write(f"densemtl: error: {e}\n")
         return e.exit_code
     except OSError as e:  # a write or read the commands did not anticipate: still one line, exit 1

@@ -143,9 +143,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--replan-schedule",
         action="store_true",
-        help="with --resume: plan the learning-rate schedule for the new --epochs (lr_step 2/3 of them unless "
-        "--lr-step is given; cosine and poly end at the new last epoch); by default the schedule is kept as "
-        "the run planned it",
+        help="with --resume: plan the learning-rate schedule for the new --epochs as a fresh run of them would "
+        "(lr_step 2/3 of them unless --lr-step is given, the synthetic demo preset's 10; cosine and poly end at "
+        "the new last epoch; one line prints the plan); by default the schedule is kept as the run planned it",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--tensorboard", action="store_true", help="also write RUN/tensorboard/ event files")

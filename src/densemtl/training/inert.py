@@ -86,7 +86,7 @@ def _schedule(cfg: TrainConfig) -> list[Inert]:
 
 
 def _processes(cfg: TrainConfig) -> list[Inert]:
-    from densemtl.distributed import launched
+    from densemtl.launch import launched
 
     if cfg.sync_bn is not None and not launched():
         return [Inert("sync_bn", "does nothing in one process: it is for a run under torchrun", refuse=False)]
