@@ -161,8 +161,11 @@ def test_before_the_ranks_join_rank_0_alone_prints(
 ) -> None:
     """Every rank finds the same mistake in the same flags: rank 0 prints it, the others exit with
     the same status quietly (argparse's errors, refused flags, the environment)."""
+    from densemtl import launch
+
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", rank)
+    monkeypatch.setattr(launch, "QUIET_WAIT_S", 0.0)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as stop:
         main(["train", "--epoch", "3"])

@@ -5,6 +5,7 @@ the collectives' timeout and its GPU."""
 from __future__ import annotations
 
 import os
+import time
 
 from densemtl.errors import ConfigError
 
@@ -33,6 +34,17 @@ def speaks() -> bool:
     alone before the group is joined (every rank finds the same mistake in the same flags and files,
     and docs/cluster.md promises one line), and after it each rank as the error says (``quiet``)."""
     return _joined or not launched() or os.environ.get("RANK", "0") == "0"
+
+
+#: Seconds a rank that leaves a mistake to rank 0 waits before it exits: torchrun stops every rank
+#: when the first one exits, and rank 0 must have printed the line by then.
+QUIET_WAIT_S = 10.0
+
+
+def leave_it_to_rank_0() -> None:
+    """Wait (at most :data:`QUIET_WAIT_S`) for rank 0 to print the mistake every rank found and
+    exit, so that torchrun, which stops the other ranks when one exits, does not stop rank 0 first."""
+    time.sleep(QUIET_WAIT_S)
 
 
 def timeout_minutes() -> float:
