@@ -103,10 +103,10 @@ def test_sharded_batches_are_the_global_batches_split() -> None:
     assert len(ShardedBatches(order, 4, 0, 3)) == 2
 
 
-def _torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+def _torchrun(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     cmd += ["-m", "densemtl", "train", *args]
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=240)
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=240, env=env)
 
 
 @pytest.mark.slow

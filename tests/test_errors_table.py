@@ -315,7 +315,14 @@ SETUP: dict[str, Callable[[dict[str, Path]], None]] = {
     "timm-ckpt-checkpoint-path": _checkpoint(_timm_file_in_config),
 }
 #: Rows that only mean something on a machine without a CUDA device.
-NEEDS_NO_GPU = {"device-cuda", "eval-device-cuda"}
+NEEDS_NO_GPU = {"device-cuda", "eval-device-cuda", "torchrun-device-cuda"}
+#: What torchrun sets in the environment of rank 0 of 2 processes (the rows marked torchrun).
+TORCHRUN_RANK0 = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}
+#: The environment of a row, set for its command only.
+ENV: dict[str, dict[str, str]] = {
+    "torchrun-timeout-env": {**TORCHRUN_RANK0, "DENSEMTL_DIST_TIMEOUT_MIN": "abc"},
+    "torchrun-device-cuda": TORCHRUN_RANK0,
+}
 
 
 # -- fixtures --------------------------------------------------------------------------------------
@@ -353,6 +360,7 @@ def test_the_table_is_big_and_consistent() -> None:
     ids = [r[0] for r in ROWS]
     assert len(ids) >= 40 and len(set(ids)) == len(ids)
     assert set(SETUP) <= set(ids), sorted(set(SETUP) - set(ids))
+    assert set(ENV) <= set(ids), sorted(set(ENV) - set(ids))
     assert {status for *_, status in ROWS} <= {1, 2}
 
 
@@ -376,6 +384,8 @@ def test_row(
     if row in SETUP:
         SETUP[row](paths)
     monkeypatch.chdir(tmp_path)
+    for key, value in ENV.get(row, {}).items():
+        monkeypatch.setenv(key, value)
     before = _snapshot(tmp_path)
     argv = [PLACEHOLDER.sub(lambda m: str(paths[m.group(1)]), arg) for arg in shlex.split(command)]
     capsys.readouterr()

@@ -41,6 +41,9 @@ from torch import Tensor, nn
 from torch.utils.data import Sampler
 
 from densemtl.errors import ConfigError, RuntimeFault
+from densemtl.launch import launched as launched  # re-exported
+from densemtl.launch import local_rank as local_rank  # re-exported
+from densemtl.launch import mark_joined, rank_gpu, timeout_minutes
 
 #: The largest gradient bucket one all-reduce carries (DDP's default ``bucket_cap_mb``).
 BUCKET_BYTES = 25 * 2**20
@@ -254,11 +257,6 @@ def state_tensors(obj: object) -> Iterator[Tensor]:
 
 
 # -- launching ------------------------------------------------------------------------------------
-def launched() -> bool:
-    """Whether this process was started by ``torchrun`` (or another launcher setting WORLD_SIZE > 1)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
 def init_from_env(device: str) -> Comm:
     """Join the process group torchrun describes in the environment (nccl for CUDA devices, gloo
     otherwise) and return this rank's :class:`Comm`; one process when not launched."""
@@ -268,13 +266,14 @@ def init_from_env(device: str) -> Comm:
         raise ConfigError("this torch has no torch.distributed: run without torchrun")
     if not dist.is_initialized():
         cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+        minutes = timeout_minutes()
         if cuda:
-            torch.cuda.set_device(local_rank())
-        minutes = float(os.environ.get("DENSEMTL_DIST_TIMEOUT_MIN", "120"))
+            rank_gpu(device)
         try:
             dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=minutes))
         except (RuntimeError, ValueError) as e:
             raise RuntimeFault(f"cannot join the torchrun process group: {str(e).splitlines()[0]}") from None
+    mark_joined()
     return Comm.current()
 
 
@@ -291,10 +290,6 @@ def peer_lost(error: RuntimeError, comm: Comm) -> BaseException:
         f"rank {comm.rank}: another process of the run stopped, so this one cannot go on ({first[:200]}); "
         "the last checkpoint in --out is kept: continue with --resume"
     )
-
-
-def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def shutdown() -> None:

@@ -139,11 +139,26 @@ def gather(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
+def check_bench_settings(grid: BenchGrid, values: dict[str, Any], grid_file: str | None) -> None:
+    """The shared settings checked as ``train`` checks its own: a flag that does nothing in the
+    combination given is refused, a grid file's key warned of (:mod:`densemtl.training.inert`)."""
+    import sys
+
+    from densemtl.training.config import build_config, load_yaml
+    from densemtl.training.inert import check_settings
+
+    layer = load_yaml(grid_file) if grid_file is not None else None
+    warn = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    check_settings(build_config(grid.base), values, layer, str(grid_file), warn=warn)
+
+
 def run(args: argparse.Namespace) -> int:
     from densemtl.bench.grid import resolve_grid
     from densemtl.bench.runner import run_bench
 
-    grid = resolve_grid(gather(args), yaml=getattr(args, "grid", None))
+    values = gather(args)
+    grid = resolve_grid(values, yaml=getattr(args, "grid", None))
+    check_bench_settings(grid, values, getattr(args, "grid", None))
     if grid.out:
         out = Path(grid.out)
     else:

@@ -22,6 +22,11 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        from densemtl.launch import leave_it_to_rank_0, speaks
+
+        if not speaks():  # under torchrun, rank 0 alone: every rank parses the same flags
+            leave_it_to_rank_0()
+            raise SystemExit(2)
         sys.stderr.write(f"densemtl: error: {message} (see '{self.prog} --help')\n")
         raise SystemExit(2)
 
@@ -80,7 +85,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress_every()  # a bad $DENSEMTL_PROGRESS_EVERY is refused before any work
         return int(args.func(args) or 0)
     except DenseMTLError as e:
-        if not getattr(e, "quiet", False):  # quiet: a copy, on another rank, of rank 0's error
+        from densemtl.launch import leave_it_to_rank_0, speaks
+
+        if not speaks():  # before the ranks join, rank 0 speaks for all: they found the same mistake
+            leave_it_to_rank_0()
+        elif not getattr(e, "quiet", False):  # quiet: a copy, on another rank, of rank 0's error
             show_cause(e)
             sys.stderr.write(f"densemtl: error: {e}\n")
         return e.exit_code

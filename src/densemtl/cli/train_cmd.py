@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -142,9 +143,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--replan-schedule",
         action="store_true",
-        help="with --resume: plan the learning-rate schedule for the new --epochs (lr_step 2/3 of them unless "
-        "--lr-step is given; cosine and poly end at the new last epoch); by default the schedule is kept as "
-        "the run planned it",
+        help="with --resume: plan the learning-rate schedule for the new --epochs as a fresh run of them would "
+        "(lr_step 2/3 of them unless --lr-step is given, the synthetic demo preset's 10; cosine and poly end at "
+        "the new last epoch; one line prints the plan); by default the schedule is kept as the run planned it",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--tensorboard", action="store_true", help="also write RUN/tensorboard/ event files")
@@ -179,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
     from densemtl.models import count_parameters
     from densemtl.paths import fresh_run_dir
     from densemtl.training.config import build_config, load_yaml, resolve_config, resume_config
+    from densemtl.training.inert import check_settings
     from densemtl.training.schedule import resume_note
     from densemtl.training.trainer import Trainer
 
@@ -189,21 +191,25 @@ def run(args: argparse.Namespace) -> int:
 
         values["imports"] = command_imports(args)
     yaml_path = getattr(args, "config", None)
+    first = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks for the run
     resume = getattr(args, "resume", False)
     if resume:
         if not hasattr(args, "out"):
             raise ConfigError("--resume needs --out RUN, the run to continue")
         replan = getattr(args, "replan_schedule", False)
-        cfg = resume_config(Path(args.out), values, yaml=yaml_path, replan=replan)
+        cfg = check_settings(
+            resume_config(Path(args.out), values, yaml=yaml_path, replan=replan), values, warn=_warn if first else None
+        )
         out = Path(args.out)
-        if os.environ.get("RANK", "0") == "0":
+        if first:
             print(resume_note(build_config(load_yaml(out / "config.yaml")), cfg, replan))
     elif getattr(args, "replan_schedule", False):
         raise ConfigError("--replan-schedule applies to --resume only; a fresh run plans its schedule for its --epochs")
     else:
         cfg = resolve_config(values, yaml=yaml_path)
+        layer = load_yaml(yaml_path) if yaml_path is not None else None
+        cfg = check_settings(cfg, values, layer, str(yaml_path), warn=_warn if first else None)
         out = Path(args.out) if hasattr(args, "out") else fresh_run_dir(cfg)
-        first = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks for the run
         if first and cfg.dataset == "synthetic" and any(getattr(cfg, k) == v for k, v in DEMO.items()):
             print(
                 "densemtl: small synthetic settings (size {}x{}, {} train / {} val images); flags override them".format(
@@ -229,6 +235,11 @@ def run(args: argparse.Namespace) -> int:
     say(f"densemtl: done in {summary['time_s']:.0f}s; run directory: {out}")
     say(f"  summary {out / 'summary.json'}, plots {out / 'plots'}, checkpoint {out / 'checkpoints' / 'last.pt'}")
     return 0
+
+
+def _warn(line: str) -> None:
+    """A warning line on stderr."""
+    sys.stderr.write(line + "\n")
 
 
 def _silent(*args: Any, **kwargs: Any) -> None:

@@ -296,9 +296,10 @@ def resume_config(
     base = build_config(load_yaml(path))
     layer = load_yaml(yaml) if yaml is not None else {}
     given = build_config(merge_layers(base.to_dict(), layer, overrides))
-    if replan:
+    if replan:  # lr_step as given, else as a fresh run of the new epochs has it (the demo preset's 10)
         step_given = any("lr_step" in merge_layers(v) for v in (layer, overrides or {}))
-        given = replanned(base, given, step_given)
+        fresh = preset_values({k: v for k, v in given.to_dict().items() if k != "lr_step"}).get("lr_step")
+        given = replanned(base, given, given.lr_step if step_given else fresh)
     may_change = RESUMABLE + (REPLANNED if replan else ())
     for f in dataclasses.fields(TrainConfig):
         if f.name not in may_change and getattr(given, f.name) != getattr(base, f.name):

@@ -13,6 +13,7 @@ from densemtl.data import MultiTaskDataset
 from densemtl.data.base import tasks_without_valid_pixels
 from densemtl.distributed import Comm, ShardedBatches
 from densemtl.training.config import TrainConfig
+from densemtl.training.inert import max_workers
 from densemtl.training.resumable import EpochOrder
 
 
@@ -31,19 +32,20 @@ def epoch_loader(
     seed = cfg.seed * 100_003 + epoch
     dataset.set_epoch(epoch)
     pin = device.type == "cuda"
+    workers = min(cfg.workers, max_workers())  # what the machine can hold (the CLI says so when it caps)
     dropped = dropped_samples(len(dataset), cfg, comm) if shuffle else 0
     if shuffle and comm.active:  # this rank's part of each global batch
         order: Sampler[int] = EpochOrder(len(dataset), seed, start * cfg.batch_size)
         if dropped:
             order = _Leading(order, len(order) - dropped)  # type: ignore[arg-type]
         shards = ShardedBatches(order, cfg.batch_size, comm.rank, comm.world_size)
-        return DataLoader(dataset, batch_sampler=shards, num_workers=cfg.workers, pin_memory=pin)  # type: ignore[arg-type]
+        return DataLoader(dataset, batch_sampler=shards, num_workers=workers, pin_memory=pin)  # type: ignore[arg-type]
     return DataLoader(
         dataset,  # type: ignore[arg-type]
         batch_size=cfg.batch_size,
         sampler=EpochOrder(len(dataset), seed, start * cfg.batch_size) if shuffle else None,  # type: ignore[arg-type]
         generator=torch.Generator().manual_seed(seed) if shuffle else None,
-        num_workers=cfg.workers,
+        num_workers=workers,
         pin_memory=pin,
         drop_last=dropped > 0,
     )

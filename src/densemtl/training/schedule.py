@@ -102,10 +102,11 @@ def describe(cfg: Any) -> str:
     return text
 
 
-def replanned(base: Any, given: Any, lr_step_given: bool) -> Any:
-    """``given`` (a resumed run's config) with its schedule planned for its own ``epochs``:
-    ``schedule_epochs`` = ``epochs`` and ``lr_step`` 2/3 of them unless ``--lr-step`` is given."""
-    lr_step = given.lr_step if lr_step_given else default_lr_step(given.epochs)
+def replanned(base: Any, given: Any, lr_step: int | None) -> Any:
+    """``given`` (a resumed run's config) with its schedule planned for its own ``epochs`` as a
+    fresh run of them plans it: ``schedule_epochs`` = ``epochs``, and ``lr_step`` the one given
+    (``--lr-step``, or a preset's: the synthetic demo's 10), else 2/3 of ``epochs``."""
+    lr_step = lr_step if lr_step is not None else default_lr_step(given.epochs)
     return dataclasses.replace(given, schedule_epochs=given.epochs, lr_step=lr_step)
 
 
