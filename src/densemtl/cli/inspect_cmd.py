@@ -54,6 +54,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     from densemtl import data
+    from densemtl.data._sample_check import check_sample
     from densemtl.report.console import metrics_header, metrics_row
     from densemtl.training.builders import check_fits_model, resolve_device
     from densemtl.training.checkpoint import load_model
@@ -81,6 +82,7 @@ def run_eval(args: argparse.Namespace) -> int:
         num_classes=cfg.num_classes if same else None,
         **(cfg.data_args if same else {}),
     )
+    check_sample(ds, name, args.split)  # a plugin's 2-D image or missing key: one line
     if ds.num_classes != state["num_classes"]:  # type: ignore[attr-defined]
         raise ConfigError(
             f"dataset {name!r} has {ds.num_classes} classes but the checkpoint was "  # type: ignore[attr-defined]
