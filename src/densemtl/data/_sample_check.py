@@ -28,13 +28,16 @@ TARGET_LAYOUT: dict[str, tuple[tuple[int, ...], str]] = {
 
 def _layout(lead: tuple[int, ...], kind: str) -> str:
     dims = "×".join([*(str(d) for d in lead), "H", "W"])
-    return f"a {dims} {'integer' if kind == 'int' else 'float'} tensor"
+    return f"{'an' if dims[0] == 'H' else 'a'} {dims} {'integer' if kind == 'int' else 'float'} tensor"
 
 
 def _shape(value: object) -> str:
+    """``value`` for a message: a tensor's (or array's) shape and dtype, else its type."""
     shape = getattr(value, "shape", None)
-    what = type(value).__name__
-    return f"{what} of shape {tuple(shape)} {getattr(value, 'dtype', '')}".rstrip() if shape is not None else what
+    if shape is None:
+        return f"a {type(value).__name__}"
+    dtype = str(getattr(value, "dtype", "")).removeprefix("torch.")
+    return f"{type(value).__name__} {tuple(shape)} {dtype}"
 
 
 def check_sample(dataset: object, name: str, split: str) -> None:
