@@ -78,7 +78,7 @@ def test_accepted_inputs_are_scaled_to_0_1_and_say_how(name: str, tmp_path: Path
 REFUSED = {  # name: (writer, the message after "image <path> ")
     "npy-1e30": (_npy(np.full((H, W, 3), 1e30, np.float32)), "holds values 1e+30..1e+30; a float image must be"),
     "npy-negative": (_npy(np.full((H, W, 3), -5.0)), "holds values -5..-5; a float image must be in 0..1"),
-    "npy-0-255-float": (_npy(RGB8.astype(np.float32)), "must be in 0..1; a 0..255 image: store it as uint8"),
+    "npy-0-255-float": (_npy(RGB8.astype(np.float32)), "must be in 0..1 (0..255? divide by 255, or store it as uint8)"),
     "npy-complex": (_npy(np.zeros((H, W, 3), np.complex64)), "holds complex values (complex64); expected real numbers"),
     "npy-nan": (_npy(np.full((H, W, 3), np.nan, np.float32)), "has NaN or infinite values"),
     "npy-inf": (_npy(np.full((H, W), np.inf)), "has NaN or infinite values"),

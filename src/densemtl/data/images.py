@@ -78,7 +78,7 @@ def _scaled(arr: np.ndarray, path: Path, notes: list[str]) -> np.ndarray:
         raise DataError(f"image {path} has NaN or infinite values")
     lo, hi = float(arr.min()), float(arr.max())
     if lo < -FLOAT_TOLERANCE or hi > 1 + FLOAT_TOLERANCE:
-        hint = "; a 0..255 image: store it as uint8" if lo >= 0 and 1.5 < hi <= 255 else ""
+        hint = " (0..255? divide by 255, or store it as uint8)" if lo >= 0 and 1.5 < hi <= 255 else ""
         raise DataError(f"image {path} holds values {lo:g}..{hi:g}; a float image must be in 0..1{hint}")
     return np.clip(arr, 0.0, 1.0)
 
