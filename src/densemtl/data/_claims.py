@@ -44,7 +44,7 @@ def require_signal(task: str, files: Sequence[Path], split: str, read: Callable[
             return
     raise DataError(
         f"{files[0].parent}: none of the {len(files)} {task} files of the {split} split holds any {SIGNAL[task][1]}: "
-        f"the {task} task would train on nothing"
+        f"the {task} task would train on nothing (leave it out of --tasks if the data has none)"
     )
 
 

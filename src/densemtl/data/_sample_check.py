@@ -40,6 +40,21 @@ def _shape(value: object) -> str:
     return f"{type(value).__name__} {tuple(shape)} {dtype}"
 
 
+def _first_sample(dataset: object) -> object:
+    """``dataset[0]``, the global random generators left as they were (a run's draws do not depend on it)."""
+    import random
+
+    import numpy as np
+
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            return dataset[0]  # type: ignore[index]
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+
+
 def check_sample(dataset: object, name: str, split: str) -> None:
     """A DataError unless ``dataset.tasks`` names tasks and ``dataset[0]`` is ``{"image": (3,H,W)
     float, <task>: target}`` with each of them at the image's H×W in its layout
@@ -48,7 +63,7 @@ def check_sample(dataset: object, name: str, split: str) -> None:
     if not isinstance(tasks, tuple | list) or not tasks or not all(isinstance(t, str) for t in tasks):
         raise DataError(f"dataset {name!r}: 'tasks' must be a tuple of task names, got {tasks!r}")
     where = f"dataset {name!r} ({split} split, sample 0)"
-    sample = dataset[0]  # type: ignore[index]
+    sample = _first_sample(dataset)
     if not isinstance(sample, Mapping):
         raise DataError(f"{where} is a {type(sample).__name__}; a sample must be a dict {{'image': ..., <task>: ...}}")
     image = sample.get("image")
