@@ -25,6 +25,7 @@ import torch
 
 from densemtl.cli.main import main
 from densemtl.data.writer import synthesize
+from errors_setup_claims import CLAIMS_SETUP
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
 ROW = re.compile(r"^\|\s*`([a-z0-9-]+)`\s*\|(.*)\|\s*`densemtl ([^`]+)`\s*\|\s*`([^`]+)`\s*\|\s*([0-9]+)\s*\|\s*$")
@@ -289,7 +290,6 @@ SETUP: dict[str, Callable[[dict[str, Path]], None]] = {
     "eval-classes": _meta(_set("num_classes", 13)),
     "predict-not-image": _write("notes.png", "a text file named .png\n"),
     "predict-nan": lambda p: np.save(p["TMP"] / "nan.npy", np.full((32, 40, 3), np.nan, np.float32)),
-    "predict-gray": lambda p: np.save(p["TMP"] / "gray.npy", np.zeros((32, 40), np.float32)),
     "predict-same-stem": _same_stem,
     "size-arch-data": lambda p: synthesize(p["TMP"] / "d16", 2, 1, (16, 20), 0),
     "ckpt-predict-pickle": lambda p: (_pickle_payload(p), _same_stem(p)),
@@ -313,6 +313,8 @@ SETUP: dict[str, Callable[[dict[str, Path]], None]] = {
     "yaml-duplicate": _write("c.yaml", "epochs: 1\nlr: 0.1\nepochs: 3\n"),
     "yaml-size-float": _write("c.yaml", "size: [32.7, 40.9]\n"),
     "timm-ckpt-checkpoint-path": _checkpoint(_timm_file_in_config),
+
+    **CLAIMS_SETUP,
 }
 #: Rows that only mean something on a machine without a CUDA device.
 NEEDS_NO_GPU = {"device-cuda", "eval-device-cuda", "torchrun-device-cuda"}

@@ -212,7 +212,9 @@ def test_real_frame(tmp_path: Path) -> None:
     write_nyud_sample(files, tmp_path, "1407")
     write_split(tmp_path, "val", ["1407"])
     assert main(["data", "check", "--dataset", "nyud", "--data-root", str(tmp_path), "--quiet"]) == 2  # no train
-    ds = create("nyud", "val", root=str(tmp_path))
+    with pytest.raises(DataError, match="none of the 1 normal files of the val split holds any valid normal"):
+        create("nyud", "val", root=str(tmp_path))  # no normals for this frame: grey 128, invalid everywhere
+    ds = create("nyud", "val", root=str(tmp_path), tasks="seg,depth,edge")
     s = ds[0]
     assert s["image"].shape == (3, 448, 576) and ds.size == (448, 576)
     inner = (slice(11, 436), slice(8, 568))  # 425×560 centred
@@ -224,7 +226,7 @@ def test_real_frame(tmp_path: Path) -> None:
     edge = s["edge"][0]
     assert torch.equal(edge[inner], torch.from_numpy(label_edges(png("label40.png")).astype(np.float32)))
     assert (edge == -1).sum() == 448 * 576 - 425 * 560  # the padding is ignored
-    assert torch.all(s["normal"] == 0)  # no normals for this frame: grey 128, invalid everywhere
+    assert "normal" not in s
 
 
 def test_train(synth: Path, tmp_path: Path) -> None:

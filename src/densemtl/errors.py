@@ -6,11 +6,29 @@ full disk, an unwritable place, non-finite training), 130 / 143 for a run stoppe
 SIGTERM after it saved a checkpoint (:class:`Interrupted`).
 """
 
+import re
+
 
 class DenseMTLError(Exception):
     """A user's mistake (bad flag, bad file, bad value). The message is one self-contained line."""
 
     exit_code: int = 2
+
+    def __init__(self, *args: object) -> None:
+        if len(args) == 1 and isinstance(args[0], str) and _WORKER_PREFIX.match(args[0]):
+            args = (_worker_message(args[0]),)
+        super().__init__(*args)
+
+
+#: How torch's DataLoader re-raises an error of a worker process: its traceback in the message.
+_WORKER_PREFIX = re.compile(r"Caught \w+ in DataLoader worker process \d+\.\nOriginal Traceback")
+
+
+def _worker_message(text: str) -> str:
+    """The one line a DataLoader worker's error was raised with, from the traceback torch wraps it in
+    (a bad file found by a ``--workers N`` loader is still one line naming it)."""
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    return last.partition(": ")[2] or last
 
 
 class DataError(DenseMTLError):

@@ -119,6 +119,7 @@ def run_check(args: argparse.Namespace) -> int:
     -1..num_classes-1, finite images, unit normals, depth with valid pixels. The first bad file
     is a one-line error; depth readings that load as invalid are a warning."""
     from densemtl import data
+    from densemtl.data._claims import SIGNAL
     from densemtl.errors import ConfigError
 
     checkable = ("nyuv2", "cityscapes", "nyud", "pascal_context")
@@ -140,6 +141,10 @@ def run_check(args: argparse.Namespace) -> int:
         standard = getattr(ds, "standard_counts", {}).get(ds.split)  # type: ignore[attr-defined]
         if standard and len(ds) != standard:
             print(f"  note: the standard {ds.split} split has {standard} samples")
+        for key, empty in counts.items():  # one all-grey normal map is possible; a whole split is refused on open
+            if key.endswith("_empty") and key != "depth_empty" and empty:
+                task = key[: -len("_empty")]
+                print(f"  warning: {empty} of {counts['samples']} {task} files hold no {SIGNAL[task][1]}")
         if counts.get("depth_unusable"):
             print(
                 f"  warning: {counts['depth_unusable']} depth files hold negative, NaN or infinite readings "

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import io
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from densemtl.errors import ConfigError, DataError
+from densemtl.errors import ConfigError
 from densemtl.paths import check_into_folder, check_output_dir, check_output_file, image_inputs, write_bytes
 from densemtl.report.jsonio import dumps
 
@@ -38,11 +39,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         description="Predict every task on each image and write OUT/<stem>_pred.png (the input, then a tile "
         "per task). The image is resized to the run's training height with its own aspect ratio kept, "
         "unless --size says otherwise. A folder given as IMAGE stands for its PNG/JPEG/.npy/TIFF files "
-        "(sorted, not its subfolders). Files already in OUT are replaced only with --overwrite.",
+        "(sorted, not its subfolders). Files already in OUT are replaced only with --overwrite. "
+        "Inputs: 8-bit PNG/JPEG/TIFF (÷255), 16-bit grey PNG/TIFF (÷65535), "
+        "float grey TIFF in 0..1, and .npy arrays H×W[×1|×3|×4]: float in 0..1, uint8 as 0..255, uint16 as "
+        "0..65535. Grey is replicated to 3 channels and alpha dropped, each conversion said in a "
+        "'densemtl: note:' line; complex, NaN/inf, and float values outside 0..1 are refused.",
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
     p.add_argument(
-        "images", nargs="+", metavar="IMAGE", help="PNG/JPEG files, H×W×3 .npy arrays, or folders of them"
+        "images", nargs="+", metavar="IMAGE", help="PNG/JPEG/TIFF files, .npy arrays, or folders of them (see above)"
     )
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--overwrite", action="store_true", help="replace prediction files already in --out")
@@ -64,6 +69,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     from densemtl import data
+    from densemtl.data._sample_check import check_sample
     from densemtl.report.console import metrics_header, metrics_row
     from densemtl.training.builders import check_fits_model, resolve_device
     from densemtl.training.checkpoint import load_model
@@ -91,6 +97,7 @@ def run_eval(args: argparse.Namespace) -> int:
         num_classes=cfg.num_classes if same else None,
         **(cfg.data_args if same else {}),
     )
+    check_sample(ds, name, args.split)  # a plugin's 2-D image or missing key: one line
     if ds.num_classes != state["num_classes"]:  # type: ignore[attr-defined]
         raise ConfigError(
             f"dataset {name!r} has {ds.num_classes} classes but the checkpoint was "  # type: ignore[attr-defined]
@@ -117,26 +124,6 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_image(path: Path) -> torch.Tensor:
-    """(3,H,W) float in [0,1] from a PNG/JPEG or an H×W×3 .npy (MTAN layout); bad file: one line."""
-    if not path.is_file():
-        raise DataError(f"image {path} does not exist")
-    try:
-        if path.suffix.lower() == ".npy":
-            arr = np.load(path, allow_pickle=False).astype(np.float32)
-        else:
-            from PIL import Image
-
-            arr = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
-    except Exception as e:  # noqa: BLE001 - any decoding failure is the file's fault
-        raise DataError(f"image {path} cannot be read ({type(e).__name__})") from None
-    if arr.ndim != 3 or arr.shape[2] != 3 or min(arr.shape) < 1:
-        raise DataError(f"image {path} has shape {arr.shape}; expected H×W×3")
-    if not np.isfinite(arr).all():
-        raise DataError(f"image {path} has NaN or infinite values")
-    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
-
-
 def predict_size(image_hw: tuple[int, int], trained: tuple[int, ...], min_side: int) -> tuple[int, int]:
     """The size an image is predicted at by default: the training height (the image's own when
     the run has none), the width from the image's aspect ratio; each side at least ``min_side``."""
@@ -149,6 +136,7 @@ def predict_size(image_hw: tuple[int, int], trained: tuple[int, ...], min_side: 
 @torch.no_grad()
 def run_predict(args: argparse.Namespace) -> int:
     from densemtl import tasks as task_registry
+    from densemtl.data.images import read_image
     from densemtl.report.task_views import raw_array
     from densemtl.report.visualize import prediction_panel, save_panel
     from densemtl.training.builders import check_fits_model
@@ -174,8 +162,11 @@ def run_predict(args: argparse.Namespace) -> int:
         check_into_folder(out, arrays, inputs, args.overwrite)
     device = next(model.parameters()).device
     trained = tuple(state.get("size") or ())
-    images = [(p, read_image(p)) for p in inputs]
-    for path, img in images:
+    read = [(p, *read_image(p)) for p in inputs]  # every input checked before any is written
+    for _, _, note in read:
+        if note:
+            print(f"densemtl: note: {note}", file=sys.stderr)
+    for path, img, _ in read:
         h_in, w_in = img.shape[-2:]
         at = size or predict_size((h_in, w_in), trained, model.min_input_side())
         x = img[None].to(device)

@@ -143,32 +143,80 @@ def label_edges(labels: np.ndarray) -> np.ndarray:
     return thin(lap != 0).astype(np.float32)
 
 
-def _field(record: np.ndarray, name: str, path: Path) -> np.ndarray:
+def _field(record: np.ndarray, name: str, path: Path, where: str) -> np.ndarray:
     try:
-        return record[name]
-    except (ValueError, KeyError, IndexError):
-        raise DataError(f"{path}: human parts struct has no field {name!r}") from None
+        return np.asarray(record[name])
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise DataError(f"{path}: {where} has no field {name!r} (a PASCAL-Part annotation)") from None
+
+
+def _shown(value: np.ndarray) -> str:
+    """A field's value for a message: the one value it holds, or its shape and type."""
+    flat = value.ravel()
+    if flat.size == 1 and flat.dtype.kind in "biufcUSO":
+        item = flat[0].item() if hasattr(flat[0], "item") else flat[0]
+        return repr(item)[:40]
+    return f"shape {value.shape} {value.dtype}"
+
+
+def _structs(value: np.ndarray, path: Path, where: str, fields: tuple[str, ...]) -> np.ndarray:
+    """``value`` as a flat struct array with ``fields`` (empty: none), or a DataError naming ``where``."""
+    flat = value.ravel()
+    if flat.size == 0:
+        return flat
+    names = flat.dtype.names or ()
+    missing = [f for f in fields if f not in names]
+    if missing:
+        raise DataError(f"{path}: {where} must be a struct array with field {missing[0]!r}, got {_shown(value)}")
+    return flat
+
+
+def _class_ind(obj: np.void, path: Path, where: str) -> int:
+    """``class_ind`` of one object: a single whole number 1..20 (the VOC class)."""
+    cls = _field(obj, "class_ind", path, where)
+    flat = cls.ravel()
+    ok = flat.size == 1 and flat.dtype.kind in "iuf" and np.isfinite(flat[0]) and float(flat[0]).is_integer()
+    if not ok or not 1 <= int(flat[0]) < len(VOC_CLASSES):
+        raise DataError(f"{path}: {where}.class_ind must be one VOC class 1..{len(VOC_CLASSES) - 1}, got {_shown(cls)}")
+    return int(flat[0])
+
+
+def _part_mask(part: np.void, path: Path, where: str, hw: tuple[int, int]) -> np.ndarray:
+    mask = _field(part, "mask", path, where)
+    if mask.dtype.kind not in "biuf" or mask.ndim != 2:
+        raise DataError(f"{path}: {where}.mask must be an H×W 0/1 mask, got {_shown(mask)}")
+    if mask.shape != hw:
+        raise DataError(f"{path}: {where}.mask {hw_text(mask.shape)} differs from the image ({hw_text(hw)})")
+    if not np.all((mask == 0) | (mask == 1)):
+        raise DataError(f"{path}: {where}.mask must hold only 0 and 1")
+    return mask.astype(bool)
 
 
 def parts_map(mat: dict, path: Path, hw: tuple[int, int]) -> np.ndarray:
     """The (H, W) int64 part labels of a ``human_parts`` .mat: 0 background, 1-6 parts of the
-    persons with parts, all -1 when there is no part label (no person)."""
+    persons with parts, all -1 when there is no part label (no person). Every field read
+    (``anno.objects``, ``class_ind``, ``parts``, ``part_name``, ``mask``) is checked: a DataError
+    naming the file and the field otherwise."""
     if "anno" not in mat:
         raise DataError(f"{path}: no variable 'anno' (a PASCAL-Part annotation)")
     out = np.zeros(hw, np.int64)
-    anno = np.asarray(mat["anno"]).ravel()
-    objects = np.asarray(_field(anno[0], "objects", path)).ravel() if anno.size else np.zeros(0)
-    for obj in objects if objects.dtype.names else ():
-        cls = np.asarray(_field(obj, "class_ind", path)).ravel()
-        parts = np.asarray(_field(obj, "parts", path)).ravel()
-        if cls.size != 1 or int(cls[0]) != PERSON or parts.size == 0 or not parts.dtype.names:
+    anno = _structs(np.asarray(mat["anno"]), path, "anno", ("objects",))
+    objects = np.zeros(0)
+    if anno.size:
+        objects = _structs(_field(anno[0], "objects", path, "anno"), path, "anno.objects", ("class_ind", "parts"))
+    for k, obj in enumerate(objects, 1):
+        where = f"anno.objects({k})"
+        cls = _class_ind(obj, path, where)
+        parts = _structs(_field(obj, "parts", path, where), path, f"{where}.parts", ("part_name", "mask"))
+        if cls != PERSON:
             continue
-        for part in parts:
-            name = "".join(str(s) for s in np.asarray(_field(part, "part_name", path)).ravel())
+        for j, part in enumerate(parts, 1):
+            at = f"{where}.parts({j})"
+            raw = _field(part, "part_name", path, at).ravel()
+            if raw.dtype.kind not in "US" and not all(isinstance(s, str) for s in raw):
+                raise DataError(f"{path}: {at}.part_name must be text, got {_shown(raw)}")
+            name = "".join(str(s) for s in raw)
             if name not in PART_LABEL:
                 raise DataError(f"{path}: unknown person part {name!r}")
-            mask = np.asarray(_field(part, "mask", path))
-            if mask.shape != hw:
-                raise DataError(f"{path}: part mask {hw_text(mask.shape)} differs from the image ({hw_text(hw)})")
-            out[mask.astype(bool)] = PART_LABEL[name]
+            out[_part_mask(part, path, at, hw)] = PART_LABEL[name]
     return out if (out > 0).any() else np.full(hw, -1, np.int64)

@@ -1,7 +1,8 @@
 """NYUv2 and Cityscapes in the preprocessed layout of MTAN / LibMTL.
 
 ``ROOT/{train,val}/{image,label,depth,normal}/{i}.npy``: image H×W×3 float, label H×W (-1 = ignore),
-depth H×W×1 (0 = invalid), normal H×W×3 (all-zero = invalid). Every file's header is checked when
+depth H×W×1 (0 = invalid; NYUv2's in metres, so above 100 is refused as millimetres), normal
+H×W×3 (all-zero = invalid); images in 0..1 (0..255 floats are refused). Every file's header is checked when
 the dataset is opened, with the values of the first sample and that the split has some valid depth;
 every sample's values when it is loaded (labels in range, finite images, unit normals), and all of
 them by :meth:`MTANDataset.scan` (``densemtl data check``). Problems raise ``DataError`` naming the
@@ -18,6 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from densemtl.data import register
+from densemtl.data._claims import empty_counts, has_signal
 from densemtl.data._files import (
     check_header,
     check_int,
@@ -40,6 +42,10 @@ NORMAL_TOLERANCE = 0.25
 #: ... and a normal map with more than this fraction of such pixels is refused (normals x100,
 #: normals stored as 0..1 or 0..255 colours): resizing may leave a few short ones at edges.
 NORMAL_BAD_FRACTION = 0.05
+#: An image value this far outside 0..1 is not a [0, 1] image (0..255 floats, a normalised image).
+IMAGE_TOLERANCE = 1e-3
+#: A NYUv2 depth above this many metres is not one (0.7 .. 10 m): millimetres, most likely.
+MAX_INDOOR_DEPTH_M = 100.0
 _FOLDER = {"seg": "label", "depth": "depth", "normal": "normal"}
 
 
@@ -204,6 +210,8 @@ class MTANDataset(Dataset):
     def _depth(self, path: Path, index: int) -> torch.Tensor:
         depth = self._load(path).astype(np.float32).reshape(self._stored[index])
         depth[~np.isfinite(depth) | (depth < 0)] = 0.0  # unusable readings count as invalid
+        if self.name == "nyuv2" and depth.size and depth.max() > MAX_INDOOR_DEPTH_M:
+            raise DataError(f"{path}: depth must be metres, found {depth.max():g} (millimetres? divide by 1000)")
         return torch.from_numpy(depth)[None]
 
     def _check_some_depth(self) -> None:
@@ -225,6 +233,10 @@ class MTANDataset(Dataset):
         image = self._load(files["image"]).astype(np.float32)
         if not np.all(np.isfinite(image)):
             raise DataError(f"{files['image']}: image has NaN or infinite values")
+        lo, hi = (float(image.min()), float(image.max())) if image.size else (0.0, 0.0)
+        if lo < -IMAGE_TOLERANCE or hi > 1 + IMAGE_TOLERANCE:
+            hint = " (stored as 0..255? divide by 255)" if 1.5 < hi <= 255 and lo >= 0 else ""
+            raise DataError(f"{files['image']}: image values must be in 0..1, found {lo:g}..{hi:g}{hint}")
         sample = {"image": torch.from_numpy(image).permute(2, 0, 1).contiguous()}
         if "seg" in self.tasks:
             sample["seg"] = self._label(files["label"])
@@ -242,9 +254,12 @@ class MTANDataset(Dataset):
         The first bad file raises ``DataError``; so does a split without a valid depth pixel.
         """
         counts = {"samples": 0, "depth_unusable": 0, "depth_empty": 0}
+        counts |= empty_counts([t for t in self.tasks if t == "normal"])  # converted NYUv2 has none: a warning
         for i in checking(len(self), self.split, progress):
             sample = self._read(i)
             counts["samples"] += 1
+            if "normal" in sample:
+                counts["normal_empty"] += int(not has_signal("normal", sample["normal"]))
             if "depth" in sample:
                 raw = np.load(self._files[i]["depth"], mmap_mode="r", allow_pickle=False)
                 counts["depth_unusable"] += int(not np.all(np.isfinite(raw) & (raw >= 0)))

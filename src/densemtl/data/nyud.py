@@ -24,7 +24,7 @@ renormalised).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -33,6 +33,7 @@ import torch
 from torch.utils.data import Dataset
 
 from densemtl.data import register
+from densemtl.data._claims import empty_counts, has_signal, require_signal
 from densemtl.data._files import (
     check_int,
     check_size,
@@ -57,6 +58,8 @@ TASKS: tuple[str, ...] = ("seg", "depth", "normal", "edge")
 STANDARD_COUNTS = {"train": 795, "val": 654}
 #: A depth above this many metres is not NYUD's (0.7 .. 10 m): millimetres, most likely.
 MAX_DEPTH_M = 100.0
+#: An edge map of which more than this fraction is edge is not one (inverted: 0 = edge, 255 = none).
+MAX_EDGE_FRACTION = 0.5
 #: A decoded normal shorter than this is "no normal" (a grey pixel), read as all-zero.
 MIN_NORMAL_LENGTH = 0.5
 NYUD_40_NAMES = (
@@ -78,6 +81,14 @@ _FOLDERS: dict[str, tuple[str, tuple[str, ...]]] = {
 #: Padding: each target's invalid marker (the image takes the ImageNet mean colour, 0 after the
 #: usual normalisation, as InvPT pads the normalised image with 0).
 _FILL = {"seg": -1, "depth": 0.0, "normal": 0.0, "edge": -1.0}
+
+
+def _check_edge_fraction(path: Path, fraction: float) -> None:
+    """Edges are thin lines: a map of which more than half is edge is inverted (0 = edge) or not an edge map."""
+    if fraction > MAX_EDGE_FRACTION:
+        raise DataError(
+            f"{path}: {fraction:.0%} of the pixels are edges; edges are thin lines of 255 on 0 (an inverted map?)"
+        )
 
 
 def fit_sample(sample: dict[str, torch.Tensor], size: tuple[int, int], fit: str = "pad") -> dict[str, torch.Tensor]:
@@ -125,9 +136,13 @@ class NYUDDataset(Dataset):
         self.ids = self._read_ids(limit)
         self._files = self._index()
         self._stored = [self._check_headers(files) for files in self._files]
-        self._read(0)  # the values of one sample, so that a wholly mis-encoded dataset stops here
+        first = self._read(0)  # the values of one sample, so that a wholly mis-encoded dataset stops here
         if "depth" in self.tasks:
             self._check_some_depth()
+        for task in self.tasks:  # a split in which no file holds a normal, an edge, ...: refused
+            if not has_signal(task, first[task]):
+                files = [f[task] for f in self._files]
+                require_signal(task, files, split, lambda i, t=task: self._readers[t](self._files[i][t]))
 
     # ---- opening -----------------------------------------------------------------------------
     def _read_ids(self, limit: int | None) -> list[str]:
@@ -262,18 +277,24 @@ class NYUDDataset(Dataset):
                 raise DataError(
                     f"{path}: edge values must be in 0..1 (1 = edge), found {np.nanmin(e):g}..{np.nanmax(e):g}"
                 )
+            _check_edge_fraction(path, float((e > 0.5).mean()))
             return torch.from_numpy(e)[None]
         v = pixels(path)
         if v.dtype != np.uint8:
             raise DataError(f"{path}: edge must be an 8-bit image (0 or 255), got {v.dtype}")
         if v.max() == 1:
             raise DataError(f"{path}: edge holds 0/1; the layout stores edges as 0/255")
+        _check_edge_fraction(path, float((v > 127).mean()))
         return torch.from_numpy(v.astype(np.float32) / 255.0)[None]
+
+    @property
+    def _readers(self) -> dict[str, Callable[[Path], torch.Tensor]]:
+        return {"seg": self._seg, "depth": self._depth, "normal": self._normal, "edge": self._edge}
 
     def _read(self, index: int) -> dict[str, torch.Tensor]:
         """Sample ``index`` at its stored size, its values checked (DataError naming the file)."""
         files = self._files[index]
-        readers = {"seg": self._seg, "depth": self._depth, "normal": self._normal, "edge": self._edge}
+        readers = self._readers
         sample = {"image": self._image(files["image"])}
         for task in self.tasks:
             sample[task] = readers[task](files[task])
@@ -283,11 +304,15 @@ class NYUDDataset(Dataset):
 
     def scan(self, progress: bool = False) -> dict[str, int]:
         """Read and check every sample (the first bad file raises DataError); return counts:
-        ``samples``, ``depth_unusable`` (files with negative/non-finite readings), ``depth_empty``."""
-        counts = {"samples": 0, "depth_unusable": 0, "depth_empty": 0}
+        ``samples``, ``depth_unusable`` (files with negative/non-finite readings), ``depth_empty``, and
+        ``<task>_empty`` (files without a normal, an edge, a labelled pixel)."""
+        counts = {"samples": 0, "depth_unusable": 0, "depth_empty": 0, **empty_counts(self.tasks)}
         for i in checking(len(self), self.split, progress):
             sample = self._read(i)
             counts["samples"] += 1
+            for task in self.tasks:
+                if task != "depth" and f"{task}_empty" in counts:
+                    counts[f"{task}_empty"] += int(not has_signal(task, sample[task]))
             if "depth" in sample:
                 raw = np.load(self._files[i]["depth"], mmap_mode="r", allow_pickle=False)
                 counts["depth_unusable"] += int(not np.all(np.isfinite(raw) & (raw >= 0)))

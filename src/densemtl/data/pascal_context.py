@@ -35,6 +35,7 @@ import torch
 from torch.utils.data import Dataset
 
 from densemtl.data import register
+from densemtl.data._claims import empty_counts, has_signal, require_signal
 from densemtl.data._files import check_int, check_size, check_tasks, checking, hw_text, one_line, sample_generator
 from densemtl.data._fit import fit_sample
 from densemtl.data._pascal_files import (
@@ -122,7 +123,10 @@ class PascalContext(Dataset):
                 need = "the images" if key == "image" else "edge and normal" if key == "labels" else f"task {key}"
                 raise DataError(f"{folder}: folder missing (needed for {need})")
         self._stored = [self._check_files(id_) for id_ in self.ids]
-        self._read(0)  # the values of one sample, so that a wholly mis-encoded dataset stops here
+        first = self._read(0)  # the values of one sample, so that a wholly mis-encoded dataset stops here
+        if "saliency" in self.tasks and not has_signal("saliency", first["saliency"]):  # no salient pixel anywhere
+            files = [path_of(self.root, "saliency", id_) for id_ in self.ids]
+            require_signal("saliency", files, split, lambda i: self._saliency(files[i]))
 
     # ---- opening -----------------------------------------------------------------------------
     def _read_ids(self, limit: int | None) -> list[str]:
@@ -204,6 +208,16 @@ class PascalContext(Dataset):
         normal[~valid] = 0.0
         return normal
 
+    def _saliency(self, path: Path) -> torch.Tensor:
+        """(1, H, W): v / 255 > 0.5. A map holding only 0 and 1 was stored as 0/1, not 0..255: refused."""
+        v = read_image(path, 1)
+        if v.size and int(v.max()) == 1:
+            raise DataError(
+                f"{path}: saliency holds only 0 and 1; the layout stores it as 0..255 (v/255 > 0.5 is salient), "
+                "so every pixel would read as background (multiply by 255)"
+            )
+        return torch.from_numpy((v > 127.5).astype(np.float32))[None]
+
     def _read(self, index: int) -> dict[str, torch.Tensor]:
         """Sample ``index`` at its stored size, its values checked (DataError naming the file)."""
         id_, hw = self.ids[index], self._stored[index]
@@ -219,8 +233,7 @@ class PascalContext(Dataset):
             elif task == "parts":
                 sample[task] = torch.from_numpy(parts_map(load_mat(path["parts"]), path["parts"], hw))
             elif task == "saliency":
-                sal = (read_image(path["saliency"], 1) > 127.5).astype(np.float32)  # v / 255 > 0.5
-                sample[task] = torch.from_numpy(sal)[None]
+                sample[task] = self._saliency(path["saliency"])
             elif task == "normal":
                 sample[task] = torch.from_numpy(self._normal(path["normal"], labels)).permute(2, 0, 1).contiguous()
             elif task == "edge":
@@ -229,11 +242,16 @@ class PascalContext(Dataset):
 
     def scan(self, progress: bool = False) -> dict[str, int]:
         """Read and check every sample. Counts: ``samples``, ``with_person`` (images with a part
-        label); ``depth_unusable`` / ``depth_empty`` are 0 (no depth), for ``data check``."""
+        label); ``depth_unusable`` / ``depth_empty`` are 0 (no depth), for ``data check``; ``saliency_empty``
+        / ``normal_empty``: maps without a salient pixel / a valid normal."""
         counts = {"samples": 0, "with_person": 0, "depth_unusable": 0, "depth_empty": 0}
+        counts |= empty_counts([t for t in self.tasks if t in ("saliency", "normal")])
         for i in checking(len(self), self.split, progress):
             sample = self._read(i)
             counts["samples"] += 1
+            for task in ("saliency", "normal"):
+                if f"{task}_empty" in counts:
+                    counts[f"{task}_empty"] += int(not has_signal(task, sample[task]))
             counts["with_person"] += int("parts" in sample and bool((sample["parts"] > 0).any()))
         return counts
 

@@ -15,6 +15,7 @@ from densemtl import methods as method_registry
 from densemtl import models as model_registry
 from densemtl.balancing.base import BalancingMethod
 from densemtl.data import MultiTaskDataset
+from densemtl.data._sample_check import check_sample
 from densemtl.data.base import TaskSubset
 from densemtl.errors import ConfigError
 from densemtl.models.base import MultiTaskModel
@@ -85,6 +86,8 @@ def build_datasets(cfg: TrainConfig) -> tuple[MultiTaskDataset, MultiTaskDataset
                 f"it has {', '.join(train.tasks)}"
             )
         train, val = TaskSubset(train, cfg.tasks), TaskSubset(val, cfg.tasks)
+    for split, ds in (("train", train), ("val", val)):  # a 2-D image, a missing key: one line, not a traceback
+        check_sample(ds, cfg.dataset, split)
     return train, val
 
 
