@@ -44,6 +44,17 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True)
+def plugin_modules_forgotten() -> Iterator[None]:
+    """The plugin modules a test's commands import (``densemtl.plugins``' list of loaded modules,
+    which the next command hands its workers) are forgotten after it: no test inherits another's."""
+    from densemtl import plugins
+
+    before = list(plugins._loaded)
+    yield
+    plugins._loaded[:] = before
+
+
 @pytest.fixture
 def tiny_args() -> list[str]:
     return list(TINY_TRAIN)

@@ -187,7 +187,8 @@ def _imports(names: list[str]) -> Callable[[dict], None]:
 def _run_imports(paths: dict[str, Path]) -> None:
     _write("trustmod.py", TRUSTMOD)(paths)
     p = paths["RUN"] / "config.yaml"
-    p.write_text(p.read_text() + "imports: [trustmod]\n")
+    p.write_text(p.read_text().replace("imports: []\n", "imports: [trustmod]\n"))
+    assert "imports: [trustmod]" in p.read_text()
 
 
 def _shared_export(paths: dict[str, Path]) -> None:
