@@ -29,6 +29,10 @@ def _np(name: str, arr: np.ndarray, **kw: object):
     return setup
 
 
+def _int32_tiff(tmp: Path) -> None:
+    image(tmp / "i32.tif", np.random.default_rng(0).integers(0, 2**20, (32, 40), dtype=np.int32))
+
+
 def _gif_animated(tmp: Path) -> None:
     from PIL import Image
 
@@ -131,13 +135,13 @@ def cases() -> list[Case]:
         Case("png-RGBA", CLS, predict("rgba.png"), "accept", _img("rgba.png", "RGBA"), R),
         Case("png-grey-L", CLS, predict("l.png"), "accept", _img("l.png", "L"), R),
         Case(
-            "png-int32-I",
+            "tiff-int32-I",
             CLS,
-            predict("i32.png"),
+            predict("i32.tif"),
             "refuse",
-            _img("i32.png", "I"),
+            _int32_tiff,
             R,
-            note="mode I (32-bit) grey: saturates like I;16 unless scaled",
+            note="mode I (32-bit integer) grey: saturates like I;16 unless scaled",
         ),
         Case("jpeg-CMYK", CLS, predict("cmyk.jpg"), "accept", _cmyk_jpeg, R),
         Case("jpeg-progressive", CLS, predict("prog.jpg"), "accept", _img("prog.jpg", progressive=True), R),
