@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from densemtl.training.config import TrainConfig
     from densemtl.training.trainer import Trainer
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"
 
 #: public name -> the module that defines it (imported when the name is first read)
 _LAZY: dict[str, str] = {
