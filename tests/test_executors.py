@@ -17,11 +17,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
 from densemtl.bench.processes import RESUME_HINT
 from densemtl.cli.main import main
+from densemtl.data.writer import synthesize
 
 TINY = [
     "--size", "32x40", "--n-train", "6", "--n-val", "2", "--batch-size", "6", "--epochs", "1",
@@ -132,14 +134,17 @@ def test_a_failed_remote_run_is_one_line_and_the_others_run_on(
     root: Path, ray_address: str, capsys: pytest.CaptureFixture
 ) -> None:
     out = root / "failing"
-    missing = root / "no-such-data"
-    args = ["--archs", "segnet", "--methods", "ew", "--seeds", "1", "--dataset", "nyuv2", "--data-root", str(missing)]
+    data = root / "late-bad-data"  # passes the bench's own checks (its first samples), fails in the runs
+    synthesize(data, 6, 2, (32, 40), 0)
+    label = data / "train" / "label" / "5.npy"
+    np.save(label, np.full_like(np.load(label), 20.0))  # a class id the 7-class set does not have
+    args = ["--archs", "segnet", "--methods", "ew", "--seeds", "1", "--dataset", "nyuv2", "--data-root", str(data)]
     capsys.readouterr()
     assert bench(out, root / "cache-failing", *args, "--executor", "ray") == 2  # the runs' own DataError
     captured = capsys.readouterr()
     line = one_line(captured.err)
     assert line.startswith("densemtl: error: bench: ") and " segnet-" in line and " failed on ray: " in line
-    assert "data root does not exist" in line and "(and 1 more runs failed)" in line and RESUME_HINT in line
+    assert "5.npy" in line and "(and 1 more runs failed)" in line and RESUME_HINT in line
     for run in ("baseline segnet-single-task-s0", "cell segnet-ew-s0"):  # each reported as it ended
         assert f"{run} failed on ray" in captured.out
     assert not (out / "results.csv").exists()
