@@ -67,8 +67,16 @@ def default_task_channels() -> dict[str, int]:
 
 
 def compute_losses(preds: dict[str, Tensor], batch: dict[str, Tensor], tasks: Iterable[str]) -> dict[str, Tensor]:
-    """One scalar loss per task, in the order of ``tasks``."""
-    return {t: get(t).loss(preds[t], batch[t]) for t in tasks}
+    """One scalar loss per task, in the order of ``tasks`` (a user's task whose loss raises or is
+    not a scalar: one line naming it)."""
+    from densemtl.plugin_contracts import check_loss, guarded
+
+    out: dict[str, Tensor] = {}
+    for t in tasks:
+        task = get(t)
+        out[t] = guarded(task, "loss()", lambda task=task, t=t: task.loss(preds[t], batch[t]))  # type: ignore[misc]
+        check_loss(task, t, out[t])
+    return out
 
 
 def _import_tasks() -> None:
