@@ -26,6 +26,7 @@ import torch
 from densemtl.cli.main import main
 from densemtl.data.writer import synthesize
 from errors_setup_claims import CLAIMS_SETUP
+from errors_setup_plugins import PLUGIN_ENV, PLUGIN_SETUP
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
 ROW = re.compile(r"^\|\s*`([a-z0-9-]+)`\s*\|(.*)\|\s*`densemtl ([^`]+)`\s*\|\s*`([^`]+)`\s*\|\s*([0-9]+)\s*\|\s*$")
@@ -316,6 +317,7 @@ SETUP: dict[str, Callable[[dict[str, Path]], None]] = {
     "timm-ckpt-checkpoint-path": _checkpoint(_timm_file_in_config),
 
     **CLAIMS_SETUP,
+    **PLUGIN_SETUP,
 }
 #: Rows that only mean something on a machine without a CUDA device.
 NEEDS_NO_GPU = {"device-cuda", "eval-device-cuda", "torchrun-device-cuda"}
@@ -325,6 +327,7 @@ TORCHRUN_RANK0 = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}
 ENV: dict[str, dict[str, str]] = {
     "torchrun-timeout-env": {**TORCHRUN_RANK0, "DENSEMTL_DIST_TIMEOUT_MIN": "abc"},
     "torchrun-device-cuda": TORCHRUN_RANK0,
+    **PLUGIN_ENV,
 }
 
 
