@@ -5,9 +5,9 @@ is remembered here with the words that name it (``architecture 'p' of plugin 'pl
 and, for an architecture, the channels its heads were asked for. Its outputs are then checked
 before densemtl's own code reads them: a forward that returns a tensor instead of a dict of
 predictions, misses a task, or returns a prediction of the wrong size or channel count; a task's
-loss that is not a scalar tensor; a method's weights or update of the wrong shape. A model given
-as a Python object of the user's own class is checked the same way. densemtl's own objects are
-not checked here: their bugs stay tracebacks.
+loss that is not a scalar tensor; a method's weights or update of the wrong shape. densemtl's own
+objects are not checked here (their bugs stay tracebacks), nor objects the user built and handed over
+(a model or method given to :class:`~densemtl.engine.Engine` or ``Trainer``: the user's own code).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from densemtl.errors import DenseMTLError
-from densemtl.plugin_faults import PluginError, defined_at, failed, is_own
+from densemtl.plugin_faults import PluginError, failed
 
 R = TypeVar("R")
 
@@ -37,19 +37,13 @@ def note_made(obj: object, what: str, task_channels: object = None) -> None:
 
 
 def maker(obj: object) -> str | None:
-    """The words naming the user's code that made ``obj`` (a plugin's factory, or the user's own
-    class); None for densemtl's own objects."""
+    """The words naming the plugin whose factory made ``obj``; None for anything else (densemtl's
+    own objects, and objects the user built and handed over: those are the user's to check)."""
     try:
         made = _MADE.get(obj)
     except TypeError:
         made = None
-    if made is not None:
-        return made[0]
-    cls = type(obj)
-    if is_own(cls) or cls.__module__ in ("builtins",) or cls.__module__.startswith("torch"):
-        return None
-    at = defined_at(cls)
-    return f"{cls.__name__} of module {cls.__module__!r}{f' ({at})' if at else ''}"
+    return made[0] if made is not None else None
 
 
 def _channels(obj: object) -> dict[str, int] | None:
@@ -73,8 +67,8 @@ def check_outputs(model: object, preds: object, batch: Mapping[str, Any], tasks:
     if who is None:
         return
     image = batch.get("image")
-    dense = isinstance(image, Tensor) and image.dim() == 4
-    n, hw = (image.shape[0], tuple(image.shape[-2:])) if dense else (None, None)
+    batched = isinstance(image, Tensor) and image.dim() == 4
+    n, hw = (image.shape[0], tuple(image.shape[-2:])) if batched else (None, None)
     want = _channels(model) or {}
     expect = ", ".join(f"{t}: (B, {want[t]}, H, W)" if t in want else f"{t}: (B, C, H, W)" for t in tasks)
     if not isinstance(preds, Mapping):
@@ -86,12 +80,16 @@ def check_outputs(model: object, preds: object, batch: Mapping[str, Any], tasks:
             f"{', '.join(map(str, preds)) or 'none'}; expected {expect})"
         )
     for t in tasks:
-        p = preds[t]
-        good = isinstance(p, Tensor) and p.dim() == 4 and (n is None or p.shape[0] == n)
-        good = good and (hw is None or tuple(p.shape[-2:]) == hw) and (t not in want or p.shape[1] == want[t])
+        p, target = preds[t], batch.get(t)
+        # a dense task (its target at the image's size, or no target: predict) needs a (B, C, H, W) map
+        dense = hw is not None and (not isinstance(target, Tensor) or tuple(target.shape[-2:]) == hw)
+        good = isinstance(p, Tensor)
+        if good and dense:
+            shape = (n, want.get(t, p.shape[1] if p.dim() == 4 else -1), *hw)
+            good = tuple(p.shape) == shape
         if not good:
             c = want.get(t, "C")
-            size = f"({n}, {c}, {hw[0]}, {hw[1]}), the image's size" if hw is not None else f"(B, {c}, H, W)"
+            size = f"({n}, {c}, {hw[0]}, {hw[1]}), the image's size" if dense and hw is not None else "a tensor"
             raise PluginError(f"{who}: forward returned {_kind(p)} for task {t!r}; expected {size}")
 
 
