@@ -196,6 +196,33 @@ def test_an_architecture_returning_the_wrong_outputs_is_named(
     assert not Path("r").exists()
 
 
+def test_an_architecture_without_parameters_is_named(capsys: pytest.CaptureFixture) -> None:
+    path = _plugin(
+        "zeromod",
+        """
+        from densemtl.models.base import MultiTaskModel
+
+
+        class Z(MultiTaskModel):
+            has_representation = False
+
+            def forward(self, x):
+                return {t: x.new_zeros(x.shape[0], c, *x.shape[-2:]) for t, c in self.task_channels.items()}
+
+
+        @models.register('zero')
+        def zero(task_channels):
+            return Z(task_channels)
+        """,
+    )
+    assert main(["train", "--import", "zeromod", "--arch", "zero", *TINY]) == 2
+    assert _line(capsys) == (
+        f"densemtl: error: architecture 'zero' of plugin 'zeromod' ({path}:{_line_of(path, 'register(')}) has no "
+        "trainable parameters; a model to train needs at least one"
+    )
+    assert not Path("r").exists()
+
+
 def test_densemtls_own_models_are_not_checked_here() -> None:
     """A bug of densemtl's own stays a traceback: the checks look only at the user's objects."""
     model = models.create("segnet", {"seg": 7}, width=0.125, depth_stages=3)

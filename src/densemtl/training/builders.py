@@ -132,6 +132,11 @@ def build_model(cfg: TrainConfig, tasks: tuple[str, ...], num_classes: int) -> M
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.arch, cfg.arch_args, tasks, num_classes)
     check_fits_model(model, cfg.arch, cfg.size)
+    if not any(p.requires_grad for p in model.parameters()):  # nothing to train: one line, not autograd's
+        from densemtl.plugin_contracts import maker
+
+        raise ConfigError(f"{maker(model) or f'architecture {cfg.arch!r}'} has no trainable parameters; "
+                          "a model to train needs at least one")  # fmt: skip
     return model
 
 
