@@ -25,6 +25,7 @@ import torch
 
 from densemtl import data, methods, models, plugins, tasks
 from densemtl.cli.main import main
+from densemtl.errors import ConfigError
 from densemtl.plugin_contracts import check_loss, check_outputs, check_vector
 from densemtl.plugin_faults import PluginError
 
@@ -317,6 +318,19 @@ def test_a_task_whose_loss_is_not_a_scalar_is_named(cls: type, what: str) -> Non
         tasks.compute_losses({"vloss": pred}, {"vloss": target}, ["vloss"])
     assert str(e.value).startswith(f"task 'vloss' of plugin {__name__!r} ({__file__}:")
     assert str(e.value).endswith(f"): loss() returned {what}, not a scalar floating-point tensor")
+
+
+@pytest.mark.parametrize("channels", [0, "one", True])
+def test_a_task_with_no_channels_is_named(channels: object) -> None:
+    class NoChannels(tasks.TASKS.get("depth")):  # type: ignore[misc, name-defined]
+        def channels(self, num_classes: int) -> object:
+            return channels
+
+    tasks.TASKS.register("nochan")(NoChannels)
+    with pytest.raises(ConfigError) as e:
+        tasks.task_channels(["seg", "nochan"], 7)
+    assert str(e.value).startswith(f"task 'nochan' of plugin {__name__!r} ({__file__}:")
+    assert str(e.value).endswith(f"): channels(7) returned {channels!r}, not a number of channels >= 1")
 
 
 # -- $DENSEMTL_DIST_TIMEOUT_MIN --------------------------------------------------------------------

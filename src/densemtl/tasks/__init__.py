@@ -57,8 +57,19 @@ def get(name: str, **knobs: Any) -> Task:
 
 
 def task_channels(tasks: Iterable[str], num_classes: int) -> dict[str, int]:
-    """Output channels of each task's head, in the order of ``tasks``."""
-    return {t: get(t).channels(num_classes) for t in tasks}
+    """Output channels of each task's head, in the order of ``tasks``; a task (a plugin's) whose
+    ``channels`` is not a whole number >= 1 is a one-line error naming it."""
+    from densemtl.plugin_contracts import guarded, maker
+
+    out: dict[str, int] = {}
+    for t in tasks:
+        task = get(t)
+        c = guarded(task, "channels()", lambda task=task: task.channels(num_classes))  # type: ignore[misc]
+        if isinstance(c, bool) or not isinstance(c, int) or c < 1:
+            raise ConfigError(f"{maker(task) or f'task {t!r}'}: channels({num_classes}) returned {c!r}, not a "
+                              "number of channels >= 1")  # fmt: skip
+        out[t] = c
+    return out
 
 
 def default_task_channels() -> dict[str, int]:
