@@ -333,6 +333,45 @@ def test_a_task_with_no_channels_is_named(channels: object) -> None:
     assert str(e.value).endswith(f"): channels(7) returned {channels!r}, not a number of channels >= 1")
 
 
+def test_a_task_without_a_direction_for_its_primary_metric_is_named() -> None:
+    class NoDirection(tasks.TASKS.get("depth")):  # type: ignore[misc, name-defined]
+        lower_is_better: dict[str, bool] = {}
+
+    tasks.TASKS.register("nodir")(NoDirection)
+    with pytest.raises(PluginError, match=r"does not follow the task protocol: its 'lower_is_better' gives no "
+                       r"direction \(True or False\) for its primary metric 'abs_err'"):  # fmt: skip
+        tasks.get("nodir")
+
+
+def test_a_task_whose_accumulator_is_none_is_named() -> None:
+    from densemtl.metrics import StreamingMetrics
+
+    class NoAccumulator(tasks.TASKS.get("depth")):  # type: ignore[misc, name-defined]
+        def accumulator(self, num_classes: int) -> None:  # type: ignore[override]
+            return None
+
+    tasks.TASKS.register("noacc")(NoAccumulator)
+    with pytest.raises(PluginError, match=r"accumulator\(\) returned None, not a metric accumulator"):
+        StreamingMetrics(["seg", "noacc"], 7)
+
+
+def test_a_dataset_without_classes_for_seg_is_named(capsys: pytest.CaptureFixture) -> None:
+    _plugin(
+        "dsmod",
+        """
+        @data.register('noclasses')
+        def noclasses(split, root=None, size=None, augment=False, seed=0, n=None, num_classes=None):
+            ds = data.create('synthetic', split, size=size, n=2)
+            ds.num_classes = 0
+            return ds
+        """,
+    )
+    assert main(["train", "--import", "dsmod", *TINY, "--dataset", "noclasses"]) == 2
+    assert _line(capsys) == (
+        "densemtl: error: dataset 'noclasses' says it has num_classes=0; it must be a whole number >= 1"
+    )
+
+
 # -- $DENSEMTL_DIST_TIMEOUT_MIN --------------------------------------------------------------------
 @pytest.mark.parametrize("value", ["-5", "nan", "abc"])
 def test_speed_with_two_processes_reads_the_timeout_first(

@@ -115,6 +115,30 @@ def check_vector(method: object, call: str, value: object, length: int, given: T
         raise PluginError(f"{who}: {call} returned non-finite values ({value.detach().flatten()[:4].tolist()}…)")
 
 
+def check_accumulator(task: object, acc: object) -> None:
+    """A :class:`PluginError` when a plugin's task's ``accumulator`` made something without
+    ``update(pred, target)`` and ``compute()``."""
+    who = maker(task)
+    if who is not None and not all(callable(getattr(acc, m, None)) for m in ("update", "compute")):
+        raise PluginError(f"{who}: accumulator() returned {_kind(acc)}, not a metric accumulator "
+                          "(an object with update(pred, target) and compute())")  # fmt: skip
+
+
+def task_gap(task: object) -> str:
+    """What a plugin's task lacks ("" when nothing): a ``primary`` metric whose direction
+    ``lower_is_better`` declares (True or False)."""
+    primary = getattr(task, "primary", None)
+    lower = getattr(task, "lower_is_better", None)
+    if not isinstance(primary, str) or not primary:
+        return f"its 'primary' metric is {primary!r}, not a metric's name"
+    if not isinstance(lower, Mapping) or not isinstance(lower.get(primary), bool):
+        return (
+            f"its 'lower_is_better' gives no direction (True or False) for its primary metric {primary!r}; "
+            "best-epoch selection needs one"
+        )
+    return ""
+
+
 def guarded(obj: object, call: str, fn: Callable[[], R]) -> R:
     """``fn()``, a call into a user's ``obj`` (its ``call``): an exception raised by it is a
     :class:`PluginError` naming the plugin and the line (densemtl's own objects: as raised)."""

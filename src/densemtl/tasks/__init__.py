@@ -47,11 +47,12 @@ def available() -> list[str]:
 def get(name: str, **knobs: Any) -> Task:
     """A ready instance of task ``name`` with ``knobs`` (a dataset's ``task_args``, e.g. NYUD's edge
     tolerance); an unknown name or knob is a ConfigError listing the valid ones."""
+    from densemtl.plugin_contracts import task_gap
     from densemtl.plugin_faults import call_factory  # a plugin's failure: one line naming it
 
     cls = TASKS.get(name)
     try:
-        return call_factory("task", TASKS.canonical(name), cls, knobs, Task)
+        return call_factory("task", TASKS.canonical(name), cls, knobs, Task, check=task_gap)
     except TypeError as e:
         raise ConfigError(f"task {name!r}: {e}") from None
 
