@@ -372,6 +372,33 @@ def test_a_dataset_without_classes_for_seg_is_named(capsys: pytest.CaptureFixtur
     )
 
 
+def test_a_dataset_whose_samples_raise_is_named(capsys: pytest.CaptureFixture) -> None:
+    path = _plugin(
+        "dsmod",
+        """
+        class Broken:
+            tasks, num_classes = ('seg',), 7
+
+            def __len__(self):
+                return 2
+
+            def __getitem__(self, i):
+                raise IndexError(i)
+
+
+        @data.register('broken')
+        def broken(split, root=None, size=None, augment=False, seed=0, n=None, num_classes=None):
+            return Broken()
+        """,
+    )
+    assert main(["train", "--import", "dsmod", *TINY, "--dataset", "broken"]) == 2
+    assert _line(capsys) == (
+        f"densemtl: error: dataset 'broken' of plugin 'dsmod' ({path}:{_line_of(path, 'register(')}): dataset[0] "
+        f"raised IndexError: 0 at {path}:{_line_of(path, 'raise IndexError')} (a bug in the plugin; "
+        "DENSEMTL_TRACEBACK=1 shows its traceback)"
+    )
+
+
 # -- $DENSEMTL_DIST_TIMEOUT_MIN --------------------------------------------------------------------
 @pytest.mark.parametrize("value", ["-5", "nan", "abc"])
 def test_speed_with_two_processes_reads_the_timeout_first(
