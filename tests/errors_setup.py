@@ -16,6 +16,7 @@ import torch
 from densemtl.cli.main import main
 from densemtl.data.writer import synthesize
 from errors_setup_claims import CLAIMS_SETUP
+from errors_setup_plugins import PLUGIN_SETUP
 
 
 # -- what each row breaks --------------------------------------------------------------------------
@@ -291,4 +292,5 @@ SETUP: dict[str, Callable[[dict[str, Path]], None]] = {
     "yaml-size-float": _write("c.yaml", "size: [32.7, 40.9]\n"),
     "timm-ckpt-checkpoint-path": _checkpoint(_timm_file_in_config),
     **CLAIMS_SETUP,
+    **PLUGIN_SETUP,
 }

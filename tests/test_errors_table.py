@@ -24,6 +24,7 @@ import torch
 from densemtl.cli.main import main
 from densemtl.data.writer import synthesize
 from errors_setup import SETUP
+from errors_setup_plugins import PLUGIN_ENV
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
 ROW = re.compile(r"^\|\s*`([a-z0-9-]+)`\s*\|(.*)\|\s*`densemtl ([^`]+)`\s*\|\s*`([^`]+)`\s*\|\s*([0-9]+)\s*\|\s*$")
@@ -48,6 +49,7 @@ TORCHRUN_RANK0 = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}
 ENV: dict[str, dict[str, str]] = {
     "torchrun-timeout-env": {**TORCHRUN_RANK0, "DENSEMTL_DIST_TIMEOUT_MIN": "abc"},
     "torchrun-device-cuda": TORCHRUN_RANK0,
+    **PLUGIN_ENV,
 }
 
 

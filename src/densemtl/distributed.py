@@ -301,13 +301,16 @@ def shutdown() -> None:
 def spawn(fn: Callable[..., Any], world_size: int, *args: Any, timeout_s: float = 600.0) -> list[Any]:
     """Run ``fn(comm, *args)`` in ``world_size`` new processes joined in one gloo group (as torchrun
     would, on this machine) and return each rank's result, rank order. ``fn`` must be importable
-    (a module-level function). A rank's exception is raised here as a :class:`RuntimeFault`."""
+    (a module-level function). A rank's exception is raised here as a :class:`RuntimeFault`. Its
+    collectives wait ``$DENSEMTL_DIST_TIMEOUT_MIN`` for a peer, as torchrun's do (a bad value: one
+    line, before any process starts)."""
+    minutes = timeout_minutes()
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="densemtl-spawn-") as tmp:
         queue = ctx.SimpleQueue()
         init = f"file://{os.path.join(tmp, 'store')}"
         procs = [
-            ctx.Process(target=_spawned, args=(fn, rank, world_size, init, queue, args), daemon=True)
+            ctx.Process(target=_spawned, args=(fn, rank, world_size, init, queue, args, minutes), daemon=True)
             for rank in range(world_size)
         ]
         for p in procs:
@@ -336,9 +339,12 @@ def spawn(fn: Callable[..., Any], world_size: int, *args: Any, timeout_s: float 
     return [results[r] for r in range(world_size)]
 
 
-def _spawned(fn: Callable[..., Any], rank: int, world_size: int, init: str, queue: Any, args: tuple[Any, ...]) -> None:
+def _spawned(
+    fn: Callable[..., Any], rank: int, world_size: int, init: str, queue: Any, args: tuple[Any, ...], minutes: float
+) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world_size)
+    timeout = datetime.timedelta(minutes=minutes)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world_size, timeout=timeout)
     try:
         buf = io.BytesIO()  # bytes, not shared tensors: this process may be gone when they are read
         torch.save(fn(Comm(world_size, rank), *args), buf)

@@ -63,7 +63,13 @@ class StreamingMetrics:
 
     def reset(self) -> None:
         """Forget every batch seen so far."""
-        self._acc = {t: spec.accumulator(self.num_classes) for t, spec in self._specs.items()}
+        from densemtl.plugin_contracts import check_accumulator, guarded
+
+        self._acc = {}
+        for t, spec in self._specs.items():
+            acc = guarded(spec, "accumulator()", lambda spec=spec: spec.accumulator(self.num_classes))  # type: ignore[misc]
+            check_accumulator(spec, acc)  # a plugin's task: one line naming it
+            self._acc[t] = acc
 
     @torch.no_grad()
     def update(self, preds: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> None:

@@ -10,9 +10,12 @@ of densemtl stays a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import signal
+import threading
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -82,6 +85,40 @@ def defined_at(obj: object) -> str:
     return f"{file}:{line}" if file else ""
 
 
+@contextlib.contextmanager
+def noting_sigint() -> Iterator[list[int]]:
+    """While the user's code runs: a list that gets an entry when SIGINT arrives (the signal's
+    handler otherwise as it was), so that a KeyboardInterrupt the code *raises* is told from the
+    user's Ctrl-C. Outside the main thread, or under a handler set outside Python, every
+    KeyboardInterrupt counts as the user's."""
+    got: list[int] = []
+    before = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+    if before is None:
+        got.append(signal.SIGINT)
+        yield got
+        return
+
+    def note(signum: int, frame: Any) -> None:
+        got.append(signum)
+        if callable(before):
+            before(signum, frame)
+        elif before == signal.SIG_DFL:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, note)
+    try:
+        yield got
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def raised_interrupt(what: str, e: KeyboardInterrupt, module: str) -> PluginError:
+    """The one line for a KeyboardInterrupt the user's code ``what`` raised itself (no Ctrl-C)."""
+    where = last_frame(e.__traceback__, module)
+    return PluginError(f"{what} raised KeyboardInterrupt{f' at {where}' if where else ''} without a Ctrl-C "
+                       f"(a bug in the plugin; {TRACEBACK_ENV}=1 shows its traceback)", e)  # fmt: skip
+
+
 def _owner(kind: str, name: str, factory: object) -> str:
     module = getattr(factory, "__module__", "?")
     return f"{kind} {name!r} of plugin {module!r}"
@@ -109,7 +146,12 @@ def call_factory(kind: str, name: str, factory: Callable[..., Any], kwargs: Mapp
     module = str(getattr(factory, "__module__", "") or "")
     what = _owner(kind, name, factory)
     try:
-        obj = factory(**kwargs)
+        with noting_sigint() as sigint:
+            obj = factory(**kwargs)
+    except KeyboardInterrupt as e:
+        if sigint:
+            raise  # the user's Ctrl-C
+        raise raised_interrupt(what, e, module) from None
     except DenseMTLError:
         raise  # the plugin's own one-line refusal
     except TypeError as e:
@@ -130,6 +172,10 @@ def call_factory(kind: str, name: str, factory: Callable[..., Any], kwargs: Mapp
     if gap:
         at = defined_at(type(obj))
         raise PluginError(f"{what}{f' ({at})' if at else ''} does not follow the {kind} protocol: {gap}")
+    from densemtl.plugin_contracts import note_made  # its outputs are checked where first used
+
+    at = defined_at(factory)
+    note_made(obj, f"{what}{f' ({at})' if at else ''}", kwargs.get("task_channels"))
     return obj
 
 

@@ -27,7 +27,6 @@ import argparse
 import importlib
 import importlib.metadata
 import os
-import re
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -41,7 +40,6 @@ GROUP = "densemtl.plugins"
 #: speed workers): :func:`load_pending` imports them there.
 ENV = "DENSEMTL_IMPORTS"
 
-_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _loaded: list[str] = []  # the modules imported through --import / imports:, in order
 _entry_points: list[str] = []  # the entry points loaded, as "name = value"
 _entry_points_done = False
@@ -50,6 +48,11 @@ _allowed: set[str] = set()  # the modules the running command may import (its --
 _strict = False  # while a command runs without --trust-imports: a config naming a module not allowed is refused
 _UNSET = object()
 _env_before: Any = _UNSET  # $DENSEMTL_IMPORTS before export_to_children set it (restored by end_command)
+
+
+def is_module_name(name: str) -> bool:
+    """Whether ``name`` is a dotted module name: Python identifiers (``plügin`` is one) joined by dots."""
+    return bool(name) and all(part.isidentifier() for part in name.split("."))
 
 
 def loaded() -> list[str]:
@@ -69,7 +72,7 @@ def load_plugins(imports: Iterable[str] = (), *, entry_points: bool = True) -> l
         name = str(name).strip()
         if name in _loaded:
             continue
-        if not _MODULE.match(name):
+        if not is_module_name(name):
             raise ConfigError(f"--import {name!r} is not a module name (a dotted name, e.g. mypackage.models)")
         _with_cwd_on_path()
         _guard(f"plugin {name!r}", lambda name=name: importlib.import_module(name), module=name)
@@ -92,7 +95,7 @@ def load_pending() -> None:
     for name in (m.strip() for m in os.environ.get(ENV, "").split(",")):
         if not name or name in _loaded:
             continue
-        if not _MODULE.match(name):
+        if not is_module_name(name):
             raise ConfigError(f"${ENV} names {name!r}, not a module name; it lists the plugin modules a parent "
                               "densemtl command imported, comma-separated (unset it, or name modules)")  # fmt: skip
         try:
@@ -133,12 +136,21 @@ def load_entry_points() -> None:
 def _guard(what: str, action: Callable[[], Any], module: str = "") -> Any:
     """``action()``, any failure but an interrupt turned into one line naming ``what`` (and, for a
     bug in the plugin's code, its file and line: :mod:`densemtl.plugin_faults`)."""
-    from densemtl.plugin_faults import PluginError, describe, failed, last_frame
+    from densemtl.plugin_faults import PluginError, describe, failed, last_frame, noting_sigint, raised_interrupt
+    from densemtl.registry import BadRegistration
 
     try:
-        return action()
+        with noting_sigint() as sigint:
+            return action()
+    except KeyboardInterrupt as e:  # raised by the plugin itself, not by a Ctrl-C: the plugin's
+        if sigint:
+            raise
+        raise raised_interrupt(what, e, module) from None
     except ConfigError as e:
         raise ConfigError(f"{what}: {e}") from None
+    except BadRegistration as e:  # Registry.register: a name no command line can give, a non-callable
+        at = last_frame(e.__traceback__, module)
+        raise PluginError(f"{what} registers {e}{f' at {at}' if at else ''}", e) from None
     except ValueError as e:
         if "registered twice" in str(e):  # Registry.register: a name already taken
             raise ConfigError(f"{what} registers {e.args[0].replace(' registered twice', '')}, a name already "

@@ -31,6 +31,23 @@ def _load_plugins() -> None:
     load_pending()
 
 
+class BadRegistration(ValueError):
+    """A name that could never be given on the command line, or a factory that cannot be called:
+    refused when registered (a plugin's: one line naming it, :mod:`densemtl.plugins`)."""
+
+
+def bad_name(name: object) -> str:
+    """Why ``name`` cannot be a registered name ("" when it can): a name is a non-empty string
+    without commas (they separate names in ``--tasks``, ``--methods``, ``--archs``) or white space."""
+    if not isinstance(name, str):
+        return f"a name must be a string, not {type(name).__name__}"
+    if not name.strip():
+        return "a name must not be empty"
+    if "," in name or any(c.isspace() or not c.isprintable() for c in name):
+        return "a name must have no commas, spaces or control characters (lists of names are comma-separated)"
+    return ""
+
+
 class Registry(Generic[T]):
     """Maps lowercase names to factories; ``create`` gives a clear error for unknown names.
 
@@ -53,7 +70,16 @@ class Registry(Generic[T]):
         """Decorator registering a factory under ``name``. ``tiny`` are the knobs that make the
         entry small and fast, declared once and read by the registry-driven test suites."""
 
+        bad = bad_name(name)
+        if bad:
+            raise BadRegistration(f"{self.kind} {name!r}: {bad}")
+
         def deco(factory: Callable[..., T]) -> Callable[..., T]:
+            if not callable(factory):
+                raise BadRegistration(
+                    f"{self.kind} {name!r} as {type(factory).__name__} {factory!r:.40}: a {self.kind} must be "
+                    "registered as a function or class that makes one"
+                )
             key = name.lower()
             if key in self._factories:
                 raise ValueError(f"{self.kind} {key!r} registered twice")

@@ -201,7 +201,11 @@ class LossWeighting(BalancingMethod):
 
     def combine(self, losses: Tensor) -> tuple[Tensor, Tensor]:
         """The scalar to back-propagate and the weights used (detached)."""
-        w = self.weights(losses.detach()).to(losses)
+        from densemtl.plugin_contracts import check_vector
+
+        w = self.weights(losses.detach())
+        check_vector(self, "weights(losses)", w, len(losses), losses)  # a user's method: one line
+        w = w.to(losses)
         return (w * losses).sum(), w.detach()
 
     def __call__(self, J: Tensor) -> Tensor:

@@ -21,6 +21,7 @@ in it; their size per forward and backward pass is reported beside (``sync_bn_by
 from __future__ import annotations
 
 import copy
+import datetime
 import gc
 import os
 import statistics
@@ -55,6 +56,7 @@ from densemtl.bench.speed_setup import (
 from densemtl.bench.targets import BASELINE
 from densemtl.distributed import Comm, spawn
 from densemtl.errors import ConfigError
+from densemtl.launch import timeout_minutes
 from densemtl.models.base import MultiTaskModel
 from densemtl.models.sync_bn import GlobalBatchNorm2d, convert_sync_bn
 from densemtl.report.progress import progress as progress_bar
@@ -117,6 +119,7 @@ def measure_speed_ddp(
     ``bytes_ratio_to_ew``; every row also ``sync_bn_bytes`` (per forward + backward, not counted).
     """
     check_world_size(world_size, batch_size, device)
+    timeout_minutes()  # a bad $DENSEMTL_DIST_TIMEOUT_MIN: one line before anything is built
     hw, task_tuple = check_settings(size, batch_size, tasks, recompute_every, grad_mode, warmup, repeats, data_args)
     names, strict = method_names(methods)
     dev = resolve_device(device)
@@ -268,7 +271,10 @@ def _join_nccl(comm: Comm, init: str, dev: torch.device) -> None:
     """Swap the spawned gloo group for an nccl one over the same ranks (GPU tensors, as torchrun
     on CUDA gives ``train``)."""
     dist.destroy_process_group()
-    dist.init_process_group("nccl", init_method=init, rank=comm.rank, world_size=comm.world_size, device_id=dev)
+    timeout = datetime.timedelta(minutes=timeout_minutes())
+    dist.init_process_group(
+        "nccl", init_method=init, rank=comm.rank, world_size=comm.world_size, device_id=dev, timeout=timeout
+    )
 
 
 def _sync_bn_bytes(model: nn.Module) -> int | None:

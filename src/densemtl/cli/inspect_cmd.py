@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from densemtl.errors import ConfigError
 from densemtl.paths import check_into_folder, check_output_dir, check_output_file, image_inputs, write_bytes
+from densemtl.plugin_contracts import check_outputs
 from densemtl.report.jsonio import dumps
 
 
@@ -173,6 +174,7 @@ def run_predict(args: argparse.Namespace) -> int:
         if tuple(x.shape[-2:]) != at:
             x = F.interpolate(x, size=at, mode="bilinear", align_corners=False)
         preds = model(x)
+        check_outputs(model, preds, {"image": x}, tuple(state["tasks"]))  # a user's model: one line naming it
         panel = prediction_panel(x[0], {t: v[0] for t, v in preds.items()}, state["num_classes"])
         target = out / f"{path.stem}_pred.png"
         save_panel(panel, target)

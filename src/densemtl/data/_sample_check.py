@@ -49,7 +49,9 @@ def _first_sample(dataset: object) -> object:
     py_state, np_state = random.getstate(), np.random.get_state()
     try:
         with torch.random.fork_rng(devices=[]):
-            return dataset[0]  # type: ignore[index]
+            from densemtl.plugin_contracts import guarded  # a plugin's dataset that raises: one line naming it
+
+            return guarded(dataset, "dataset[0]", lambda: dataset[0])  # type: ignore[index]
     finally:
         random.setstate(py_state)
         np.random.set_state(np_state)

@@ -25,6 +25,7 @@ from densemtl.engine.precision import Precision
 from densemtl.engine.strategies import STRATEGIES, Context, Forward, NonFiniteGradientError, StepResult
 from densemtl.errors import ConfigError
 from densemtl.models.base import MultiTaskModel
+from densemtl.plugin_contracts import check_outputs
 
 __all__ = [
     "MODES",
@@ -88,7 +89,9 @@ class Engine:
 
     # -- pieces -----------------------------------------------------------------------------------
     def task_loss_parts(self, preds: dict[str, Tensor], batch: dict[str, Tensor]) -> list[Tensor]:
-        """Each task's scalar loss (the model's extra losses included), in task order."""
+        """Each task's scalar loss (the model's extra losses included), in task order; a user's
+        model whose predictions are not what the tasks need: one line naming it."""
+        check_outputs(self.model, preds, batch, self.tasks)
         losses = self.model.task_losses(preds, batch, self.tasks)
         return [losses[t] for t in self.tasks]
 

@@ -47,18 +47,30 @@ def available() -> list[str]:
 def get(name: str, **knobs: Any) -> Task:
     """A ready instance of task ``name`` with ``knobs`` (a dataset's ``task_args``, e.g. NYUD's edge
     tolerance); an unknown name or knob is a ConfigError listing the valid ones."""
+    from densemtl.plugin_contracts import task_gap
     from densemtl.plugin_faults import call_factory  # a plugin's failure: one line naming it
 
     cls = TASKS.get(name)
     try:
-        return call_factory("task", TASKS.canonical(name), cls, knobs, Task)
+        return call_factory("task", TASKS.canonical(name), cls, knobs, Task, check=task_gap)
     except TypeError as e:
         raise ConfigError(f"task {name!r}: {e}") from None
 
 
 def task_channels(tasks: Iterable[str], num_classes: int) -> dict[str, int]:
-    """Output channels of each task's head, in the order of ``tasks``."""
-    return {t: get(t).channels(num_classes) for t in tasks}
+    """Output channels of each task's head, in the order of ``tasks``; a task (a plugin's) whose
+    ``channels`` is not a whole number >= 1 is a one-line error naming it."""
+    from densemtl.plugin_contracts import guarded, maker
+
+    out: dict[str, int] = {}
+    for t in tasks:
+        task = get(t)
+        c = guarded(task, "channels()", lambda task=task: task.channels(num_classes))  # type: ignore[misc]
+        if isinstance(c, bool) or not isinstance(c, int) or c < 1:
+            raise ConfigError(f"{maker(task) or f'task {t!r}'}: channels({num_classes}) returned {c!r}, not a "
+                              "number of channels >= 1")  # fmt: skip
+        out[t] = c
+    return out
 
 
 def default_task_channels() -> dict[str, int]:
@@ -67,8 +79,16 @@ def default_task_channels() -> dict[str, int]:
 
 
 def compute_losses(preds: dict[str, Tensor], batch: dict[str, Tensor], tasks: Iterable[str]) -> dict[str, Tensor]:
-    """One scalar loss per task, in the order of ``tasks``."""
-    return {t: get(t).loss(preds[t], batch[t]) for t in tasks}
+    """One scalar loss per task, in the order of ``tasks`` (a user's task whose loss raises or is
+    not a scalar: one line naming it)."""
+    from densemtl.plugin_contracts import check_loss, guarded
+
+    out: dict[str, Tensor] = {}
+    for t in tasks:
+        task = get(t)
+        out[t] = guarded(task, "loss()", lambda task=task, t=t: task.loss(preds[t], batch[t]))  # type: ignore[misc]
+        check_loss(task, t, out[t])
+    return out
 
 
 def _import_tasks() -> None:

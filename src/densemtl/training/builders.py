@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import operator
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -86,9 +87,21 @@ def build_datasets(cfg: TrainConfig) -> tuple[MultiTaskDataset, MultiTaskDataset
                 f"it has {', '.join(train.tasks)}"
             )
         train, val = TaskSubset(train, cfg.tasks), TaskSubset(val, cfg.tasks)
+    _check_classes(train, cfg.dataset)
     for split, ds in (("train", train), ("val", val)):  # a 2-D image, a missing key: one line, not a traceback
         check_sample(ds, cfg.dataset, split)
     return train, val
+
+
+def _check_classes(ds: MultiTaskDataset, name: str) -> None:
+    """A ConfigError unless the dataset's ``num_classes`` is a whole number, >= 1 when it has ``seg``."""
+    classes = getattr(ds, "num_classes", None)
+    try:
+        n = operator.index(classes) if not isinstance(classes, bool) else -1
+    except TypeError:
+        n = -1
+    if n < 0 or (n == 0 and "seg" in ds.tasks):
+        raise ConfigError(f"dataset {name!r} says it has num_classes={classes!r}; it must be a whole number >= 1")
 
 
 def create_model(arch: str, arch_args: dict[str, Any], tasks: tuple[str, ...], num_classes: int) -> MultiTaskModel:
@@ -132,6 +145,11 @@ def build_model(cfg: TrainConfig, tasks: tuple[str, ...], num_classes: int) -> M
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.arch, cfg.arch_args, tasks, num_classes)
     check_fits_model(model, cfg.arch, cfg.size)
+    if not any(p.requires_grad for p in model.parameters()):  # nothing to train: one line, not autograd's
+        from densemtl.plugin_contracts import maker
+
+        raise ConfigError(f"{maker(model) or f'architecture {cfg.arch!r}'} has no trainable parameters; "
+                          "a model to train needs at least one")  # fmt: skip
     return model
 
 

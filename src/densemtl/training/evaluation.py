@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from densemtl.metrics import StreamingMetrics
+from densemtl.plugin_contracts import check_outputs
 
 
 def move(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
@@ -36,6 +37,7 @@ def evaluate_model(
     for batch in tqdm(loader, desc=desc, leave=False, disable=None if progress else True, dynamic_ncols=True):
         batch = move(batch, device)
         preds = model(batch["image"])
+        check_outputs(model, preds, batch, tasks)  # a user's model: one line naming it
         meter.update({t: preds[t].float() for t in tasks}, batch)
     model.train(was_training)
     return meter.compute()

@@ -22,6 +22,7 @@ from densemtl.engine.layer_norms import kernel_ids
 from densemtl.engine.precision import Precision, mark_overflow
 from densemtl.errors import DenseMTLError
 from densemtl.models.base import MultiTaskModel
+from densemtl.plugin_contracts import check_vector, guarded
 
 
 class NonFiniteGradientError(DenseMTLError):
@@ -219,10 +220,14 @@ class GradientStrategy(Strategy):
         ``row_weights``, None for 1)."""
         if self.from_gramian:
             method = cast(GramianWeighting, self.ctx.method)
-            c = method.weights_from_gramian(gramian(J)).to(J)
+            G = gramian(J)
+            c = guarded(method, "weights_from_gramian(G)", lambda: method.weights_from_gramian(G))
+            check_vector(method, "weights_from_gramian(G)", c, J.shape[0], G)  # a user's method: one line
+            c = c.to(J)
             return (torch.mv(J.T, c, out=out) if out is not None else c @ J), c, c
         aggregator = cast(Aggregator, self.ctx.method)
-        vec = aggregator(J)
+        vec = guarded(aggregator, "aggregate(J)", lambda: aggregator(J))
+        check_vector(aggregator, "aggregate(J)", vec, J.shape[1], J)
         return vec, None, self.row_weights(J)
 
     def row_weights(self, like: Tensor) -> Tensor | None:

@@ -26,6 +26,7 @@ from densemtl.engine.layer_norms import (
 )
 from densemtl.engine.strategies.base import Context, Forward, StepResult, Strategy
 from densemtl.errors import ConfigError
+from densemtl.plugin_contracts import guarded
 
 
 class LossStrategy(Strategy):
@@ -81,7 +82,7 @@ class LossStrategy(Strategy):
             else:
                 norms = layer_grad_norms(fwd.parts, self.norm_layer)
             self.method.observe_grad_norms(norms)
-        scalar, weights = self.method.combine(losses)
+        scalar, weights = guarded(self.method, "combine(losses)", lambda: self.method.combine(losses))
         if extra is not None:
             scalar = scalar + torch.stack(list(extra)).sum()
         if self.ctx.comm.active or not torch.isfinite(scalar):
