@@ -23,7 +23,7 @@ from densemtl.registry import did_you_mean
 from densemtl.tasks import task_channels
 from densemtl.training.checkpoint_meta import check_state_fields
 from densemtl.training.config import TrainConfig, build_config
-from densemtl.training.model_check import meta_model
+from densemtl.training.model_check import check_finite, meta_model
 from densemtl.training.schedule import NO_DECAY, make_optimizer, make_scheduler
 
 
@@ -169,6 +169,7 @@ def model_from_state(state: Mapping[str, Any], where: str | Path) -> tuple[Multi
         raise ConfigError(f"checkpoint {where}: {e}") from None
     _check_weights(model.state_dict(), weights, cfg, tasks, where)
     model.load_state_dict(weights)
+    check_finite(model, where)
     return model, cfg
 
 
