@@ -96,7 +96,7 @@ STATE = [
     ("guard", _set("guard", {"skipped": "many"}), "damaged 'guard' (skipped: a finite number expected"),
     ("engine", lambda s: s["engine"].__setitem__("step", "abc"), "damaged 'engine' (step: a finite number expected"),
     ("method_generator", _set("method_generator", torch.zeros(2)), "damaged 'method_generator'"),
-    ("config", lambda s: s["config"].__setitem__("lr", "fast"), "damaged 'config' (config key 'lr' must be a number, got 'fast')"),
+    ("config", lambda s: s["config"].__setitem__("lr", "fast"), "(config key 'lr' must be a number, got 'fast')"),
     ("config", lambda s: s["config"].__setitem__("lr", 0.5), "and the run's config.yaml disagree on 'lr' (0.5 vs"),
     ("config", _set("config", [1]), "'config' must be a mapping, got list"),
     ("weights", _nan_weights, "holds NaN or inf values"),
