@@ -145,6 +145,9 @@ def _set(key: str, value: object) -> Callable[[dict], None]:
     return lambda d: d.__setitem__(key, value)
 
 
+_W0 = "trunk.encoder.0.0.0.weight"  # the first weight of the table's SegNet
+
+
 def _nan_weights(state: dict) -> None:
     for v in state["model"].values():
         if v.is_floating_point():
@@ -332,6 +335,7 @@ SETUP: dict[str, Callable[[dict[str, Path]], None]] = {
     "resume-config-disagrees": _checkpoint(lambda s: s["config"].__setitem__("lr", 0.5)),
     "resume-weights-nan": _checkpoint(_nan_weights),
     "ckpt-weights-nan": _checkpoint(_nan_weights),
+    "ckpt-int-weights": _checkpoint(lambda s: s["model"].__setitem__(_W0, s["model"][_W0].to(torch.int64))),
 
     **CLAIMS_SETUP,
 }

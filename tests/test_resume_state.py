@@ -160,3 +160,22 @@ def test_a_foreign_pickle_gives_one_line_and_no_torch_warning(run: Path, capsys:
         err = one_line(capsys, ["eval", "--checkpoint", str(run), "--n", "2"])
     assert "could run code (refused)" in err, err
     assert not seen, [str(w.message) for w in seen]
+
+
+def test_integer_weights_in_an_export_are_refused_not_cast(run: Path, capsys: pytest.CaptureFixture) -> None:
+    """load_state_dict would copy an int64 tensor into a float weight without a word."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    export = run.parent / "m.safetensors"
+    assert main(["export", "--checkpoint", str(run), "--out", str(export)]) == 0
+    with safe_open(str(export), framework="pt") as f:
+        meta = dict(f.metadata())
+        weights = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    first = sorted(k for k, v in weights.items() if v.is_floating_point())[0]
+    weights[first] = weights[first].to(torch.int64)
+    save_file(weights, str(export), metadata=meta)
+    img = run.parent / "x.npy"
+    np.save(img, np.zeros((32, 40, 3), dtype=np.float32))
+    err = one_line(capsys, ["predict", "--checkpoint", str(export), "--out", str(run.parent / "p"), str(img)])
+    assert f"checkpoint {export}: tensor {first!r} holds int64 values where architecture 'segnet' has float32" in err

@@ -187,6 +187,14 @@ def _check_weights(
             f"{', '.join(tasks)}: {len(missing)} missing, {len(unexpected)} unexpected, {len(mismatched)} "
             f"mismatched keys (first: {first!r})"
         )
+    kinds = [k for k in expected if weights[k].is_floating_point() != expected[k].is_floating_point()]
+    if kinds:  # load_state_dict would cast integers into float weights (or floats into counters) silently
+        k = kinds[0]
+        got, want = (str(t[k].dtype).removeprefix("torch.") for t in (weights, expected))
+        raise ConfigError(
+            f"checkpoint {where}: tensor {k!r} holds {got} values where architecture {cfg.arch!r} has {want} "
+            "ones; it is not this model's"
+        )
 
 
 #: A method's random generator is seeded with the run's seed plus this prime, so that its draws

@@ -52,10 +52,10 @@ def _mismatch(value: object, like: object) -> str | None:
         return None
     if isinstance(like, str):
         return None if isinstance(value, str) else f"text expected, got {_short(value)}"
-    if isinstance(like, list | tuple):
-        if not isinstance(value, list | tuple) or len(value) != len(like):
+    if isinstance(like, list | tuple):  # a tuple has its length (Adam's betas); a list may grow (a history)
+        if not isinstance(value, list | tuple) or (isinstance(like, tuple) and len(value) != len(like)):
             return f"a list of {len(like)} expected, got {_short(value)}"
-        return next((m for v, k in zip(value, like, strict=True) if (m := _mismatch(v, k))), None)
+        return next((m for v, k in zip(value, like, strict=False) if (m := _mismatch(v, k))), None)
     if isinstance(like, torch.Tensor):
         if not isinstance(value, torch.Tensor):
             return f"a tensor expected, got {_short(value)}"
