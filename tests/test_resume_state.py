@@ -179,3 +179,11 @@ def test_integer_weights_in_an_export_are_refused_not_cast(run: Path, capsys: py
     np.save(img, np.zeros((32, 40, 3), dtype=np.float32))
     err = one_line(capsys, ["predict", "--checkpoint", str(export), "--out", str(run.parent / "p"), str(img)])
     assert f"checkpoint {export}: tensor {first!r} holds int64 values where architecture 'segnet' has float32" in err
+
+
+def test_no_history_in_the_checkpoint_and_none_in_metrics_is_refused(run: Path, capsys: pytest.CaptureFixture) -> None:
+    """An old checkpoint (no 'history') falls back on metrics.jsonl: records it lacks are refused, not lost."""
+    path = edit_last(run, lambda s: s.pop("history"))
+    (run / "metrics.jsonl").write_text('{"epoch": "zero"}\n')
+    err = one_line(capsys, ["train", "--resume", "--out", str(run), "--epochs", "2", "--quiet"])
+    assert f"{path} holds no 'history' and {run / 'metrics.jsonl'} has no record of epoch 0" in err, err

@@ -68,6 +68,13 @@ def restore(trainer: Any) -> None:
     history = state.get("history")
     if history is None:  # a checkpoint from before the history was kept in it
         history = read_history(trainer.out / "metrics.jsonl")
+        done = {r["epoch"] for r in history}
+        lost = [e for e in range(trainer.epoch + 1) if e not in done]
+        if lost:
+            raise ConfigError(
+                f"--resume: {path} holds no 'history' and {trainer.out / 'metrics.jsonl'} has no record of "
+                f"epoch {lost[0]}; the run's history cannot be continued"
+            )
     trainer.history = [r for r in history if r["epoch"] <= trainer.epoch]
     partial = state.get("epoch_partial")
     if trainer.step and partial is not None:
