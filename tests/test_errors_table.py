@@ -335,6 +335,10 @@ SETUP: dict[str, Callable[[dict[str, Path]], None]] = {
     "resume-config-disagrees": _checkpoint(lambda s: s["config"].__setitem__("lr", 0.5)),
     "resume-weights-nan": _checkpoint(_nan_weights),
     "ckpt-weights-nan": _checkpoint(_nan_weights),
+    "resume-history-lost": lambda p: (
+        _checkpoint(lambda s: s.pop("history"))(p),
+        (p["RUN"] / "metrics.jsonl").write_text('{"epoch": "zero"}\n'),
+    ),
     "ckpt-int-weights": _checkpoint(lambda s: s["model"].__setitem__(_W0, s["model"][_W0].to(torch.int64))),
 
     **CLAIMS_SETUP,
