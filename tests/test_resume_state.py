@@ -187,3 +187,12 @@ def test_no_history_in_the_checkpoint_and_none_in_metrics_is_refused(run: Path, 
     (run / "metrics.jsonl").write_text('{"epoch": "zero"}\n')
     err = one_line(capsys, ["train", "--resume", "--out", str(run), "--epochs", "2", "--quiet"])
     assert f"{path} holds no 'history' and {run / 'metrics.jsonl'} has no record of epoch 0" in err, err
+
+
+def test_a_folder_in_place_of_summary_json_is_refused_before_training(run: Path, capsys: pytest.CaptureFixture) -> None:
+    (run / "summary.json").unlink()
+    (run / "summary.json").mkdir()
+    before = (run / "checkpoints" / "last.pt").read_bytes()
+    err = one_line(capsys, ["train", "--resume", "--out", str(run), "--epochs", "2", "--quiet"])
+    assert f"--resume: {run / 'summary.json'} is a folder where the run writes its summary.json" in err, err
+    assert (run / "checkpoints" / "last.pt").read_bytes() == before

@@ -364,10 +364,10 @@ def run_file_cases() -> list[Case]:
             "summary-is-folder-resume",
             C,
             RESUME,
-            "accept",
+            "refuse",
             lambda t: ((t / "RUN/summary.json").unlink(), (t / "RUN/summary.json").mkdir()),
             RUN_DATA,
-            note="arguable: the resumed run must write summary.json; refusing is fine too",
+            note="was accept (arguable): the run cannot write summary.json there, so it is refused before training",
         ),
         Case(
             "export-out-existing-folder",

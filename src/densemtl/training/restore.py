@@ -37,6 +37,11 @@ def restore(trainer: Any) -> None:
         trainer.log(f"densemtl: {trainer.out} has no checkpoint yet: starting it from the beginning")
         return
     path = trainer.last_path
+    for name in ("metrics.jsonl", "summary.json"):  # found at the end of a resumed run otherwise
+        if (trainer.out / name).is_dir():
+            raise ConfigError(
+                f"--resume: {trainer.out / name} is a folder where the run writes its {name}; move it away and resume"
+            )
     if is_safetensors(path):
         raise ConfigError(
             f"--resume: {path} is a weights-only export (safetensors), not a training checkpoint: it holds "
