@@ -122,6 +122,19 @@ def _set(key: str, value: object) -> Callable[[dict], None]:
     return lambda d: d.__setitem__(key, value)
 
 
+_W0 = "trunk.encoder.0.0.0.weight"  # the first weight of the table's SegNet
+
+
+def _nan_weights(state: dict) -> None:
+    for v in state["model"].values():
+        if v.is_floating_point():
+            v.fill_(float("nan"))
+
+
+def _group(key: str, value: object) -> Callable[[dict], None]:
+    return lambda s: s["optimizer"]["param_groups"][0].__setitem__(key, value)
+
+
 def _scale_width(state: dict) -> None:
     state["config"]["arch_args"]["width"] = 0.25
 
@@ -291,6 +304,19 @@ SETUP: dict[str, Callable[[dict[str, Path]], None]] = {
     "yaml-duplicate": _write("c.yaml", "epochs: 1\nlr: 0.1\nepochs: 3\n"),
     "yaml-size-float": _write("c.yaml", "size: [32.7, 40.9]\n"),
     "timm-ckpt-checkpoint-path": _checkpoint(_timm_file_in_config),
+    "resume-optimizer-lr": _checkpoint(_group("lr", "fast")),
+    "resume-scheduler-entry": _checkpoint(lambda s: s["scheduler"].__setitem__("step", 5)),
+    "resume-rng": _checkpoint(_set("rng", {"python": 5})),
+    "resume-guard": _checkpoint(_set("guard", [1, 2])),
+    "resume-config-lr": _checkpoint(lambda s: s["config"].__setitem__("lr", "fast")),
+    "resume-config-disagrees": _checkpoint(lambda s: s["config"].__setitem__("lr", 0.5)),
+    "resume-weights-nan": _checkpoint(_nan_weights),
+    "ckpt-weights-nan": _checkpoint(_nan_weights),
+    "resume-history-lost": lambda p: (
+        _checkpoint(lambda s: s.pop("history"))(p),
+        (p["RUN"] / "metrics.jsonl").write_text('{"epoch": "zero"}\n'),
+    ),
+    "ckpt-int-weights": _checkpoint(lambda s: s["model"].__setitem__(_W0, s["model"][_W0].to(torch.int64))),
     **CLAIMS_SETUP,
     **PLUGIN_SETUP,
 }

@@ -18,6 +18,11 @@ PRED_X = ["predict", "--checkpoint", "model.safetensors", "--out", "OUT", "x.png
 EXPORT = ["export", "--checkpoint", "RUN", "--out", "m.safetensors"]
 RESUME = ["train", "--resume", "--out", "RUN", "--epochs", "1", "--quiet"]
 RUN_DATA = ("RUN", "DATA")
+#: why a damaged metrics.jsonl is accepted on resume (was "refuse": corrected in issue 21's second wave)
+HISTORY_NOTE = (
+    "accept: last.pt holds the history, which rewrites metrics.jsonl on resume (a torn line after a kill "
+    "must not stop a run; tests/test_resume.py); without it in last.pt, a lost record is refused"
+)
 
 
 def _img(tmp: Path) -> None:
@@ -315,13 +320,21 @@ def run_file_cases() -> list[Case]:
             "metrics-garbage-line",
             C,
             RESUME,
-            "refuse",
+            "accept",
             lambda t: (t / "RUN/metrics.jsonl").write_text("not json\n" + (t / "RUN/metrics.jsonl").read_text()),
             RUN_DATA,
-            note="arguable: the checkpoint holds the history",
+            note=HISTORY_NOTE,
         ),
-        Case("metrics-epoch-str", C, RESUME, "refuse", _metrics_edit(lambda r: set_key(r, "epoch", "abc")), RUN_DATA),
-        Case("metrics-record-list", C, RESUME, "refuse", _metrics(["[1, 2, 3]"]), RUN_DATA),
+        Case(
+            "metrics-epoch-str",
+            C,
+            RESUME,
+            "accept",
+            _metrics_edit(lambda r: set_key(r, "epoch", "abc")),
+            RUN_DATA,
+            note=HISTORY_NOTE,
+        ),
+        Case("metrics-record-list", C, RESUME, "accept", _metrics(["[1, 2, 3]"]), RUN_DATA, note=HISTORY_NOTE),
         Case(
             "metrics-is-folder",
             C,
@@ -351,10 +364,10 @@ def run_file_cases() -> list[Case]:
             "summary-is-folder-resume",
             C,
             RESUME,
-            "accept",
+            "refuse",
             lambda t: ((t / "RUN/summary.json").unlink(), (t / "RUN/summary.json").mkdir()),
             RUN_DATA,
-            note="arguable: the resumed run must write summary.json; refusing is fine too",
+            note="was accept (arguable): the run cannot write summary.json there, so it is refused before training",
         ),
         Case(
             "export-out-existing-folder",

@@ -24,7 +24,7 @@ from densemtl.registry import did_you_mean
 from densemtl.tasks import task_channels
 from densemtl.training.checkpoint_meta import check_state_fields
 from densemtl.training.config import TrainConfig, build_config
-from densemtl.training.model_check import meta_model
+from densemtl.training.model_check import check_finite, meta_model
 from densemtl.training.schedule import NO_DECAY, make_optimizer, make_scheduler
 
 
@@ -187,6 +187,7 @@ def model_from_state(state: Mapping[str, Any], where: str | Path) -> tuple[Multi
         raise ConfigError(f"checkpoint {where}: {e}") from None
     _check_weights(model.state_dict(), weights, cfg, tasks, where)
     model.load_state_dict(weights)
+    check_finite(model, where)
     return model, cfg
 
 
@@ -203,6 +204,14 @@ def _check_weights(
             f"checkpoint {where} does not match architecture {cfg.arch!r} {cfg.arch_args} for tasks "
             f"{', '.join(tasks)}: {len(missing)} missing, {len(unexpected)} unexpected, {len(mismatched)} "
             f"mismatched keys (first: {first!r})"
+        )
+    kinds = [k for k in expected if weights[k].is_floating_point() != expected[k].is_floating_point()]
+    if kinds:  # load_state_dict would cast integers into float weights (or floats into counters) silently
+        k = kinds[0]
+        got, want = (str(t[k].dtype).removeprefix("torch.") for t in (weights, expected))
+        raise ConfigError(
+            f"checkpoint {where}: tensor {k!r} holds {got} values where architecture {cfg.arch!r} has {want} "
+            "ones; it is not this model's"
         )
 
 

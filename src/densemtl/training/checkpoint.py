@@ -16,6 +16,7 @@ import errno
 import json
 import os
 import socket
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -241,7 +242,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     except OSError as e:
         raise ConfigError(f"checkpoint {p} cannot be read: {_cause(e)}") from None
     try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns (with a source line) on a foreign pickle: the error says it
+            warnings.simplefilter("ignore")
+            state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
         if "global" in str(e).lower():  # a class or function outside the allowlist: it could run code
             raise ConfigError(

@@ -8,7 +8,7 @@ engine and optimizer.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,13 +98,17 @@ class Member:
             "engine": self.engine.state_dict(),
         }
 
-    def restore(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.method.load_state_dict(state["method"])
+    def restore(self, state: dict[str, Any], load: Callable[[str, Callable[[], Any]], Any] | None = None) -> None:
+        """Load ``state`` (:meth:`state`) part by part; ``load(field, fn)`` runs each part's ``fn``
+        (``train --resume`` names the field of a part that does not fit)."""
+        run = load or (lambda _field, fn: fn())
+        run("model", lambda: self.model.load_state_dict(state["model"]))
+        run("optimizer", lambda: self.optimizer.load_state_dict(state["optimizer"]))
+        run("scheduler", lambda: self.scheduler.load_state_dict(state["scheduler"]))
+        run("method", lambda: self.method.load_state_dict(state["method"]))
         if state.get("method_generator") is not None and self.method.generator is not None:
-            self.method.generator.set_state(state["method_generator"])
+            gen = self.method.generator
+            run("method_generator", lambda: gen.set_state(state["method_generator"]))
         # A checkpoint from before Engine.state_dict keeps engine_step / engine_coefficients at the
         # top level, which Engine.load_state_dict also reads.
-        self.engine.load_state_dict(state.get("engine", state))
+        run("engine", lambda: self.engine.load_state_dict(state.get("engine", state)))

@@ -76,3 +76,23 @@ def meta_model(build: Any, arch: str, knobs: dict[str, Any]) -> nn.Module | None
         return None
     check_memory(model, arch, knobs)
     return model
+
+
+def first_nonfinite(model: nn.Module) -> str | None:
+    """The name of ``model``'s first parameter (or batch-norm statistic) holding a NaN or inf, or None."""
+    named = [*model.named_parameters(), *((k, b) for k, b in model.named_buffers() if k.endswith(("_mean", "_var")))]
+    for name, tensor in named:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor.detach()).all()):
+            return name
+    return None
+
+
+def check_finite(model: nn.Module, where: object) -> None:
+    """A one-line ConfigError naming checkpoint ``where`` and the first non-finite tensor of its
+    weights (``model``, loaded): a model with NaN or inf weights cannot predict anything."""
+    name = first_nonfinite(model)
+    if name is not None:
+        raise ConfigError(
+            f"checkpoint {where}: weight {name!r} holds NaN or inf values (the run diverged before it was "
+            "saved), so it cannot predict anything; use an earlier checkpoint (best.pt) or train again"
+        )
