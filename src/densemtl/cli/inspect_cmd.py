@@ -133,6 +133,19 @@ def predict_size(image_hw: tuple[int, int], trained: tuple[int, ...], min_side: 
     return max(h, min_side), max(w, min_side)
 
 
+def check_predict_size(path: Path, image_hw: tuple[int, ...], at: tuple[int, int]) -> None:
+    """A ConfigError naming ``path`` when the size it would be predicted at has a side above
+    :data:`~densemtl.training.config_parse.MAX_SIDE` (an extreme aspect ratio scaled to the training
+    height: a 2×20000 strip at 32 rows is 32×320000)."""
+    from densemtl.training.config_parse import MAX_SIDE
+
+    if max(at) > MAX_SIDE:
+        raise ConfigError(
+            f"image {path} ({image_hw[0]}x{image_hw[1]}) would be predicted at {at[0]}x{at[1]}, a side above "
+            f"{MAX_SIDE} pixels; crop it, or give --size HxW"
+        )
+
+
 @torch.no_grad()
 def run_predict(args: argparse.Namespace) -> int:
     from densemtl import tasks as task_registry
@@ -166,9 +179,11 @@ def run_predict(args: argparse.Namespace) -> int:
     for _, _, note in read:
         if note:
             print(f"densemtl: note: {note}", file=sys.stderr)
-    for path, img, _ in read:
+    sizes = [size or predict_size(tuple(img.shape[-2:]), trained, model.min_input_side()) for _, img, _ in read]
+    for (path, img, _), at in zip(read, sizes, strict=True):  # every size checked before anything is written
+        check_predict_size(path, tuple(img.shape[-2:]), at)
+    for (path, img, _), at in zip(read, sizes, strict=True):
         h_in, w_in = img.shape[-2:]
-        at = size or predict_size((h_in, w_in), trained, model.min_input_side())
         x = img[None].to(device)
         if tuple(x.shape[-2:]) != at:
             x = F.interpolate(x, size=at, mode="bilinear", align_corners=False)

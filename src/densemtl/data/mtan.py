@@ -1,6 +1,6 @@
 """NYUv2 and Cityscapes in the preprocessed layout of MTAN / LibMTL.
 
-``ROOT/{train,val}/{image,label,depth,normal}/{i}.npy``: image H×W×3 float, label H×W (-1 = ignore),
+``ROOT/{train,val}/{image,label,depth,normal}/{i}.npy``: image H×W×3 float, label H×W or H×W×1 (-1 = ignore),
 depth H×W×1 (0 = invalid; NYUv2's in metres, so above 100 is refused as millimetres), normal
 H×W×3 (all-zero = invalid); images in 0..1 (0..255 floats are refused). Every file's header is checked when
 the dataset is opened, with the values of the first sample and that the split has some valid depth;
@@ -176,8 +176,8 @@ class MTANDataset(Dataset):
         except Exception as exc:
             raise DataError(f"{path}: cannot read .npy ({one_line(exc)})") from exc
 
-    def _label(self, path: Path) -> torch.Tensor:
-        lab = self._load(path)
+    def _label(self, path: Path, index: int) -> torch.Tensor:
+        lab = self._load(path).reshape(self._stored[index])  # H×W×1 is the same map
         if lab.dtype.kind == "f":
             if not np.all(np.isfinite(lab)):
                 raise DataError(f"{path}: label has NaN or infinite values")
@@ -239,7 +239,7 @@ class MTANDataset(Dataset):
             raise DataError(f"{files['image']}: image values must be in 0..1, found {lo:g}..{hi:g}{hint}")
         sample = {"image": torch.from_numpy(image).permute(2, 0, 1).contiguous()}
         if "seg" in self.tasks:
-            sample["seg"] = self._label(files["label"])
+            sample["seg"] = self._label(files["label"], index)
         if "depth" in self.tasks:
             sample["depth"] = self._depth(files["depth"], index)
         if "normal" in self.tasks:
