@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from densemtl.data import register
-from densemtl.data._claims import empty_counts, has_signal
+from densemtl.data._claims import empty_counts, has_signal, note_unusable
 from densemtl.data._files import (
     check_header,
     check_int,
@@ -249,20 +249,24 @@ class MTANDataset(Dataset):
     def scan(self, progress: bool = False) -> dict[str, int]:
         """Read and check every sample's values (what loading checks, for all of them at once).
 
-        Returns counts: ``samples``, ``depth_unusable`` (depth files holding negative, NaN or
+        Each file holding values read as invalid pixels (NaN, infinite; negative depth) is named
+        in ``scan_notes``. Returns counts: ``samples``, ``depth_unusable`` (depth files holding negative, NaN or
         infinite readings, read as invalid) and ``depth_empty`` (depth files with no valid pixel).
         The first bad file raises ``DataError``; so does a split without a valid depth pixel.
         """
         counts = {"samples": 0, "depth_unusable": 0, "depth_empty": 0}
         counts |= empty_counts([t for t in self.tasks if t == "normal"])  # converted NYUv2 has none: a warning
+        self.scan_notes: list[str] = []  # each file with values read as invalid pixels, for data check
         for i in checking(len(self), self.split, progress):
             sample = self._read(i)
             counts["samples"] += 1
             if "normal" in sample:
                 counts["normal_empty"] += int(not has_signal("normal", sample["normal"]))
+                note_unusable(self.scan_notes, self._files[i]["normal"], "normal", negative=False)
             if "depth" in sample:
                 raw = np.load(self._files[i]["depth"], mmap_mode="r", allow_pickle=False)
                 counts["depth_unusable"] += int(not np.all(np.isfinite(raw) & (raw >= 0)))
+                note_unusable(self.scan_notes, self._files[i]["depth"], "depth", negative=True)
                 counts["depth_empty"] += int(not bool((sample["depth"] > 0).any()))
         if "depth" in self.tasks and counts["depth_empty"] == counts["samples"]:
             self._check_some_depth()
