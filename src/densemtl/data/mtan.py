@@ -301,6 +301,8 @@ def read_meta(root: str | Path) -> dict:
     """Optional ``ROOT/densemtl.json`` written by ``densemtl data synth``: class count and names."""
     path = Path(root) / META_FILE
     if not path.is_file():
+        if path.exists() or path.is_symlink():  # a folder, a dangling link: not the file it names
+            raise DataError(f"{path}: not a file (densemtl.json holds the dataset's class count and names)")
         return {}
     import json
 
@@ -318,6 +320,8 @@ def read_meta(root: str | Path) -> dict:
     names = meta.get("class_names")
     if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
         raise DataError(f"{path}: 'class_names' must be a list of strings, got {names!r}")
+    if names is not None and classes is not None and len(names) != classes:
+        raise DataError(f"{path}: 'class_names' has {len(names)} names for its {classes} classes ('num_classes')")
     return meta
 
 
