@@ -140,3 +140,18 @@ def test_predict_notes_each_conversion_once_and_refuses_before_writing(
     err = capsys.readouterr().err
     assert err == f"densemtl: error: image {bad} holds values 1e+30..1e+30; a float image must be in 0..1\n"
     assert not out2.exists()
+
+
+def test_an_extreme_aspect_ratio_is_refused_before_writing(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    strip = tmp_path / "strip.png"
+    Image.fromarray(np.zeros((2, 20000, 3), np.uint8)).save(strip)
+    out = tmp_path / "pred"
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(run), str(strip), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        f"densemtl: error: image {strip} (2x20000) would be predicted at 32x320000, a side above 8192 pixels; "
+        "crop it, or give --size HxW\n"
+    )
+    assert not out.exists()
