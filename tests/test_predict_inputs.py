@@ -155,3 +155,24 @@ def test_an_extreme_aspect_ratio_is_refused_before_writing(
         "crop it, or give --size HxW\n"
     )
     assert not out.exists()
+
+
+def test_a_fifo_or_a_device_is_refused_without_reading(tmp_path: Path) -> None:
+    import os
+
+    fifo, zero = tmp_path / "pipe.npy", tmp_path / "zero.png"
+    os.mkfifo(fifo)  # reading it would wait for a writer forever
+    zero.symlink_to("/dev/zero")
+    for path in (fifo, zero):
+        with pytest.raises(DataError) as info:
+            read_image(path)
+        assert str(info.value) == f"image {path} is not a regular file (a FIFO or a device?); give image files"
+
+
+def test_a_file_name_with_a_line_break_stays_one_line(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    bad = tmp_path / "two\nlines.png"
+    bad.write_text("not a picture")
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(run), str(bad), "--out", str(tmp_path / "pred")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"densemtl: error: image {tmp_path}/two\\nlines.png cannot be read (UnidentifiedImageError)\n"
