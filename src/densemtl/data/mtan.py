@@ -320,7 +320,7 @@ def read_meta(root: str | Path) -> dict:
     names = meta.get("class_names")
     if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
         raise DataError(f"{path}: 'class_names' must be a list of strings, got {names!r}")
-    if names is not None and classes is not None and len(names) != classes:
+    if names and classes is not None and len(names) != classes:  # [] (a source without names): none given
         raise DataError(f"{path}: 'class_names' has {len(names)} names for its {classes} classes ('num_classes')")
     return meta
 
