@@ -152,4 +152,5 @@ CLAIMS_SETUP: dict[str, Setup] = {
     "check-parts-object-mask": _pascal(_object_mask("synth_000002", np.ones((5, 5)))),
     "check-saliency-colour": _pascal(_colour_saliency),
     "predict-aspect": _strip,
+    "predict-long-name": lambda paths: Image.new("RGB", (W, H)).save(paths["TMP"] / ("L" * 250 + ".png")),
 }

@@ -214,3 +214,12 @@ def test_size_takes_ascii_digits_only(value: str) -> None:
     with pytest.raises(ConfigError, match="is not a size; write it as HxW"):
         parse_size(value)
     assert parse_size(" 32 x40") == (32, 40)
+
+
+def test_speed_refuses_an_unknown_method_knob_before_timing() -> None:
+    from densemtl.bench.speed_setup import method_spec
+    from densemtl.errors import ConfigError
+
+    assert method_spec("famo:update=next_batch") == ("famo", {"update": "next_batch"})
+    with pytest.raises(ConfigError, match="--methods 'famo:bogus=1': method 'famo' has no knob 'bogus'; valid: "):
+        method_spec("famo:bogus=1")

@@ -176,3 +176,17 @@ def test_a_file_name_with_a_line_break_stays_one_line(run: Path, tmp_path: Path,
     assert main(["predict", "--checkpoint", str(run), str(bad), "--out", str(tmp_path / "pred")]) == 2
     err = capsys.readouterr().err
     assert err == f"densemtl: error: image {tmp_path}/two\\nlines.png cannot be read (UnidentifiedImageError)\n"
+
+
+def test_an_output_name_too_long_is_refused_before_writing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    long = tmp_path / ("L" * 250 + ".png")
+    Image.fromarray(RGB8).save(long)
+    out = tmp_path / "pred"
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(tmp_path / "none"), str(long), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"densemtl: error: image {long}: the output name {'L' * 40}… would be 259 bytes, more than the 255 a file "
+        "name may hold; rename the input\n"
+    )
+    assert not out.exists()

@@ -133,6 +133,21 @@ def predict_size(image_hw: tuple[int, int], trained: tuple[int, ...], min_side: 
     return max(h, min_side), max(w, min_side)
 
 
+#: The longest file name (in bytes) the common file systems hold.
+NAME_MAX = 255
+
+
+def check_name_length(path: Path, name: str) -> None:
+    """A ConfigError when the output ``name`` made from input ``path`` is longer than a file name
+    may be: found before anything is written, not as a failed write after the folder was made."""
+    size = len(name.encode("utf-8", "surrogateescape"))
+    if size > NAME_MAX:
+        raise ConfigError(
+            f"image {path}: the output name {name[:40]}… would be {size} bytes, more than the {NAME_MAX} a file "
+            "name may hold; rename the input"
+        )
+
+
 def check_predict_size(path: Path, image_hw: tuple[int, ...], at: tuple[int, int]) -> None:
     """A ConfigError naming ``path`` when the size it would be predicted at has a side above
     :data:`~densemtl.training.config_parse.MAX_SIDE` (an extreme aspect ratio scaled to the training
@@ -162,6 +177,7 @@ def run_predict(args: argparse.Namespace) -> int:
     targets: dict[str, Path] = {}
     for p in inputs:
         name = f"{p.stem}_pred.png"
+        check_name_length(p, name)
         if name in targets:
             raise ConfigError(
                 f"{targets[name]} and {p} would both be written to {out / name}; rename one or predict them separately"
@@ -172,6 +188,9 @@ def run_predict(args: argparse.Namespace) -> int:
     check_fits_model(model, cfg.arch, size)
     if args.save_npy:
         arrays = [out / f"{p.stem}_{t}.npy" for p in inputs for t in state["tasks"]]
+        for p in inputs:
+            for t in state["tasks"]:
+                check_name_length(p, f"{p.stem}_{t}.npy")
         check_into_folder(out, arrays, inputs, args.overwrite)
     device = next(model.parameters()).device
     trained = tuple(state.get("size") or ())
