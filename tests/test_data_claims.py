@@ -324,6 +324,7 @@ def test_mtan_label_hxwx1_is_the_same_map(copy: dict[str, Path]) -> None:
             "'num_classes' is 5, but pascal_context has 21 classes (background and the 20 VOC classes)",
         ),
         ({"class_names": ["a", "b"]}, "'class_names' has 2 names for its 21 classes ('num_classes')"),
+        ({"size": "big"}, "'size' must be [H, W], got 'big'"),
     ],
 )
 def test_a_densemtl_json_that_contradicts_the_data_is_refused(copy: dict[str, Path], edit: dict, words: str) -> None:

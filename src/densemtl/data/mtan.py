@@ -320,6 +320,11 @@ def read_meta(root: str | Path) -> dict:
     names = meta.get("class_names")
     if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
         raise DataError(f"{path}: 'class_names' must be a list of strings, got {names!r}")
+    if "size" in meta:  # data synth's record of the size; checked where it is unused too, as it is a claim
+        try:
+            check_size(meta["size"])
+        except (ConfigError, TypeError, ValueError):
+            raise DataError(f"{path}: 'size' must be [H, W], got {meta['size']!r}") from None
     if names and classes is not None and len(names) != classes:  # [] (a source without names): none given
         raise DataError(f"{path}: 'class_names' has {len(names)} names for its {classes} classes ('num_classes')")
     return meta
