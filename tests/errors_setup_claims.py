@@ -81,6 +81,51 @@ def _tiff(paths: dict[str, Path]) -> None:
     Image.fromarray(np.full((H, W), 5.0, np.float32)).save(paths["TMP"] / "f.tif")
 
 
+def _object_mask(ident: str, mask: np.ndarray) -> Callable[[Path], None]:
+    """Replace the first object's own mask in ``ident``'s parts .mat."""
+
+    def edit(root: Path) -> None:
+        from scipy.io import loadmat
+
+        path = root / "human_parts" / f"{ident}.mat"
+        mat = loadmat(path)
+        mat["anno"][0, 0]["objects"][0, 0]["mask"] = mask
+        savemat(path, {"anno": mat["anno"]})
+
+    return edit
+
+
+def _meta(rel: str, **edit: object) -> Setup:
+    """Set (a value) or drop (None) keys of the densemtl.json under ``TMP``/``rel`` (``DATA`` for "DATA")."""
+
+    def setup(paths: dict[str, Path]) -> None:
+        import json
+
+        if rel != "DATA":
+            write_pascal(paths["TMP"] / rel, 4, 2, (H, W), 0)
+        path = (paths["DATA"] if rel == "DATA" else paths["TMP"] / rel) / "densemtl.json"
+        meta = {k: v for k, v in {**json.loads(path.read_text()), **edit}.items() if v is not None}
+        path.write_text(json.dumps(meta))
+
+    return setup
+
+
+def _meta_folder(paths: dict[str, Path]) -> None:
+    (paths["DATA"] / "densemtl.json").unlink()
+    (paths["DATA"] / "densemtl.json").mkdir()
+
+
+def _colour_saliency(root: Path) -> None:
+    path = root / "sal_distill" / "synth_000001.png"
+    with Image.open(path) as im:
+        v = np.array(im)
+    Image.fromarray(np.stack([v, v, 255 - v], -1).astype(np.uint8)).save(path)
+
+
+def _strip(paths: dict[str, Path]) -> None:
+    Image.fromarray(np.zeros((2, 20000, 3), np.uint8)).save(paths["TMP"] / "strip.png")
+
+
 TRAIN_NYUD = ("0000", "0001", "0002", "0003")
 CLAIMS_SETUP: dict[str, Setup] = {
     "nyud-normals-grey": _nyud("normals", TRAIN_NYUD, lambda v: np.full_like(v, 128)),
@@ -101,4 +146,11 @@ CLAIMS_SETUP: dict[str, Setup] = {
     "predict-int-npy": _save("i.npy", np.zeros((H, W, 3), np.int64)),
     "predict-channels": _save("two.npy", np.zeros((H, W, 2), np.float32)),
     "predict-tiff-range": _tiff,
+    "pascal-meta-classes": _meta("pascal", num_classes=5, class_names=None),
+    "meta-names-count": _meta("DATA", class_names=["a", "b", "c"]),
+    "meta-folder": _meta_folder,
+    "check-parts-object-mask": _pascal(_object_mask("synth_000002", np.ones((5, 5)))),
+    "check-saliency-colour": _pascal(_colour_saliency),
+    "predict-aspect": _strip,
+    "predict-long-name": lambda paths: Image.new("RGB", (W, H)).save(paths["TMP"] / ("L" * 250 + ".png")),
 }

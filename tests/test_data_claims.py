@@ -267,3 +267,112 @@ def test_a_plugin_dataset_with_a_bad_sample_is_one_line(
         assert not out.exists()
     finally:
         data.DATASETS.unregister("claims_plugin")
+
+
+# -- values read as invalid pixels: named file by file by data check (issue 21, second probe) -----
+def test_data_check_names_each_file_with_unusable_readings(
+    copy: dict[str, Path], capsys: pytest.CaptureFixture
+) -> None:
+    root = copy["nyuv2"]
+    depth, normal = root / "train" / "depth" / "1.npy", root / "train" / "normal" / "2.npy"
+    d = np.load(depth)
+    d.flat[:3] = [np.inf, -2.0, -1.0]
+    np.save(depth, d)
+    n = np.load(normal)
+    n.flat[5] = np.nan
+    np.save(normal, n)
+    code, _, err = _check("nyuv2", root, capsys)
+    assert code == 0
+    assert err.splitlines() == [
+        f"densemtl: warning: {depth}: depth holds 1 infinite and 2 negative values, read as invalid pixels",
+        f"densemtl: warning: {normal}: normal holds 1 NaN value, read as invalid pixels",
+    ]
+
+
+def test_data_check_names_nyud_nan_depth_and_val_ids_in_train(
+    copy: dict[str, Path], capsys: pytest.CaptureFixture
+) -> None:
+    root = copy["nyud"]
+    train = _ids(root, "gt_sets/train.txt")
+    depth = root / "depth" / f"{train[1]}.npy"
+    d = np.load(depth).astype(np.float32)
+    d.flat[5] = np.nan
+    np.save(depth, d)
+    (root / "gt_sets" / "val.txt").write_text(f"{train[0]}\n{_ids(root, 'gt_sets/val.txt')[1]}\n")
+    code, _, err = _check("nyud", root, capsys)
+    assert code == 0
+    assert err.splitlines() == [
+        f"densemtl: warning: 1 of the 2 val ids of {root} are also train ids ('{train[0]}'): "
+        "validation would score images the model trained on",
+        f"densemtl: warning: {depth}: depth holds 1 NaN value, read as invalid pixels",
+    ]
+
+
+def test_mtan_label_hxwx1_is_the_same_map(copy: dict[str, Path]) -> None:
+    root = copy["nyuv2"]
+    before = data.create("nyuv2", "train", root=str(root))[1]["seg"]
+    p = root / "train" / "label" / "1.npy"
+    np.save(p, np.load(p)[..., None])
+    assert torch.equal(data.create("nyuv2", "train", root=str(root))[1]["seg"], before)
+
+
+@pytest.mark.parametrize(
+    ("edit", "words"),
+    [
+        (
+            {"num_classes": 5, "class_names": None},
+            "'num_classes' is 5, but pascal_context has 21 classes (background and the 20 VOC classes)",
+        ),
+        ({"class_names": ["a", "b"]}, "'class_names' has 2 names for its 21 classes ('num_classes')"),
+        ({"size": "big"}, "'size' must be [H, W], got 'big'"),
+    ],
+)
+def test_a_densemtl_json_that_contradicts_the_data_is_refused(copy: dict[str, Path], edit: dict, words: str) -> None:
+    import json
+
+    path = copy["pascal_context"] / "densemtl.json"
+    meta = {k: v for k, v in {**json.loads(path.read_text()), **edit}.items() if v is not None}
+    path.write_text(json.dumps(meta))
+    with pytest.raises(DataError) as info:
+        data.create("pascal_context", "train", root=str(path.parent))
+    assert str(info.value) == f"{path}: {words}"
+
+
+def test_a_densemtl_json_folder_is_refused(copy: dict[str, Path]) -> None:
+    path = copy["nyuv2"] / "densemtl.json"
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(DataError, match="densemtl.json: not a file"):
+        data.create("nyuv2", "train", root=str(path.parent))
+
+
+@pytest.mark.parametrize(
+    ("mask", "words"),
+    [(np.ones((5, 5)), "anno.objects(1).mask 5×5 differs from the image (32×40)"),
+     (np.array(["x"]), "anno.objects(1).mask must be an H×W 0/1 mask, got 'x'")],
+)  # fmt: skip
+def test_parts_object_masks_are_checked(written: dict[str, Path], tmp_path: Path, mask: np.ndarray, words: str) -> None:
+    from scipy.io import loadmat
+
+    root = Path(shutil.copytree(written["pascal_context"], tmp_path / "p"))
+    path = root / "human_parts" / f"{_ids(root, 'ImageSets/Context/train.txt')[0]}.mat"
+    mat = loadmat(path)
+    mat["anno"][0, 0]["objects"][0, 0]["mask"] = mask
+    savemat(path, {"anno": mat["anno"]})
+    with pytest.raises(DataError) as info:
+        data.create("pascal_context", "train", root=str(root))
+    assert str(info.value) == f"{path}: {words}"
+
+
+def test_pascal_grey_saliency_saved_as_rgb_is_read_as_grey(copy: dict[str, Path]) -> None:
+    root = copy["pascal_context"]
+    ident = _ids(root, "ImageSets/Context/train.txt")[0]
+    path = root / "sal_distill" / f"{ident}.png"
+    before = data.create("pascal_context", "train", root=str(root))[0]["saliency"]
+    grey = np.asarray(Image.open(path))
+    Image.fromarray(np.stack([grey] * 3, -1)).save(path)
+    assert torch.equal(data.create("pascal_context", "train", root=str(root))[0]["saliency"], before)
+    colour = np.stack([grey, grey, 255 - grey], -1)
+    Image.fromarray(colour).save(path)
+    with pytest.raises(DataError, match="must be a grey image; its RGB channels differ"):
+        data.create("pascal_context", "train", root=str(root))

@@ -188,3 +188,38 @@ def test_dist_timeout_must_be_minutes(value: str, monkeypatch: pytest.MonkeyPatc
         timeout_minutes()
     monkeypatch.setenv("DENSEMTL_DIST_TIMEOUT_MIN", "0.5")
     assert timeout_minutes() == 0.5
+
+
+def test_a_batch_larger_than_the_training_split_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["train", "--dataset", "synthetic", *TINY, "--epochs", "1", "--out", str(tmp_path / "r")]
+    capsys.readouterr()
+    assert main([*args, "--batch-size", "100000"]) == 2
+    assert capsys.readouterr().err == (
+        "densemtl: error: --batch-size 100000 is more than the 4 training images: every epoch would be one batch "
+        "of 4 (give --batch-size 4 or less)\n"
+    )
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_preset_batch_larger_than_the_split_is_left_alone() -> None:
+    inert.check_batch_size(8, 4, {})  # a YAML's or the demo's batch size meeting a small --n-train
+    inert.check_batch_size(4, 4, {"batch_size": 4})
+
+
+@pytest.mark.parametrize("value", ["３２x４０", "3_2x40", "٣٢x40"])
+def test_size_takes_ascii_digits_only(value: str) -> None:
+    from densemtl.errors import ConfigError
+    from densemtl.training.config_parse import parse_size
+
+    with pytest.raises(ConfigError, match="is not a size; write it as HxW"):
+        parse_size(value)
+    assert parse_size(" 32 x40") == (32, 40)
+
+
+def test_speed_refuses_an_unknown_method_knob_before_timing() -> None:
+    from densemtl.bench.speed_setup import method_spec
+    from densemtl.errors import ConfigError
+
+    assert method_spec("famo:update=next_batch") == ("famo", {"update": "next_batch"})
+    with pytest.raises(ConfigError, match="--methods 'famo:bogus=1': method 'famo' has no knob 'bogus'; valid: "):
+        method_spec("famo:bogus=1")

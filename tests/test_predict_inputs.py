@@ -140,3 +140,53 @@ def test_predict_notes_each_conversion_once_and_refuses_before_writing(
     err = capsys.readouterr().err
     assert err == f"densemtl: error: image {bad} holds values 1e+30..1e+30; a float image must be in 0..1\n"
     assert not out2.exists()
+
+
+def test_an_extreme_aspect_ratio_is_refused_before_writing(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    strip = tmp_path / "strip.png"
+    Image.fromarray(np.zeros((2, 20000, 3), np.uint8)).save(strip)
+    out = tmp_path / "pred"
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(run), str(strip), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        f"densemtl: error: image {strip} (2x20000) would be predicted at 32x320000, a side above 8192 pixels; "
+        "crop it, or give --size HxW\n"
+    )
+    assert not out.exists()
+
+
+def test_a_fifo_or_a_device_is_refused_without_reading(tmp_path: Path) -> None:
+    import os
+
+    fifo, zero = tmp_path / "pipe.npy", tmp_path / "zero.png"
+    os.mkfifo(fifo)  # reading it would wait for a writer forever
+    zero.symlink_to("/dev/zero")
+    for path in (fifo, zero):
+        with pytest.raises(DataError) as info:
+            read_image(path)
+        assert str(info.value) == f"image {path} is not a regular file (a FIFO or a device?); give image files"
+
+
+def test_a_file_name_with_a_line_break_stays_one_line(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    bad = tmp_path / "two\nlines.png"
+    bad.write_text("not a picture")
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(run), str(bad), "--out", str(tmp_path / "pred")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"densemtl: error: image {tmp_path}/two\\nlines.png cannot be read (UnidentifiedImageError)\n"
+
+
+def test_an_output_name_too_long_is_refused_before_writing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    long = tmp_path / ("L" * 250 + ".png")
+    Image.fromarray(RGB8).save(long)
+    out = tmp_path / "pred"
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(tmp_path / "none"), str(long), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"densemtl: error: image {long}: the output name {'L' * 40}… would be 259 bytes, more than the 255 a file "
+        "name may hold; rename the input\n"
+    )
+    assert not out.exists()

@@ -75,7 +75,12 @@ def flags() -> list[Case]:
         ),
         train("--size-huge", "--size", "100000x100000"),
         train("--tasks-empty", "--tasks", ""),
-        train("--tasks-dup", "--tasks", "seg,seg", expect="accept", note="arguable: one seg"),
+        train(
+            "--tasks-dup",
+            "--tasks",
+            "seg,seg",
+            note="corrected to refuse: a repeated task is a typo (which list was meant?); parse_tasks names it",
+        ),
         train("--tasks-unicode", "--tasks", "ség"),
         train("--n-train-0", "--n-train", "0"),
         train("--n-val-neg", "--n-val", "-2"),

@@ -6,6 +6,7 @@ synthetic batch, the method specs, the optimizer each row gets and the machine i
 
 from __future__ import annotations
 
+import inspect
 import os
 import platform
 from collections.abc import Mapping, Sequence
@@ -133,8 +134,14 @@ def method_spec(spec: str) -> tuple[str, dict[str, Any]]:
     of one method can be timed side by side. An unknown name is a ConfigError listing the valid ones."""
     name, *items = str(spec).strip().split(":")
     name = name.strip().lower()
-    method_registry.METHODS.get(name)
-    return name, parse_kv(items, f"--methods {spec!r}:")
+    factory = method_registry.METHODS.get(name)
+    knobs = parse_kv(items, f"--methods {spec!r}:")
+    valid = method_registry.METHODS.knobs(name)
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(factory).parameters.values())
+    unknown = [k for k in knobs if k not in valid and not takes_any]
+    if unknown:  # refused before any timing, not an error row among the results
+        raise ConfigError(f"--methods {spec!r}: method {name!r} has no knob {unknown[0]!r}; valid: {', '.join(valid)}")
+    return name, knobs
 
 
 def method_names(methods: Sequence[str] | None) -> tuple[list[str], bool]:

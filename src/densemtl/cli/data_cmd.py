@@ -132,8 +132,20 @@ def run_check(args: argparse.Namespace) -> int:
     ]
     if not all(hasattr(ds, "scan") for ds in opened):
         raise ConfigError(f"dataset {args.dataset!r} cannot be checked: it has no scan()")
+    shared = shared_ids(*opened)
+    if shared:
+        shown = ", ".join(repr(i) for i in shared[:3]) + (", ..." if len(shared) > 3 else "")
+        warn(
+            f"{len(shared)} of the {len(opened[1])} val ids of {args.data_root} are also train ids ({shown}): "
+            "validation would score images the model trained on"
+        )
     for ds in opened:
         counts = ds.scan(progress=not args.quiet)  # type: ignore[attr-defined]
+        notes = getattr(ds, "scan_notes", [])
+        for note in notes[:MAX_FILE_NOTES]:
+            warn(note)
+        if len(notes) > MAX_FILE_NOTES:
+            warn(f"{len(notes) - MAX_FILE_NOTES} more {ds.split} files hold such values")  # type: ignore[attr-defined]
         print(
             f"{ds.split}: {len(ds)} samples, size {ds.size}, tasks {', '.join(ds.tasks)}, "  # type: ignore[attr-defined]
             f"{ds.num_classes} classes: ok"
@@ -157,3 +169,23 @@ def run_check(args: argparse.Namespace) -> int:
         elif counts["depth_empty"]:
             print(f"  warning: {counts['depth_empty']} depth files have no valid pixel")
     return 0
+
+
+#: The files ``data check`` names, per split, for values read as invalid pixels; the rest are counted.
+MAX_FILE_NOTES = 10
+
+
+def warn(line: str) -> None:
+    """A ``densemtl: warning:`` line on stderr."""
+    import sys
+
+    print(f"densemtl: warning: {line}", file=sys.stderr)
+
+
+def shared_ids(train: object, val: object) -> list[str]:
+    """The ids of ``val`` also in ``train`` (datasets with split lists: ``ids``; else none)."""
+    train_ids, val_ids = getattr(train, "ids", None), getattr(val, "ids", None)
+    if not train_ids or not val_ids:
+        return []
+    known = set(train_ids)
+    return [i for i in val_ids if i in known]

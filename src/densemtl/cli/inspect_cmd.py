@@ -134,6 +134,34 @@ def predict_size(image_hw: tuple[int, int], trained: tuple[int, ...], min_side: 
     return max(h, min_side), max(w, min_side)
 
 
+#: The longest file name (in bytes) the common file systems hold.
+NAME_MAX = 255
+
+
+def check_name_length(path: Path, name: str) -> None:
+    """A ConfigError when the output ``name`` made from input ``path`` is longer than a file name
+    may be: found before anything is written, not as a failed write after the folder was made."""
+    size = len(name.encode("utf-8", "surrogateescape"))
+    if size > NAME_MAX:
+        raise ConfigError(
+            f"image {path}: the output name {name[:40]}… would be {size} bytes, more than the {NAME_MAX} a file "
+            "name may hold; rename the input"
+        )
+
+
+def check_predict_size(path: Path, image_hw: tuple[int, ...], at: tuple[int, int]) -> None:
+    """A ConfigError naming ``path`` when the size it would be predicted at has a side above
+    :data:`~densemtl.training.config_parse.MAX_SIDE` (an extreme aspect ratio scaled to the training
+    height: a 2×20000 strip at 32 rows is 32×320000)."""
+    from densemtl.training.config_parse import MAX_SIDE
+
+    if max(at) > MAX_SIDE:
+        raise ConfigError(
+            f"image {path} ({image_hw[0]}x{image_hw[1]}) would be predicted at {at[0]}x{at[1]}, a side above "
+            f"{MAX_SIDE} pixels; crop it, or give --size HxW"
+        )
+
+
 @torch.no_grad()
 def run_predict(args: argparse.Namespace) -> int:
     from densemtl import tasks as task_registry
@@ -150,6 +178,7 @@ def run_predict(args: argparse.Namespace) -> int:
     targets: dict[str, Path] = {}
     for p in inputs:
         name = f"{p.stem}_pred.png"
+        check_name_length(p, name)
         if name in targets:
             raise ConfigError(
                 f"{targets[name]} and {p} would both be written to {out / name}; rename one or predict them separately"
@@ -160,6 +189,9 @@ def run_predict(args: argparse.Namespace) -> int:
     check_fits_model(model, cfg.arch, size)
     if args.save_npy:
         arrays = [out / f"{p.stem}_{t}.npy" for p in inputs for t in state["tasks"]]
+        for p in inputs:
+            for t in state["tasks"]:
+                check_name_length(p, f"{p.stem}_{t}.npy")
         check_into_folder(out, arrays, inputs, args.overwrite)
     device = next(model.parameters()).device
     trained = tuple(state.get("size") or ())
@@ -167,9 +199,11 @@ def run_predict(args: argparse.Namespace) -> int:
     for _, _, note in read:
         if note:
             print(f"densemtl: note: {note}", file=sys.stderr)
-    for path, img, _ in read:
+    sizes = [size or predict_size(tuple(img.shape[-2:]), trained, model.min_input_side()) for _, img, _ in read]
+    for (path, img, _), at in zip(read, sizes, strict=True):  # every size checked before anything is written
+        check_predict_size(path, tuple(img.shape[-2:]), at)
+    for (path, img, _), at in zip(read, sizes, strict=True):
         h_in, w_in = img.shape[-2:]
-        at = size or predict_size((h_in, w_in), trained, model.min_input_side())
         x = img[None].to(device)
         if tuple(x.shape[-2:]) != at:
             x = F.interpolate(x, size=at, mode="bilinear", align_corners=False)

@@ -91,11 +91,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             leave_it_to_rank_0()
         elif not getattr(e, "quiet", False):  # quiet: a copy, on another rank, of rank 0's error
             show_cause(e)
-            sys.stderr.write(f"densemtl: error: {e}\n")
+            sys.stderr.write(f"densemtl: error: {one_line(str(e))}\n")
         return e.exit_code
     except OSError as e:  # a write or read the commands did not anticipate: still one line, exit 1
         where = f"{e.filename}: " if e.filename else ""
-        sys.stderr.write(f"densemtl: error: {where}{e.strerror or e}\n")
+        sys.stderr.write(f"densemtl: error: {one_line(where + str(e.strerror or e))}\n")
         return 1
     except MemoryError:
         sys.stderr.write("densemtl: error: out of memory; use a smaller --size or --batch-size\n")
@@ -129,3 +129,8 @@ def show_cause(e: BaseException) -> None:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def one_line(message: str) -> str:
+    """``message`` on one line: a line break inside it (a file name holding one) written as ``\\n``."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")

@@ -180,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
     from densemtl.models import count_parameters
     from densemtl.paths import fresh_run_dir
     from densemtl.training.config import build_config, load_yaml, resolve_config, resume_config
-    from densemtl.training.inert import check_settings
+    from densemtl.training.inert import check_batch_size, check_settings
     from densemtl.training.schedule import resume_note
     from densemtl.training.trainer import Trainer
 
@@ -221,6 +221,7 @@ def run(args: argparse.Namespace) -> int:
         out = Path(str(comm.broadcast_object(str(out))))  # rank 0's fresh directory name
         say = print if comm.is_main else _silent
         trainer = Trainer(cfg, out, resume=resume, progress=not getattr(args, "quiet", False), log=say, comm=comm)
+        check_batch_size(cfg.batch_size, len(trainer.train_set), values)  # nothing is written before run()
         ranks = f" in {comm.world_size} processes" if comm.active else ""
         say(
             f"densemtl: training {cfg.arch} ({count_parameters(trainer.model)['total']:,} parameters) "

@@ -12,11 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from densemtl.errors import DataError
 
-__all__ = ["SIGNAL", "empty_counts", "has_signal", "require_signal"]
+__all__ = ["SIGNAL", "empty_counts", "has_signal", "note_unusable", "require_signal", "unusable_readings"]
 
 #: Per task: what a target must hold somewhere for the task to learn anything, and its wording.
 SIGNAL: dict[str, tuple[Callable[[torch.Tensor], bool], str]] = {
@@ -51,3 +52,28 @@ def require_signal(task: str, files: Sequence[Path], split: str, read: Callable[
 def empty_counts(tasks: Sequence[str]) -> dict[str, int]:
     """The ``<task>_empty`` counters of ``scan`` for the tasks with a signal rule."""
     return {f"{t}_empty": 0 for t in tasks if t in SIGNAL}
+
+
+def unusable_readings(path: Path, what: str, raw: np.ndarray, negative: bool) -> str | None:
+    """A note for ``data check`` on a file whose values loading reads as invalid pixels (None when
+    it has none): its NaN and infinite values and, where ``negative``, its negative ones (depth),
+    counted, so that a broken conversion is named file by file rather than trained on as holes."""
+    values = np.asarray(raw)
+    found = [
+        (int(np.isnan(values).sum()), "NaN"),
+        (int(np.isinf(values).sum()), "infinite"),
+        (int((values < 0).sum()) if negative else 0, "negative"),
+    ]
+    parts = [f"{n} {name}" for n, name in found if n]
+    if not parts:
+        return None
+    listed = ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1]
+    noun = "value" if sum(n for n, _ in found) == 1 else "values"
+    return f"{path}: {what} holds {listed} {noun}, read as invalid pixels"
+
+
+def note_unusable(notes: list[str], path: Path, what: str, negative: bool) -> None:
+    """Append :func:`unusable_readings` of the ``.npy`` file at ``path`` (read memory-mapped) to ``notes``."""
+    note = unusable_readings(path, what, np.load(path, mmap_mode="r", allow_pickle=False), negative)
+    if note:
+        notes.append(note)

@@ -116,7 +116,7 @@ def read_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
 # folder -> (accepted shapes as predicates on the trailing dims, accepted dtype kinds, description)
 _SPECS: dict[str, tuple[tuple[int | None, ...], str, str]] = {
     "image": ((3,), "f", "H×W×3 float"),
-    "label": ((), "fiu", "H×W numeric"),
+    "label": ((1, None), "fiu", "H×W (or H×W×1) numeric"),
     "depth": ((1, None), "f", "H×W×1 (or H×W) float"),
     "normal": ((3,), "f", "H×W×3 float"),
 }

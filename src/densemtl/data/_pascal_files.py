@@ -89,9 +89,10 @@ def _guarded(path: Path, what: str, read: Callable[[], T]) -> T:
         raise DataError(f"{path}: cannot read {what} ({one_line(exc)})") from None
 
 
-def read_image(path: Path, channels: int) -> np.ndarray:
+def read_image(path: Path, channels: int, grey_rgb: bool = False) -> np.ndarray:
     """An 8-bit image as uint8 (H, W, 3) (``channels`` 3: greyscale converted) or (H, W) (1: a
-    grey or palette PNG, palette indices kept); a DataError naming the file otherwise."""
+    grey or palette PNG, palette indices kept; with ``grey_rgb`` also an RGB(A) PNG whose three
+    channels are equal, a grey map saved as colour); a DataError naming the file otherwise."""
     from PIL import Image
 
     def read() -> np.ndarray:
@@ -100,6 +101,11 @@ def read_image(path: Path, channels: int) -> np.ndarray:
                 return np.asarray(im.convert("RGB"))
             if channels == 1 and im.mode in ("L", "P", "1"):
                 return np.asarray(im.convert("L") if im.mode == "1" else im)
+            if channels == 1 and grey_rgb and im.mode in ("RGB", "RGBA"):
+                rgb = np.asarray(im.convert("RGB"))
+                if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 0] == rgb[..., 2]).all():
+                    return rgb[..., 0].copy()
+                raise DataError(f"{path}: must be a grey image; its RGB channels differ (a colour image?)")
             kind = "an 8-bit RGB" if channels == 3 else "a single-channel 8-bit (grey or palette)"
             raise DataError(f"{path}: must be {kind} image, got PIL mode {im.mode}")
 
@@ -207,6 +213,8 @@ def parts_map(mat: dict, path: Path, hw: tuple[int, int]) -> np.ndarray:
     for k, obj in enumerate(objects, 1):
         where = f"anno.objects({k})"
         cls = _class_ind(obj, path, where)
+        if "mask" in (objects.dtype.names or ()):  # the object's own mask: unused, but a wrong one is a corrupt file
+            _part_mask(obj, path, where, hw)
         parts = _structs(_field(obj, "parts", path, where), path, f"{where}.parts", ("part_name", "mask"))
         if cls != PERSON:
             continue

@@ -120,6 +120,8 @@ def read_image(path: Path) -> tuple[torch.Tensor, str | None]:
         raise DataError(f"image {path} does not exist")
     if path.is_dir():
         raise DataError(f"image {path} is a folder; give image files (PNG, JPEG, TIFF or .npy)")
+    if not path.is_file():  # reading a FIFO waits for a writer forever; /dev/zero never ends
+        raise DataError(f"image {path} is not a regular file (a FIFO or a device?); give image files")
     notes: list[str] = []
     try:
         arr = _from_npy(path, notes) if path.suffix.lower() == ".npy" else _from_picture(path, notes)

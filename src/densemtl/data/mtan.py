@@ -1,6 +1,6 @@
 """NYUv2 and Cityscapes in the preprocessed layout of MTAN / LibMTL.
 
-``ROOT/{train,val}/{image,label,depth,normal}/{i}.npy``: image H×W×3 float, label H×W (-1 = ignore),
+``ROOT/{train,val}/{image,label,depth,normal}/{i}.npy``: image H×W×3 float, label H×W or H×W×1 (-1 = ignore),
 depth H×W×1 (0 = invalid; NYUv2's in metres, so above 100 is refused as millimetres), normal
 H×W×3 (all-zero = invalid); images in 0..1 (0..255 floats are refused). Every file's header is checked when
 the dataset is opened, with the values of the first sample and that the split has some valid depth;
@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from densemtl.data import register
-from densemtl.data._claims import empty_counts, has_signal
+from densemtl.data._claims import empty_counts, has_signal, note_unusable
 from densemtl.data._files import (
     check_header,
     check_int,
@@ -176,8 +176,8 @@ class MTANDataset(Dataset):
         except Exception as exc:
             raise DataError(f"{path}: cannot read .npy ({one_line(exc)})") from exc
 
-    def _label(self, path: Path) -> torch.Tensor:
-        lab = self._load(path)
+    def _label(self, path: Path, index: int) -> torch.Tensor:
+        lab = self._load(path).reshape(self._stored[index])  # H×W×1 is the same map
         if lab.dtype.kind == "f":
             if not np.all(np.isfinite(lab)):
                 raise DataError(f"{path}: label has NaN or infinite values")
@@ -239,7 +239,7 @@ class MTANDataset(Dataset):
             raise DataError(f"{files['image']}: image values must be in 0..1, found {lo:g}..{hi:g}{hint}")
         sample = {"image": torch.from_numpy(image).permute(2, 0, 1).contiguous()}
         if "seg" in self.tasks:
-            sample["seg"] = self._label(files["label"])
+            sample["seg"] = self._label(files["label"], index)
         if "depth" in self.tasks:
             sample["depth"] = self._depth(files["depth"], index)
         if "normal" in self.tasks:
@@ -249,20 +249,24 @@ class MTANDataset(Dataset):
     def scan(self, progress: bool = False) -> dict[str, int]:
         """Read and check every sample's values (what loading checks, for all of them at once).
 
-        Returns counts: ``samples``, ``depth_unusable`` (depth files holding negative, NaN or
+        Each file holding values read as invalid pixels (NaN, infinite; negative depth) is named
+        in ``scan_notes``. Returns counts: ``samples``, ``depth_unusable`` (depth files holding negative, NaN or
         infinite readings, read as invalid) and ``depth_empty`` (depth files with no valid pixel).
         The first bad file raises ``DataError``; so does a split without a valid depth pixel.
         """
         counts = {"samples": 0, "depth_unusable": 0, "depth_empty": 0}
         counts |= empty_counts([t for t in self.tasks if t == "normal"])  # converted NYUv2 has none: a warning
+        self.scan_notes: list[str] = []  # each file with values read as invalid pixels, for data check
         for i in checking(len(self), self.split, progress):
             sample = self._read(i)
             counts["samples"] += 1
             if "normal" in sample:
                 counts["normal_empty"] += int(not has_signal("normal", sample["normal"]))
+                note_unusable(self.scan_notes, self._files[i]["normal"], "normal", negative=False)
             if "depth" in sample:
                 raw = np.load(self._files[i]["depth"], mmap_mode="r", allow_pickle=False)
                 counts["depth_unusable"] += int(not np.all(np.isfinite(raw) & (raw >= 0)))
+                note_unusable(self.scan_notes, self._files[i]["depth"], "depth", negative=True)
                 counts["depth_empty"] += int(not bool((sample["depth"] > 0).any()))
         if "depth" in self.tasks and counts["depth_empty"] == counts["samples"]:
             self._check_some_depth()
@@ -297,6 +301,8 @@ def read_meta(root: str | Path) -> dict:
     """Optional ``ROOT/densemtl.json`` written by ``densemtl data synth``: class count and names."""
     path = Path(root) / META_FILE
     if not path.is_file():
+        if path.exists() or path.is_symlink():  # a folder, a dangling link: not the file it names
+            raise DataError(f"{path}: not a file (densemtl.json holds the dataset's class count and names)")
         return {}
     import json
 
@@ -314,6 +320,13 @@ def read_meta(root: str | Path) -> dict:
     names = meta.get("class_names")
     if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
         raise DataError(f"{path}: 'class_names' must be a list of strings, got {names!r}")
+    if "size" in meta:  # data synth's record of the size; checked where it is unused too, as it is a claim
+        try:
+            check_size(meta["size"])
+        except (ConfigError, TypeError, ValueError):
+            raise DataError(f"{path}: 'size' must be [H, W], got {meta['size']!r}") from None
+    if names and classes is not None and len(names) != classes:  # [] (a source without names): none given
+        raise DataError(f"{path}: 'class_names' has {len(names)} names for its {classes} classes ('num_classes')")
     return meta
 
 

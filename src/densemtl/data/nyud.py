@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import Dataset
 
 from densemtl.data import register
-from densemtl.data._claims import empty_counts, has_signal, require_signal
+from densemtl.data._claims import empty_counts, has_signal, note_unusable, require_signal
 from densemtl.data._files import (
     check_int,
     check_size,
@@ -305,17 +305,22 @@ class NYUDDataset(Dataset):
     def scan(self, progress: bool = False) -> dict[str, int]:
         """Read and check every sample (the first bad file raises DataError); return counts:
         ``samples``, ``depth_unusable`` (files with negative/non-finite readings), ``depth_empty``, and
-        ``<task>_empty`` (files without a normal, an edge, a labelled pixel)."""
+        ``<task>_empty`` (files without a normal, an edge, a labelled pixel); ``scan_notes`` names each
+        file with NaN, infinite or (depth) negative values, read as invalid pixels."""
         counts = {"samples": 0, "depth_unusable": 0, "depth_empty": 0, **empty_counts(self.tasks)}
+        self.scan_notes: list[str] = []  # each file with values read as invalid pixels, for data check
         for i in checking(len(self), self.split, progress):
             sample = self._read(i)
             counts["samples"] += 1
             for task in self.tasks:
                 if task != "depth" and f"{task}_empty" in counts:
                     counts[f"{task}_empty"] += int(not has_signal(task, sample[task]))
+            if "normal" in sample and self._files[i]["normal"].suffix == ".npy":
+                note_unusable(self.scan_notes, self._files[i]["normal"], "normal", negative=False)
             if "depth" in sample:
                 raw = np.load(self._files[i]["depth"], mmap_mode="r", allow_pickle=False)
                 counts["depth_unusable"] += int(not np.all(np.isfinite(raw) & (raw >= 0)))
+                note_unusable(self.scan_notes, self._files[i]["depth"], "depth", negative=True)
                 counts["depth_empty"] += int(not bool((sample["depth"] > 0).any()))
         return counts
 

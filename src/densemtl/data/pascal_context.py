@@ -210,7 +210,7 @@ class PascalContext(Dataset):
 
     def _saliency(self, path: Path) -> torch.Tensor:
         """(1, H, W): v / 255 > 0.5. A map holding only 0 and 1 was stored as 0/1, not 0..255: refused."""
-        v = read_image(path, 1)
+        v = read_image(path, 1, grey_rgb=True)
         if v.size and int(v.max()) == 1:
             raise DataError(
                 f"{path}: saliency holds only 0 and 1; the layout stores it as 0..255 (v/255 > 0.5 is salient), "
@@ -307,6 +307,11 @@ def pascal_context(
     from densemtl.data.mtan import read_meta
 
     meta = read_meta(root) if Path(root).expanduser().is_dir() else {}
+    if meta.get("num_classes", len(VOC_CLASSES)) != len(VOC_CLASSES):
+        raise DataError(
+            f"{Path(root) / 'densemtl.json'}: 'num_classes' is {meta['num_classes']}, but pascal_context has "
+            f"{len(VOC_CLASSES)} classes (background and the 20 VOC classes)"
+        )
     if size is None and "size" in meta:
         try:
             size = check_size(meta["size"])

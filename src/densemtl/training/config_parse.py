@@ -4,6 +4,7 @@ knobs. Each bad value is a one-line :class:`~densemtl.errors.ConfigError` naming
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from densemtl.errors import ConfigError
@@ -11,6 +12,9 @@ from densemtl.training.yaml_io import parse_yaml
 
 #: The largest side ``--size`` takes: beyond it one batch of images alone outgrows any GPU.
 MAX_SIDE = 8192
+#: One side of a size written out: ASCII digits (a sign for a clearer "too small" message), no
+#: underscores or other scripts' digits, which ``int()`` would take.
+_DIGITS = re.compile(r"\s*[+-]?[0-9]+\s*", re.ASCII)
 
 
 def parse_size(value: Any, name: str = "--size") -> tuple[int, int]:
@@ -18,6 +22,8 @@ def parse_size(value: Any, name: str = "--size") -> tuple[int, int]:
     try:
         if isinstance(value, str):
             parts = value.lower().replace(",", "x").split("x")
+            if not all(_DIGITS.fullmatch(p) for p in parts):  # int() takes "３２", "3_2" and " 32 " too
+                raise ValueError(value)
             h, w = (int(p) for p in parts)
         elif isinstance(value, int | float):
             h = w = _side(value)

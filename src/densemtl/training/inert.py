@@ -139,6 +139,18 @@ def check_settings(
     return cfg
 
 
+def check_batch_size(batch_size: int, n_train: int, flags: Mapping[str, Any]) -> None:
+    """A ConfigError when ``--batch-size`` (in ``flags``, the command line's) exceeds the ``n_train``
+    training images: every epoch would be one batch of them all, the same run as ``--batch-size
+    n_train`` (the last-batch rule drops nothing then), so the value typed does nothing. A config
+    file's or preset's batch size is left as it is: a shared YAML may meet a small ``--n-train``."""
+    if "batch_size" in flags and batch_size > n_train:
+        raise ConfigError(
+            f"--batch-size {batch_size} is more than the {n_train} training images: every epoch would be one "
+            f"batch of {n_train} (give --batch-size {n_train} or less)"
+        )
+
+
 def max_workers() -> int:
     """The most data loader processes a run starts: the CPUs this process may run on (its affinity
     where the system says, else the machine's count), at least 1."""
