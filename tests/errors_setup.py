@@ -279,7 +279,7 @@ SETUP: dict[str, Callable[[dict[str, Path]], None]] = {
     "ckpt-no-tasks": _checkpoint(lambda s: s.pop("tasks")),
     "ckpt-task-set": _checkpoint(_set("tasks", ["seg", "depth"])),
     "ckpt-unknown-task": _checkpoint(_set("tasks", ["sge", "depth", "normal"])),
-    "eval-classes": _meta(_set("num_classes", 13)),
+    "eval-classes": _meta(lambda m: m.update(num_classes=13, class_names=[f"c{i}" for i in range(13)])),
     "predict-not-image": _write("notes.png", "a text file named .png\n"),
     "predict-nan": lambda p: np.save(p["TMP"] / "nan.npy", np.full((32, 40, 3), np.nan, np.float32)),
     "predict-same-stem": _same_stem,
