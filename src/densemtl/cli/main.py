@@ -127,10 +127,10 @@ def show_cause(e: BaseException) -> None:
         traceback.print_exception(type(cause), cause, cause.__traceback__, file=sys.stderr)
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-
 def one_line(message: str) -> str:
     """``message`` on one line: a line break inside it (a file name holding one) written as ``\\n``."""
     return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
