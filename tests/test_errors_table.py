@@ -14,6 +14,7 @@ import hashlib
 import re
 import shlex
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -112,6 +113,8 @@ def test_row(
     if row in SETUP:
         SETUP[row](paths)
     monkeypatch.chdir(tmp_path)
+    # a row's plugin module is imported from TMP: Python's own bytecode cache is not densemtl writing
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
     for key, value in ENV.get(row, {}).items():
         monkeypatch.setenv(key, value)
     before = _snapshot(tmp_path)
