@@ -42,7 +42,7 @@ BASELINE_KEYS = (
 )
 #: Recipe keys the baselines depend on too, keyed only when they differ from these defaults (so
 #: the baseline keys of benches that never set them stay what they were).
-RECIPE_DEFAULTS: dict[str, Any] = {"lr_schedule": "step", "warmup_epochs": 0, "optimizer": "adam"}
+RECIPE_DEFAULTS: dict[str, Any] = {"lr_schedule": "step", "warmup_epochs": 0, "optimizer": "adam", "task_args": {}}
 #: The architecture name that is itself the single-task baseline (no baseline of its own).
 SINGLE = "single"
 #: Seed of the data (synthetic scenes) and of the carved validation split, the same for every cell.

@@ -30,6 +30,7 @@ BENCH_FLAGS = [(flag, kw) for flag, kw in FLAGS if flag not in EXCLUDED]
 #: KEY=VALUE flags of a bench, knobs shared by every cell (one architecture's own go in the grid file).
 BENCH_KNOB_FLAGS = [
     ("--data-arg", "data_args", "a dataset knob (repeatable)"),
+    ("--task-arg", "task_args", "a task knob as TASK:KEY=VALUE, e.g. edge:pos_weight=0.95 (repeatable)"),
     ("--arch-arg", "arch_args", "a knob of every architecture (repeatable)"),
 ]
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from densemtl.training.config import DEMO, parse_kv, parse_size, parse_tasks
+from densemtl.training.config import DEMO, parse_kv, parse_size, parse_task_args, parse_tasks
 
 FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--dataset", {"help": "synthetic (default), nyuv2, cityscapes, nyud or pascal_context"}),
@@ -107,6 +107,7 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
 #: Repeatable KEY=VALUE flags: (flag, config key, help).
 KNOB_FLAGS: list[tuple[str, str, str]] = [
     ("--data-arg", "data_args", "a dataset knob (repeatable)"),
+    ("--task-arg", "task_args", "a task knob as TASK:KEY=VALUE, e.g. edge:pos_weight=0.95 (repeatable)"),
     ("--arch-arg", "arch_args", "an architecture knob (repeatable)"),
     ("--method-arg", "method_args", "a method knob (repeatable)"),
     (
@@ -170,7 +171,8 @@ def given_flags(args: argparse.Namespace, flags: list[str], knobs: list[tuple[st
     for flag, key, _ in knobs:
         attr = flag[2:].replace("-", "_")
         if hasattr(args, attr):
-            values[key] = parse_kv(getattr(args, attr), flag)
+            parse = parse_task_args if key == "task_args" else parse_kv
+            values[key] = parse(getattr(args, attr), flag)
     return values
 
 

@@ -33,6 +33,7 @@ from densemtl.training.config_parse import MAX_SIDE as MAX_SIDE  # re-exported
 from densemtl.training.config_parse import parse_imports as parse_imports  # re-exported
 from densemtl.training.config_parse import parse_kv as parse_kv  # re-exported
 from densemtl.training.config_parse import parse_size as parse_size  # re-exported
+from densemtl.training.config_parse import parse_task_args as parse_task_args  # re-exported
 from densemtl.training.config_parse import parse_tasks as parse_tasks  # re-exported
 from densemtl.training.config_parse import parse_value as parse_value  # re-exported
 from densemtl.training.schedule import default_lr_step
@@ -62,6 +63,7 @@ class TrainConfig:
     augment: bool = False
     data_args: dict[str, Any] = field(default_factory=dict)  # the dataset factory's own knobs
     tasks: list[str] | None = None  # the tasks to train, a subset of the dataset's (None: all of them)
+    task_args: dict[str, dict[str, Any]] = field(default_factory=dict)  # per task, its knobs (over the dataset's)
     arch: str = "segnet"
     arch_args: dict[str, Any] = UNSET
     method: str = "ew"
@@ -172,6 +174,8 @@ def _coerce(name: str, value: Any) -> Any:
         return parse_tasks(value)
     if name == "imports":
         return parse_imports(value)
+    if name == "task_args":
+        return parse_task_args(value)
     base = (
         next((a for a in args if a is not type(None)), hint) if optional or isinstance(hint, types.UnionType) else hint
     )
@@ -233,13 +237,18 @@ def build_config(values: Mapping[str, Any]) -> TrainConfig:
 
 def merge_layers(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
     """Later layers over earlier ones, dashes in keys read as underscores; where two layers both
-    hold a mapping under one key (``arch_args``, ``method_args``, ...), it merges key by key."""
+    hold a mapping under one key (``arch_args``, ``method_args``, ...), it merges key by key (and
+    ``task_args`` task by task, knob by knob)."""
     out: dict[str, Any] = {}
     for layer in layers:
         for key, value in (layer or {}).items():
             k = str(key).replace("-", "_")
             if isinstance(value, Mapping) and isinstance(out.get(k), Mapping):
-                value = {**out[k], **value}
+                old = out[k]
+                value = {
+                    n: {**old[n], **v} if isinstance(v, Mapping) and isinstance(old.get(n), Mapping) else v
+                    for n, v in {**old, **value}.items()
+                } if k == "task_args" else {**old, **value}  # fmt: skip
             out[k] = value
     return out
 

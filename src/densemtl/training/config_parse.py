@@ -102,3 +102,25 @@ def parse_kv(items: list[str] | None, flag: str) -> dict[str, Any]:
             raise ConfigError(f"{flag} {item!r} must be key=value")
         out[key.strip().replace("-", "_")] = parse_value(value, f"{flag} {key.strip()}")
     return out
+
+
+def parse_task_args(value: Any, name: str = "task_args") -> dict[str, dict[str, Any]]:
+    """Per-task knobs: a mapping ``{task: {knob: value}}`` (YAML), or ``['edge:pos_weight=0.5', ...]``
+    (``--task-arg TASK:KEY=VALUE``, repeatable); task names lowercased, dashes in knobs read as
+    underscores. A malformed item is a one-line error naming ``name``."""
+    if isinstance(value, list | tuple):
+        out: dict[str, dict[str, Any]] = {}
+        for item in value:
+            task, sep, rest = str(item).partition(":")
+            if not sep or not task.strip() or "=" not in rest:
+                raise ConfigError(f"{name} {item!r} must be TASK:KEY=VALUE, e.g. edge:pos_weight=0.95")
+            out.setdefault(task.strip().lower(), {}).update(parse_kv([rest], f"{name} {task.strip()}"))
+        return out
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name} must map task names to mappings of knobs, got {value!r}")
+    out = {}
+    for task, knobs in value.items():
+        if not isinstance(knobs, dict):
+            raise ConfigError(f"{name}: task {task!r} must map knob names to values, got {knobs!r}")
+        out[str(task).strip().lower()] = {str(k).replace("-", "_"): v for k, v in knobs.items()}
+    return out
