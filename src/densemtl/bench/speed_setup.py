@@ -21,6 +21,7 @@ from densemtl.balancing.base import BalancingMethod
 from densemtl.bench.targets import BASELINE
 from densemtl.distributed import Comm
 from densemtl.engine import MODES, Engine
+from densemtl.engine.modes import canonical_mode, valid_modes
 from densemtl.engine.precision import Precision
 from densemtl.errors import ConfigError
 from densemtl.models.base import MultiTaskModel
@@ -123,8 +124,8 @@ def check_settings(
             raise ConfigError(f"{flag} must be an integer >= {low}, got {value!r}")
     if not isinstance(recompute_every, int) or recompute_every < 1:
         raise ConfigError(f"--recompute-every must be an integer >= 1, got {recompute_every!r}")
-    if grad_mode is not None and grad_mode not in MODES:
-        raise ConfigError(f"--grad-mode {grad_mode!r} is not a mode; valid: {', '.join(MODES)}")
+    if grad_mode is not None and canonical_mode(grad_mode) not in MODES:
+        raise ConfigError(f"--grad-mode {grad_mode!r} is not a mode; valid: {valid_modes()}")
     return hw, task_tuple
 
 

@@ -27,8 +27,8 @@ FLAGS: list[tuple[str, dict[str, Any]]] = [
     (
         "--grad-mode",
         {
-            "help": "how per-task gradients are taken: representation, gramian or parameters "
-            "(default: the method's choice)"
+            "help": "how per-task gradients are taken, named as the method's gradient sources: representation, "
+            "gramian or parameters (the Jacobian; 'jacobian' is an alias) (default: the method's choice)"
         },
     ),
     ("--recompute-every", {"type": int, "help": "reuse a Gramian method's task weights for k steps"}),

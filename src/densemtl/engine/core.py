@@ -64,12 +64,15 @@ class Engine:
         self.precision = precision if precision is not None else Precision()
         self.method = method
         self.tasks = tasks
+        check_declaration(method)
         self.mode = check_mode(method, mode, has_representation=model.has_representation, owner=type(model).__name__)
         check_recompute_every(method, recompute_every)
         self.recompute_every = recompute_every
         self.step_count = 0
         own = [model.task_parameters(t) for t in tasks]
-        ctx = Context(model, method, tasks, model.shared_parameters(), own, self.comm, self.precision)
+        shared = model.shared_parameters()
+        check_split(model, shared)
+        ctx = Context(model, method, tasks, shared, own, self.comm, self.precision)
         #: how this engine's gradient source becomes ``.grad`` (one per mode)
         self.strategy = STRATEGIES[self.mode](ctx, recompute_every)
 
@@ -180,6 +183,40 @@ def check_model(model: object, tasks: Sequence[str]) -> None:
             f"Engine: task(s) {', '.join(map(repr, missing))} are not tasks of {type(model).__name__} "
             f"(its tasks: {', '.join(model.tasks)})"
         )
+
+
+def check_split(model: MultiTaskModel, shared: Sequence[Tensor]) -> None:
+    """A one-line ConfigError naming ``model``'s class unless its parameters split into shared
+    ones and ones each task owns: some parameter owned by a task (``task_parameters``; by default
+    those of ``self.heads[task]``), none owned by two tasks nor both shared and a task's."""
+    name = type(model).__name__
+    owner: dict[int, str] = {}
+    for t in model.tasks:
+        for p in model.task_parameters(t):
+            if owner.setdefault(id(p), t) != t:
+                raise ConfigError(f"{name}: a parameter is owned by both task {owner[id(p)]!r} and task {t!r} "
+                                  "(task_parameters(t) must be the parameters task t alone uses)")  # fmt: skip
+    if not owner and any(p.requires_grad for p in model.parameters()):
+        raise ConfigError(
+            f"{name}: no task owns a parameter (task_parameters gives none: name the heads self.heads, an "
+            "nn.ModuleDict by task, or override task_parameters(task)); every parameter would be shared"
+        )
+    both = [p for p in shared if id(p) in owner]
+    if both:
+        raise ConfigError(
+            f"{name}: {len(both)} parameter(s) both shared (shared_parameters) and owned by task "
+            f"{owner[id(both[0])]!r} (task_parameters)"
+        )
+
+
+def check_declaration(method: BalancingMethod) -> None:
+    """A one-line ConfigError unless ``method`` declares ``requirements`` it can honour (an
+    instance may set its own in ``__init__``: checked here, the class's when it was defined)."""
+    from densemtl.balancing.base import protocol_gap
+
+    gap = protocol_gap(method) if isinstance(method, BalancingMethod) else "it is not a BalancingMethod"
+    if gap:
+        raise ConfigError(f"Engine: method {type(method).__name__}: {gap}")
 
 
 def check_batch(batch: Mapping[str, Tensor], tasks: Sequence[str]) -> None:
