@@ -136,11 +136,14 @@ def failed(what: str, e: BaseException, module: str) -> PluginError:
 
 def call_factory(kind: str, name: str, factory: Callable[..., Any], kwargs: Mapping[str, Any],
                  returns: type | None = None, check: Callable[[Any], str] | None = None) -> Any:  # fmt: skip
-    """``factory(**kwargs)``; a plugin's factory that raises from its body, exits, returns
-    something that is not a ``returns``, or one that ``check`` finds lacking (its reason, "" when
-    nothing lacks) is a :class:`PluginError` naming it, its file and line. A
-    TypeError raised by the call itself (a keyword the factory does not take) stays a TypeError:
-    the caller's "bad knob" error."""
+    """``factory(**kwargs)``, its ``kwargs`` first checked against its signature (a knob it does
+    not take: a one-line ConfigError, :func:`densemtl.registry.check_call`); a plugin's factory
+    that then raises from its body (a TypeError included), exits, returns something that is not a
+    ``returns``, or one that ``check`` finds lacking (its reason, "" when nothing lacks) is a
+    :class:`PluginError` naming it, its file and line."""
+    from densemtl.registry import check_call
+
+    check_call(kind, name, factory, dict(kwargs))
     if is_own(factory):
         return factory(**kwargs)
     module = str(getattr(factory, "__module__", "") or "")
@@ -154,10 +157,6 @@ def call_factory(kind: str, name: str, factory: Callable[..., Any], kwargs: Mapp
         raise raised_interrupt(what, e, module) from None
     except DenseMTLError:
         raise  # the plugin's own one-line refusal
-    except TypeError as e:
-        if e.__traceback__ is not None and e.__traceback__.tb_next is None:
-            raise  # raised by the call: a keyword the factory does not take
-        raise failed(what, e, module) from None
     except MemoryError:
         raise
     except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's code may raise anything; one line names it

@@ -36,6 +36,15 @@ class BadRegistration(ValueError):
     refused when registered (a plugin's: one line naming it, :mod:`densemtl.plugins`)."""
 
 
+class DuplicateName(BadRegistration):
+    """A name registered twice in one registry; ``kind`` and ``name`` say which."""
+
+    def __init__(self, kind: str, name: str) -> None:
+        super().__init__(f"{kind} {name!r} registered twice")
+        self.kind = kind
+        self.name = name
+
+
 def bad_name(name: object) -> str:
     """Why ``name`` cannot be a registered name ("" when it can): a name is a non-empty string
     without commas (they separate names in ``--tasks``, ``--methods``, ``--archs``) or white space."""
@@ -82,7 +91,7 @@ class Registry(Generic[T]):
                 )
             key = name.lower()
             if key in self._factories:
-                raise ValueError(f"{self.kind} {key!r} registered twice")
+                raise DuplicateName(self.kind, key)
             self._factories[key] = factory
             self._tiny[key] = dict(tiny or {})
             return factory
@@ -149,24 +158,38 @@ class Registry(Generic[T]):
         return {k: p for k, p in sig.parameters.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
 
     def create(self, name: str, **kwargs: Any) -> T:
-        """``name``'s factory called with ``kwargs``, each checked to be one of its knobs, of the default's type."""
+        """``name``'s factory called with ``kwargs``, each checked to be one of its knobs, of the
+        default's type, before the call (:func:`check_call`): a TypeError the call raises is then
+        raised inside the factory, a plugin's bug (:mod:`densemtl.plugin_faults`), never a bad knob."""
         factory = self.get(name)
-        sig = inspect.signature(factory)
-        accepts_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
-        if not accepts_any:
-            valid = self.knobs(name)
-            for key in kwargs:
-                if key not in valid:
-                    # knobs are the keywords with defaults; the others (task_channels, split) are the caller's
-                    listing = ", ".join(k for k, p in valid.items() if p.default is not p.empty) or "none"
-                    raise ConfigError(
-                        f"{self.kind} {name!r} has no knob {key!r}{did_you_mean(key, valid)}; valid: {listing}"
-                    )
-            for key, value in kwargs.items():
-                check_knob_type(self.kind, name, key, value, valid[key].default)
+        check_call(self.kind, name, factory, kwargs)
         from densemtl.plugin_faults import call_factory  # a plugin's failure: one line naming it
 
         return call_factory(self.kind, self.canonical(name), factory, kwargs, self.returns, self.check)
+
+
+def check_call(kind: str, name: str, factory: Callable[..., Any], kwargs: dict[str, Any]) -> None:
+    """A one-line ConfigError unless ``factory(**kwargs)`` binds to its signature: each key one of
+    its knobs (did-you-mean and the valid ones otherwise), of the default's type, and every
+    argument without a default given. A factory whose signature cannot be read is not checked."""
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return
+    params = sig.parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        valid = {k: p for k, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+        for key in kwargs:
+            if key not in valid:
+                # knobs are the keywords with defaults; the others (task_channels, split) are the caller's
+                listing = ", ".join(k for k, p in valid.items() if p.default is not p.empty) or "none"
+                raise ConfigError(f"{kind} {name!r} has no knob {key!r}{did_you_mean(key, valid)}; valid: {listing}")
+        for key, value in kwargs.items():
+            check_knob_type(kind, name, key, value, valid[key].default)
+    try:
+        sig.bind(**kwargs)
+    except TypeError as e:  # an argument without a default not given
+        raise ConfigError(f"{kind} {name!r}: {e}") from None
 
 
 def check_knob_type(kind: str, name: str, key: str, value: Any, default: Any) -> None:

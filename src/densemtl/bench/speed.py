@@ -230,10 +230,7 @@ def build_template(
     """The initial model every row copies (seeded; ``arch_args`` None: the benchmark's default knobs)."""
     knobs = dict(DEFAULT_ARCH_ARGS.get(arch, {}) if arch_args is None else arch_args)
     torch.manual_seed(seed)
-    try:
-        return model_registry.create(arch, task_channels(tasks, num_classes), **knobs).to(device).train()
-    except TypeError as e:
-        raise ConfigError(f"--arch-arg for {arch!r}: {e}") from None
+    return model_registry.create(arch, task_channels(tasks, num_classes), **knobs).to(device).train()
 
 
 Plan = list[tuple[str, BalancingMethod | None, int]]

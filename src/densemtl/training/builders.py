@@ -105,11 +105,9 @@ def _check_classes(ds: MultiTaskDataset, name: str) -> None:
 
 
 def create_model(arch: str, arch_args: dict[str, Any], tasks: tuple[str, ...], num_classes: int) -> MultiTaskModel:
-    """Architecture ``arch`` with knobs ``arch_args`` for ``tasks`` (a bad knob is a one-line error)."""
-    try:
-        return model_registry.create(arch, task_channels(tasks, num_classes), **arch_args)
-    except TypeError as e:
-        raise ConfigError(f"--arch-arg for {arch!r}: {e}") from None
+    """Architecture ``arch`` with knobs ``arch_args`` for ``tasks`` (a bad knob is a one-line error,
+    checked against the factory's signature before the call: :func:`densemtl.registry.check_call`)."""
+    return model_registry.create(arch, task_channels(tasks, num_classes), **arch_args)
 
 
 def check_fits_model(model: MultiTaskModel, arch: str, size: tuple[int, int] | None, flag: str = "--size") -> None:
@@ -233,7 +231,7 @@ def build_method(name: str, num_tasks: int, seed: int, knobs: Mapping[str, Any] 
         kwargs["num_tasks"] = num_tasks
     try:
         method = method_registry.create(name, **kwargs)
-    except (TypeError, ValueError) as e:
+    except ValueError as e:  # a built-in method's check of a knob's value (a plugin's: a PluginError)
         raise ConfigError(f"--method-arg for {name!r}: {e}") from None
     method.set_generator(torch.Generator().manual_seed(seed + METHOD_SEED_OFFSET))
     return method
