@@ -178,5 +178,26 @@ def call_factory(kind: str, name: str, factory: Callable[..., Any], kwargs: Mapp
     return obj
 
 
+def plugin_fault(e: BaseException) -> PluginError | None:
+    """The one line for ``e`` when it was raised inside a loaded plugin's code (the innermost frame
+    of its traceback in a plugin's package, :func:`densemtl.plugins.loaded`): naming the plugin, its
+    file and line; None when no plugin's frame is in it (densemtl's own bug stays a traceback)."""
+    from densemtl.plugins import loaded
+
+    tops = {m.split("=")[-1].strip().split(":")[0].split(".")[0] for m in loaded()}
+    hits = [
+        (mod, f)
+        for f, mod in zip(
+            traceback.extract_tb(e.__traceback__), map(_frame_module, _tb_frames(e.__traceback__)), strict=True
+        )
+        if mod.split(".")[0] in tops
+    ]
+    if not hits:
+        return None
+    module, frame = hits[-1]
+    return PluginError(f"plugin {module!r} raised {describe(e)} at {frame.filename}:{frame.lineno} (a bug in the "
+                       f"plugin; {TRACEBACK_ENV}=1 shows its traceback)", e)  # fmt: skip
+
+
 def _kind_of(obj: object) -> str:
     return "None" if obj is None else f"a {type(obj).__name__}"
