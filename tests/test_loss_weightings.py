@@ -254,7 +254,7 @@ def test_famo_moves_weight_to_the_task_whose_loss_falls_slowest() -> None:
         _, w = famo.combine(_losses(0.8**k, 0.99**k, 1.0))
         famo.observe_losses_after_step(torch.tensor([0.8, 0.99, 1.0]) ** (k + 1))
         assert w.sum().item() == pytest.approx(1.0, abs=1e-6)
-    z = famo.task_weights()  # type: ignore[attr-defined]
+    z = famo.task_weights  # type: ignore[attr-defined]
     assert z.sum().item() == pytest.approx(1.0)
     assert z[2] > z[1] > z[0]
 

@@ -25,7 +25,7 @@ from densemtl.tasks import task_channels
 from densemtl.training.checkpoint_meta import check_state_fields
 from densemtl.training.config import TrainConfig, build_config
 from densemtl.training.model_check import check_finite, meta_model
-from densemtl.training.schedule import NO_DECAY, make_optimizer, make_scheduler
+from densemtl.training.schedule import make_optimizer, make_scheduler
 
 
 def resolve_device(name: str) -> torch.device:
@@ -332,9 +332,3 @@ def build_optimizer(
         groups += _method_groups(method, cfg.lr)
         opt = make_optimizer(cfg, groups)
     return opt, make_scheduler(cfg, opt)
-
-
-def lr_step_of(cfg: TrainConfig) -> int:
-    """Epochs between learning-rate decays of a step schedule: ``lr_step`` (by default 2/3 of the
-    epochs, resolved into the config), or never (null: runs saved before 0.4 without ``--lr-step``)."""
-    return cfg.lr_step or NO_DECAY

@@ -122,13 +122,6 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(p, lambda f: f.write(text.encode("utf-8")), "", kept)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Like :func:`atomic_write_text`, for bytes."""
-    p = Path(path)
-    kept = "its previous contents are intact" if p.exists() else "nothing was written"
-    atomic_write(p, lambda f: f.write(data), "", kept)
-
-
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write a checkpoint atomically (temp file, fsync, rename, fsync the directory): an
     interrupted or failed save never corrupts the previous one. A full disk or an unwritable

@@ -108,7 +108,7 @@ class Trainer:
         if train_data is not None and val_data is not None:
             self.train_set, self.val_set = train_data, val_data
         else:
-            self.train_set, self.val_set = build_datasets(cfg)
+            self.train_set, self.val_set = self.build_data(cfg)
         self.tasks: tuple[str, ...] = tuple(self.train_set.tasks)
         self.num_classes: int = int(self.train_set.num_classes)
         self.scheme = scheme if scheme is not None else scheme_for(cfg)
@@ -138,8 +138,8 @@ class Trainer:
         self._elapsed = 0.0  # seconds trained by earlier sessions of the run
         self._started = time.perf_counter()  # when this session's run started
         self.ranks_in_sync = True  # checked at every epoch's end and the run's
-        if resume:
-            self._restore()
+        if resume:  # continue from checkpoints/last.pt; the generators are set when the run starts
+            self._rng, self._elapsed = restore(self)
 
     @property
     def model(self) -> MultiTaskModel:
@@ -155,8 +155,12 @@ class Trainer:
         return self.out / "checkpoints" / "best.pt"
 
     # -- data -------------------------------------------------------------------------------------
-    def _loader(self, dataset: MultiTaskDataset, *, shuffle: bool, epoch: int = 0, start: int = 0) -> DataLoader:
-        """:func:`~densemtl.training.loaders.epoch_loader` of this run."""
+    def build_data(self, cfg: TrainConfig) -> tuple[MultiTaskDataset, MultiTaskDataset]:
+        """The training and validation data of ``cfg`` (a subclass, the bench's, splits them otherwise)."""
+        return build_datasets(cfg)
+
+    def loader(self, dataset: MultiTaskDataset, *, shuffle: bool, epoch: int = 0, start: int = 0) -> DataLoader:
+        """The batches of ``dataset`` as this run reads them (:func:`~densemtl.training.loaders.epoch_loader`)."""
         return epoch_loader(dataset, self.cfg, self.device, self.comm, shuffle=shuffle, epoch=epoch, start=start)
 
     # -- state ------------------------------------------------------------------------------------
@@ -190,10 +194,6 @@ class Trainer:
             **main.state(),
             **{m.name: m.state() for m in others},
         }
-
-    def _restore(self) -> None:
-        """Continue from checkpoints/last.pt (:func:`~densemtl.training.restore.restore`)."""
-        restore(self)
 
     def _save(self) -> None:
         if self.main_rank:
@@ -231,15 +231,15 @@ class Trainer:
         with several members, of their ensemble ("ensemble_val")."""
         if not self.main_rank:
             return {}
-        loader = self._loader(self.val_set, shuffle=False)
+        loader = self.loader(self.val_set, shuffle=False)
         task_args = getattr(self.val_set, "task_args", None)
         return evaluate_members(
             self.members, loader, self.tasks, self.num_classes, self.device, self.progress, task_args
         )
 
-    def _train_batch(self, epoch: int, batch: dict[str, Tensor]) -> list[StepResult] | None:
-        """One step of every member on ``batch`` under the scheme: one result per member, or
-        None for a non-finite step that was skipped."""
+    def train_batch(self, epoch: int, batch: dict[str, Tensor]) -> list[StepResult] | None:
+        """One step of every member on ``batch`` (on the run's device, the members in train mode)
+        under the scheme: one result per member, or None for a non-finite step that was skipped."""
         for m in self.members:
             m.optimizer.zero_grad(set_to_none=True)
         self.comm.set_batch(len(batch["image"]), self.device)
@@ -289,7 +289,7 @@ class Trainer:
         if start == 0:
             self.totals = EpochTotals(len(self.members), self.tasks)
             self.diagnostics.reset()
-        loader = self._loader(self.train_set, shuffle=True, epoch=epoch, start=start)
+        loader = self.loader(self.train_set, shuffle=True, epoch=epoch, start=start)
         self.scheme.start_epoch(epoch)
         every = self.cfg.checkpoint_every
         total = start + len(loader)
@@ -303,7 +303,7 @@ class Trainer:
             enabled=self.progress,
         )
         for batch in bar:
-            results = self._train_batch(epoch, move(batch, self.device))
+            results = self.train_batch(epoch, move(batch, self.device))
             if results is not None:
                 self.totals.add(results)
                 if self.tb is not None:  # TensorBoard: each step's losses and weights
