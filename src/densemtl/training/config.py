@@ -102,7 +102,7 @@ class TrainConfig:
     mimicry_temperature: float = spec(1.0, section="scheme", check=">0 finite", bench="file", scheme=_MDML, help="MDML: softmax temperature of the segmentation KL")
     alpha_warmup_epochs: int = spec(0, section="scheme", check=">=0", bench="file", scheme=_MDML, help="MDML: ramp alpha linearly from 0 over N epochs")
     scheme_args: dict[str, Any] = spec(factory=dict, section="scheme", flag="--scheme-arg", bench="cell", help="a knob of the training scheme (repeatable): --scheme-arg peer_arch=segnet is --peer-arch segnet")
-    epochs: int = spec(15, section="schedule", check=">=0", resumable=True, keyed=_ALWAYS, help="epochs to train (a --resume may extend them)")
+    epochs: int = spec(15, section="schedule", check=">=0", resumable=True, keyed=_ALWAYS, help="epochs to train; a --resume may extend them")
     batch_size: int = spec(16, section="optim", check=">=1", keyed=_ALWAYS, help="images per step")
     lr: float = spec(2e-3, section="optim", check=">0 finite", keyed=_ALWAYS, help="learning rate")
     weight_decay: float = spec(0.0, section="optim", check=">=0 finite", keyed=_ALWAYS, help="weight decay")

@@ -60,8 +60,8 @@ def expand_scheme_args(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     if name is None or (not knobs and str(name).lower() in declared):
         known = sorted({k for ks in declared.values() for k in ks})
         key = str(next(iter(args)))
-        where = f"scheme {name!r} has" if name is not None else "no scheme has"
-        raise ConfigError(f"{where} no knob {key!r}{did_you_mean(key, known)}; valid: {', '.join(known) or 'none'}")
+        where = f"scheme {name!r} has no knob" if name is not None else "no scheme has a knob"
+        raise ConfigError(f"{where} {key!r}{did_you_mean(key, known)}; valid: {', '.join(known) or 'none'}")
     out, rest = dict(values), {}
     for key, value in args.items():
         k = str(key).replace("-", "_")
@@ -85,6 +85,9 @@ def resolve_scheme(cfg: TrainConfig) -> None:
         cfg.scheme = "mutual" if cfg.peer_arch else "single"
     cfg.scheme = cfg.scheme.lower()
     if cfg.scheme != "mutual" and cfg.peer_arch:
+        from densemtl.training.schemes import SCHEMES
+
+        SCHEMES.canonical(cfg.scheme)  # a misspelt scheme: one line with did-you-mean
         raise ConfigError(f"--peer-arch is a knob of scheme 'mutual', not of scheme {cfg.scheme!r}; leave it out")
     if cfg.scheme == "mutual" and not cfg.peer_arch:
         raise ConfigError("scheme 'mutual' needs a peer network: --scheme-arg peer_arch=ARCH (or --peer-arch ARCH)")
