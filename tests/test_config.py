@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from densemtl.cli.spec_flags import given_values
 from densemtl.cli.main import build_parser
+from densemtl.cli.spec_flags import given_values
 from densemtl.errors import ConfigError
 from densemtl.training.checkpoint import load_model
 from densemtl.training.config import TrainConfig, resolve_config, resume_config

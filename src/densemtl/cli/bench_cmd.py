@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from densemtl.bench.executors import Executor
     from densemtl.bench.grid import BenchGrid
 
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
@@ -108,7 +109,9 @@ def executor_from(args: argparse.Namespace, out: Path, grid: BenchGrid) -> Execu
 
 def gather(args: argparse.Namespace) -> dict[str, Any]:
     """The values of the bench flags given on the command line."""
-    values = {k: getattr(args, k) for k in ("archs", "methods", "seeds", "jobs", "val_fraction", "out") if hasattr(args, k)}
+    values = {
+        k: getattr(args, k) for k in ("archs", "methods", "seeds", "jobs", "val_fraction", "out") if hasattr(args, k)
+    }
     values.update(given_values(args, bench=True))
     # --import / --trust-imports (plugins): in every run's config, so its worker imports them too
     if hasattr(args, "imports") or hasattr(args, "trust_imports"):

@@ -150,9 +150,6 @@ SECTION_REGISTRIES: dict[str, list[tuple[str, RegistryRef, frozenset[str]]]] = {
     "method": [("methods (--method-arg)", config.METHOD_NAMES, frozenset({"num_tasks"}))],
 }
 
-#: What a dataset factory takes from the config's own keys (not --data-arg knobs).
-_DATA_KEYS = frozenset({"split", "root", "size", "augment", "seed", "n", "num_classes", "tasks", "task_args"})
-
 
 def _section_text(section: str) -> LazyText | None:
     if section == "scheme":
@@ -182,16 +179,26 @@ def _registry_lines(title: str, ref: RegistryRef, skip: frozenset[str]) -> str:
         names = reg.available()
     except Exception as e:  # noqa: BLE001 -- help must show even when a registry cannot load
         return f"{title}: cannot list ({e})"
-    skip = skip | (_DATA_KEYS if ref is config.DATASET_NAMES else frozenset())
+    if ref is config.DATASET_NAMES:  # what a dataset factory takes from the config's own keys
+        from densemtl.training.builders import STANDARD_DATA_KEYS
+
+        skip = skip | frozenset(STANDARD_DATA_KEYS)
     return "\n".join([f"{title}:", *(f"  {n}: {knob_text(reg.get(n), skip)}" for n in names)])
+
+
+def scheme_knob_text(name: str) -> str:
+    """``key=default, ...``: the knobs of training scheme ``name`` ("" when it declares none)."""
+    defaults = {f.name: default_of(f) for f, _ in spec_fields(config.TrainConfig)}
+    declared = scheme_knobs(config.TrainConfig).get(name, [])
+    if declared:
+        return ", ".join(f"{k}={defaults[k]!r}" for k in declared)
+    own = knob_text(config.SCHEME_NAMES.registry().get(name), frozenset({"cfg"}))  # a plugin scheme's own
+    return "" if own == "-" else own
 
 
 def _scheme_lines() -> str:
     """The schemes, each with its knobs (--scheme-arg KEY=VALUE)."""
-    declared = scheme_knobs(config.TrainConfig)
-    names = config.SCHEME_NAMES.names()
     lines = ["schemes (--scheme-arg KEY=VALUE):"]
-    for n in names:
-        knobs = declared.get(n)
-        lines.append(f"  {n}: {', '.join(knobs) if knobs else 'no knobs'}")
+    for n in config.SCHEME_NAMES.names():
+        lines.append(f"  {n}: {scheme_knob_text(n) or 'no knobs'}")
     return "\n".join(lines)

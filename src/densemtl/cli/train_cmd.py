@@ -12,6 +12,7 @@ from typing import Any
 from densemtl.cli.spec_flags import SpecHelpFormatter, add_spec_flags, given_values
 from densemtl.training.config import DEMO
 
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",

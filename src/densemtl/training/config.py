@@ -26,9 +26,22 @@ import yaml
 from densemtl.errors import ConfigError
 from densemtl.registry import did_you_mean
 from densemtl.training.config_checks import AMP_MODES as AMP_MODES  # re-exported
+from densemtl.training.config_checks import ARCH_NAMES as ARCH_NAMES  # re-exported
+from densemtl.training.config_checks import DATASET_NAMES as DATASET_NAMES  # re-exported
 from densemtl.training.config_checks import MAX_SEED as MAX_SEED  # re-exported
-from densemtl.training.config_checks import MAX_CLASSES, canonical_names, check_ranges, expand_scheme_args
-from densemtl.training.config_checks import resolve_scheme
+from densemtl.training.config_checks import METHOD_NAMES as METHOD_NAMES  # re-exported
+from densemtl.training.config_checks import SCHEME_NAMES as SCHEME_NAMES  # re-exported
+from densemtl.training.config_checks import TASK_NAMES as TASK_NAMES  # re-exported
+from densemtl.training.config_checks import (
+    canonical_names,
+    check_ranges,
+    classes_range,
+    expand_scheme_args,
+    own_schedule_epochs,
+    resolve_scheme,
+    seed_range,
+    sgd,
+)
 from densemtl.training.config_parse import MAX_SIDE as MAX_SIDE  # re-exported
 from densemtl.training.config_parse import coerce
 from densemtl.training.config_parse import parse_imports as parse_imports  # re-exported
@@ -38,35 +51,10 @@ from densemtl.training.config_parse import parse_task_args as parse_task_args  #
 from densemtl.training.config_parse import parse_tasks as parse_tasks  # re-exported
 from densemtl.training.config_parse import parse_value as parse_value  # re-exported
 from densemtl.training.config_spec import UNSET as UNSET  # re-exported
-from densemtl.training.config_spec import RegistryRef, replanned_keys, resumable_keys, spec
 from densemtl.training.config_spec import fields as spec_fields
+from densemtl.training.config_spec import replanned_keys, resumable_keys, spec
 from densemtl.training.schedule import LR_SCHEDULES, OPTIMIZERS, default_lr_step
 from densemtl.training.yaml_io import parse_yaml
-
-
-#: The registries whose names some keys take (read when ``--help`` is shown).
-DATASET_NAMES = RegistryRef("densemtl.data", "DATASETS")
-ARCH_NAMES = RegistryRef("densemtl.models", "MODELS")
-METHOD_NAMES = RegistryRef("densemtl.balancing", "METHODS")
-SCHEME_NAMES = RegistryRef("densemtl.training.schemes", "SCHEMES")
-TASK_NAMES = RegistryRef("densemtl.tasks", "TASKS")
-
-
-def _seed_range(v: int) -> str | None:
-    return None if 0 <= v <= MAX_SEED else f"must be in 0..{MAX_SEED} (2**32 - 1)"
-
-
-def _classes_range(v: int) -> str | None:  # below 1: the dataset says what it has
-    return None if v <= MAX_CLASSES else f"must be at most {MAX_CLASSES}"
-
-
-def _sgd(cfg: Mapping[str, Any]) -> bool:
-    return bool(cfg.get("optimizer") == "sgd")
-
-
-def _own_schedule_epochs(cfg: Mapping[str, Any]) -> bool:
-    return cfg.get("schedule_epochs") not in (None, cfg.get("epochs"))
-
 
 _ALWAYS = "always"  # bench keys it in every baseline key (the keys of 0.3)
 _MDML = "mutual"
@@ -80,49 +68,154 @@ class TrainConfig:
 
     # fmt: off
     dataset: str = spec("synthetic", section="data", help="the dataset", choices=DATASET_NAMES, keyed=_ALWAYS)
-    data_root: str | None = spec(None, section="data", keyed=_ALWAYS, help="root of a dataset in the MTAN layout ROOT/{train,val}/{image,label,depth,normal}")
-    size: tuple[int, int] | None = spec(UNSET, section="data", metavar="HxW", parse=parse_size, keyed=_ALWAYS, help="HxW to train at (default: the dataset's own)")
-    n_train: int | None = spec(UNSET, section="data", check=">=1", keyed=_ALWAYS, help="number of training samples (synthetic size, or a subset)")
+    data_root: str | None = spec(
+        None, section="data", keyed=_ALWAYS,
+        help="root of a dataset in the MTAN layout ROOT/{train,val}/{image,label,depth,normal}",
+    )
+    size: tuple[int, int] | None = spec(
+        UNSET, section="data", metavar="HxW", parse=parse_size, keyed=_ALWAYS,
+        help="HxW to train at (default: the dataset's own)",
+    )
+    n_train: int | None = spec(
+        UNSET, section="data", check=">=1", keyed=_ALWAYS,
+        help="number of training samples (synthetic size, or a subset)",
+    )
     n_val: int | None = spec(UNSET, section="data", check=">=1", keyed=_ALWAYS, help="number of validation samples")
-    num_classes: int | None = spec(None, section="data", check=_classes_range, keyed=_ALWAYS, help="classes of the segmentation (cityscapes: 7 (default) or 19)")
+    num_classes: int | None = spec(
+        None, section="data", check=classes_range, keyed=_ALWAYS,
+        help="classes of the segmentation (cityscapes: 7 (default) or 19)",
+    )
     augment: bool = spec(False, section="data", keyed=_ALWAYS, help="MTAN random scale-crop and flip")
-    data_args: dict[str, Any] = spec(factory=dict, section="data", flag="--data-arg", help="a dataset knob (repeatable)")
-    tasks: list[str] | None = spec(None, section="data", parse=parse_tasks, choices=TASK_NAMES, help="comma-separated tasks to train, a subset of the dataset's (default: all of them)")
-    task_args: dict[str, dict[str, Any]] = spec(factory=dict, section="data", flag="--task-arg", parse=parse_task_args, help="a task knob as TASK:KEY=VALUE, e.g. edge:pos_weight=0.95 (repeatable)")
+    data_args: dict[str, Any] = spec(
+        factory=dict, section="data", flag="--data-arg",
+        help="a dataset knob (repeatable)",
+    )
+    tasks: list[str] | None = spec(
+        None, section="data", parse=parse_tasks, choices=TASK_NAMES,
+        help="comma-separated tasks to train, a subset of the dataset's (default: all of them)",
+    )
+    task_args: dict[str, dict[str, Any]] = spec(
+        factory=dict, section="data", flag="--task-arg", parse=parse_task_args,
+        help="a task knob as TASK:KEY=VALUE, e.g. edge:pos_weight=0.95 (repeatable)",
+    )
     arch: str = spec("segnet", section="model", bench="cell", choices=ARCH_NAMES, help="the architecture")
-    arch_args: dict[str, Any] = spec(UNSET, section="model", flag="--arch-arg", keyed=_ALWAYS, help="an architecture knob (repeatable)", bench_help="a knob of every architecture (repeatable)")
+    arch_args: dict[str, Any] = spec(
+        UNSET, section="model", flag="--arch-arg", keyed=_ALWAYS,
+        help="an architecture knob (repeatable)",
+        bench_help="a knob of every architecture (repeatable)",
+    )
     method: str = spec("ew", section="method", bench="cell", choices=METHOD_NAMES, help="the balancing method")
-    method_args: dict[str, Any] = spec(factory=dict, section="method", flag="--method-arg", bench="file", help="a method knob (repeatable)")
-    grad_mode: str | None = spec(None, section="method", help="how per-task gradients are taken: representation, gramian or parameters (default: the method's choice)")
-    recompute_every: int = spec(1, section="method", check=">=1", help="reuse a Gramian method's task weights for k steps")
-    scheme: str | None = spec(None, section="scheme", bench="cell", choices=SCHEME_NAMES, help="how the members of a run learn together (default: mutual with --peer-arch, else single)")
-    peer_arch: str | None = spec(None, section="scheme", bench="cell", scheme=_MDML, help="MDML: train a peer network of this architecture by mutual learning (--scheme mutual)")
-    peer_args: dict[str, Any] = spec(factory=dict, section="scheme", flag="--peer-arg", bench="cell", scheme=_MDML, help="MDML: a peer architecture knob, over those it inherits from --arch-arg (all of them for the same architecture, those it takes for another)")  # noqa: E501
-    mimicry_weight: float = spec(1.0, section="scheme", check=">=0 finite", bench="file", scheme=_MDML, help="MDML: weight alpha of the mimicry losses")
-    mimicry_temperature: float = spec(1.0, section="scheme", check=">0 finite", bench="file", scheme=_MDML, help="MDML: softmax temperature of the segmentation KL")
-    alpha_warmup_epochs: int = spec(0, section="scheme", check=">=0", bench="file", scheme=_MDML, help="MDML: ramp alpha linearly from 0 over N epochs")
-    scheme_args: dict[str, Any] = spec(factory=dict, section="scheme", flag="--scheme-arg", bench="cell", help="a knob of the training scheme (repeatable): --scheme-arg peer_arch=segnet is --peer-arch segnet")
-    epochs: int = spec(15, section="schedule", check=">=0", resumable=True, keyed=_ALWAYS, help="epochs to train; a --resume may extend them")
+    method_args: dict[str, Any] = spec(
+        factory=dict, section="method", flag="--method-arg", bench="file",
+        help="a method knob (repeatable)",
+    )
+    grad_mode: str | None = spec(
+        None, section="method",
+        help="how per-task gradients are taken: representation, gramian or parameters (default: the method's choice)",
+    )
+    recompute_every: int = spec(
+        1, section="method", check=">=1",
+        help="reuse a Gramian method's task weights for k steps",
+    )
+    scheme: str | None = spec(
+        None, section="scheme", bench="cell", choices=SCHEME_NAMES,
+        help="how the members of a run learn together (default: mutual with --peer-arch, else single)",
+    )
+    peer_arch: str | None = spec(
+        None, section="scheme", bench="cell", scheme=_MDML,
+        help="MDML: train a peer network of this architecture by mutual learning (--scheme mutual)",
+    )
+    peer_args: dict[str, Any] = spec(
+        factory=dict, section="scheme", flag="--peer-arg", bench="cell", scheme=_MDML,
+        help="MDML: a peer architecture knob, over those it inherits from --arch-arg (all of them for the same "
+             "architecture, those it takes for another)",
+    )
+    mimicry_weight: float = spec(
+        1.0, section="scheme", check=">=0 finite", bench="file", scheme=_MDML,
+        help="MDML: weight alpha of the mimicry losses",
+    )
+    mimicry_temperature: float = spec(
+        1.0, section="scheme", check=">0 finite", bench="file", scheme=_MDML,
+        help="MDML: softmax temperature of the segmentation KL",
+    )
+    alpha_warmup_epochs: int = spec(
+        0, section="scheme", check=">=0", bench="file", scheme=_MDML,
+        help="MDML: ramp alpha linearly from 0 over N epochs",
+    )
+    scheme_args: dict[str, Any] = spec(
+        factory=dict, section="scheme", flag="--scheme-arg", bench="cell",
+        help="a knob of the training scheme (repeatable): --scheme-arg peer_arch=segnet is --peer-arch segnet",
+    )
+    epochs: int = spec(
+        15, section="schedule", check=">=0", resumable=True, keyed=_ALWAYS,
+        help="epochs to train; a --resume may extend them",
+    )
     batch_size: int = spec(16, section="optim", check=">=1", keyed=_ALWAYS, help="images per step")
     lr: float = spec(2e-3, section="optim", check=">0 finite", keyed=_ALWAYS, help="learning rate")
     weight_decay: float = spec(0.0, section="optim", check=">=0 finite", keyed=_ALWAYS, help="weight decay")
-    lr_step: int | None = spec(UNSET, section="schedule", check=">=1", resumable="replan", keyed=_ALWAYS, help="step schedule: multiply the learning rate by --lr-gamma every N epochs (default: 2/3 of --epochs, so it halves once; the synthetic demo preset: 10 of its 15); config.yaml holds the value")  # noqa: E501
-    lr_gamma: float = spec(0.5, section="schedule", check=">0 finite", note="the factor on the learning rate", keyed=_ALWAYS, help="step schedule: the factor of each decay")
-    lr_schedule: str = spec("step", section="schedule", choices=LR_SCHEDULES, help="learning-rate schedule, taken per epoch: step (x--lr-gamma every --lr-step epochs), cosine (towards 0 over --epochs), poly (DeepLab's (1 - epoch/epochs)^0.9) or none (constant)")  # noqa: E501
-    schedule_epochs: int = spec(UNSET, section="schedule", check=">=0", resumable="replan", keyed=_own_schedule_epochs, flag=None, help="the epochs cosine and poly are planned for (default: epochs)")
-    warmup_epochs: int = spec(0, section="schedule", check=">=0", help="ramp the learning rate up linearly over the first N epochs")
-    optimizer: str = spec("adam", section="optim", choices=OPTIMIZERS, help="adam, adamw (decoupled weight decay) or sgd")
-    momentum: float = spec(0.9, section="optim", check=">=0 <1", keyed=_sgd, help="sgd's momentum")
-    seed: int = spec(0, section="run", check=_seed_range, bench="cell", help="seed of the initialisation and the data order")
+    lr_step: int | None = spec(
+        UNSET, section="schedule", check=">=1", resumable="replan", keyed=_ALWAYS,
+        help="step schedule: multiply the learning rate by --lr-gamma every N epochs (default: 2/3 of --epochs, so "
+             "it halves once; the synthetic demo preset: 10 of its 15); config.yaml holds the value",
+    )
+    lr_gamma: float = spec(
+        0.5, section="schedule", check=">0 finite", note="the factor on the learning rate", keyed=_ALWAYS,
+        help="step schedule: the factor of each decay",
+    )
+    lr_schedule: str = spec(
+        "step", section="schedule", choices=LR_SCHEDULES,
+        help="learning-rate schedule, taken per epoch: step (x--lr-gamma every --lr-step epochs), cosine (towards 0 "
+             "over --epochs), poly (DeepLab's (1 - epoch/epochs)^0.9) or none (constant)",
+    )
+    schedule_epochs: int = spec(
+        UNSET, section="schedule", check=">=0", resumable="replan", keyed=own_schedule_epochs, flag=None,
+        help="the epochs cosine and poly are planned for (default: epochs)",
+    )
+    warmup_epochs: int = spec(
+        0, section="schedule", check=">=0",
+        help="ramp the learning rate up linearly over the first N epochs",
+    )
+    optimizer: str = spec(
+        "adam", section="optim", choices=OPTIMIZERS,
+        help="adam, adamw (decoupled weight decay) or sgd",
+    )
+    momentum: float = spec(0.9, section="optim", check=">=0 <1", keyed=sgd, help="sgd's momentum")
+    seed: int = spec(
+        0, section="run", check=seed_range, bench="cell",
+        help="seed of the initialisation and the data order",
+    )
     device: str = spec("cpu", section="run", resumable=True, result=False, help="cpu, cuda, cuda:N or auto")
     workers: int = spec(0, section="run", check=">=0", resumable=True, result=False, help="data loader processes")
-    diagnostics_every: int = spec(10, section="run", check=">=0", note="0 = off", resumable=True, result=False, help="sample task-gradient cosines and per-block balance every K steps (0 = off)")  # noqa: E501
-    tensorboard: bool = spec(False, section="run", resumable=True, result=False, bench="file", help="also write RUN/tensorboard/ event files")
-    checkpoint_every: int = spec(0, section="run", check=">=0", note="0 = off", resumable=True, result=False, metavar="N", help="also write checkpoints/last.pt every N steps within an epoch (0 = off)")  # noqa: E501
-    skip_nonfinite: int = spec(0, section="run", check=">=0", note="0 = off", resumable=True, result=False, metavar="N", help="skip up to N steps with a NaN or inf loss or update (counted in metrics.jsonl) instead of stopping the run")  # noqa: E501
-    sync_bn: bool | None = spec(None, section="run", bench="file", help="under torchrun: batch-norm statistics over the global batch (default: on with several processes)")
-    amp: str = spec("off", section="run", choices=AMP_MODES, help="mixed precision: autocast the forward pass to bf16 or fp16 (fp16 with a gradient scaler); every method's aggregation stays float32")  # noqa: E501
-    imports: list[str] = spec(factory=list, section="run", flag=None, parse=parse_imports, resumable=True, result=False, help="plugin modules imported before anything is built (--import)")
+    diagnostics_every: int = spec(
+        10, section="run", check=">=0", note="0 = off", resumable=True, result=False,
+        help="sample task-gradient cosines and per-block balance every K steps (0 = off)",
+    )
+    tensorboard: bool = spec(
+        False, section="run", resumable=True, result=False, bench="file",
+        help="also write RUN/tensorboard/ event files",
+    )
+    checkpoint_every: int = spec(
+        0, section="run", check=">=0", note="0 = off", resumable=True, result=False, metavar="N",
+        help="also write checkpoints/last.pt every N steps within an epoch (0 = off)",
+    )
+    skip_nonfinite: int = spec(
+        0, section="run", check=">=0", note="0 = off", resumable=True, result=False, metavar="N",
+        help="skip up to N steps with a NaN or inf loss or update (counted in metrics.jsonl) instead of stopping the "
+             "run",
+    )
+    sync_bn: bool | None = spec(
+        None, section="run", bench="file",
+        help="under torchrun: batch-norm statistics over the global batch (default: on with several processes)",
+    )
+    amp: str = spec(
+        "off", section="run", choices=AMP_MODES,
+        help="mixed precision: autocast the forward pass to bf16 or fp16 (fp16 with a gradient scaler); every "
+             "method's aggregation stays float32",
+    )
+    imports: list[str] = spec(
+        factory=list, section="run", flag=None, parse=parse_imports, resumable=True, result=False,
+        help="plugin modules imported before anything is built (--import)",
+    )
     # fmt: on
 
     def __post_init__(self) -> None:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from densemtl.errors import ConfigError
 from densemtl.registry import did_you_mean
-from densemtl.training.config_spec import check_value, scheme_knobs
+from densemtl.training.config_spec import RegistryRef, check_value, scheme_knobs
 from densemtl.training.config_spec import fields as spec_fields
 
 if TYPE_CHECKING:
@@ -24,6 +24,34 @@ MAX_CLASSES = 65536
 
 #: The values of ``--amp``.
 AMP_MODES = ("off", "bf16", "fp16")
+
+
+#: The registries whose names some keys take (read when ``--help`` is shown).
+DATASET_NAMES = RegistryRef("densemtl.data", "DATASETS")
+ARCH_NAMES = RegistryRef("densemtl.models", "MODELS")
+METHOD_NAMES = RegistryRef("densemtl.balancing", "METHODS")
+SCHEME_NAMES = RegistryRef("densemtl.training.schemes", "SCHEMES")
+TASK_NAMES = RegistryRef("densemtl.tasks", "TASKS")
+
+
+def seed_range(v: int) -> str | None:
+    """The seed's range check (:data:`MAX_SEED`)."""
+    return None if 0 <= v <= MAX_SEED else f"must be in 0..{MAX_SEED} (2**32 - 1)"
+
+
+def classes_range(v: int) -> str | None:
+    """``num_classes``' range check (below 1: the dataset says what it has)."""
+    return None if v <= MAX_CLASSES else f"must be at most {MAX_CLASSES}"
+
+
+def sgd(cfg: Mapping[str, Any]) -> bool:
+    """Bench keys ``momentum`` with sgd only (the other optimizers ignore it)."""
+    return bool(cfg.get("optimizer") == "sgd")
+
+
+def own_schedule_epochs(cfg: Mapping[str, Any]) -> bool:
+    """Bench keys ``schedule_epochs`` only when it is not ``epochs``."""
+    return cfg.get("schedule_epochs") not in (None, cfg.get("epochs"))
 
 
 def canonical_names(cfg: TrainConfig) -> None:

@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+
 class _Unset:
     """A preset-dependent key the caller left out; :class:`TrainConfig` fills it on construction."""
 
@@ -140,7 +141,20 @@ def spec(
         _rules(check)  # a typo in a rule fails when the field is declared
     meta = {
         "spec": Spec(
-            section, help, check, note, choices, resumable, result, keyed, flag, metavar, parse, bench, bench_help, scheme
+            section,
+            help,
+            check,
+            note,
+            choices,
+            resumable,
+            result,
+            keyed,
+            flag,
+            metavar,
+            parse,
+            bench,
+            bench_help,
+            scheme,
         )
     }
     if factory is not None:
@@ -266,4 +280,3 @@ def baseline_settings(cls: type, cfg: Mapping[str, Any]) -> dict[str, Any]:
 def _plain(value: Any) -> Any:
     """A default as ``TrainConfig.to_dict`` writes values (tuples as lists)."""
     return list(value) if isinstance(value, tuple) else value
-

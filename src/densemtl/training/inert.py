@@ -27,6 +27,7 @@ from densemtl.training.config import DEMO, TrainConfig
 from densemtl.training.config_spec import flag_of as spec_flag_of
 from densemtl.training.schedule import default_lr_step
 
+
 def flag_of(key: str, value: Any = None) -> str:
     """The command-line flag that sets config ``key`` (the spec's; ``--no-sync-bn`` for a false ``sync_bn``)."""
     if key == "sync_bn" and value is False:
