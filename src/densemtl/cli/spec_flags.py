@@ -145,7 +145,10 @@ def given_values(args: argparse.Namespace, bench: bool = False) -> dict[str, Any
 #: Per section, the registries whose entries and knobs its description lists, with the keywords
 #: that are the caller's, not knobs.
 SECTION_REGISTRIES: dict[str, list[tuple[str, RegistryRef, frozenset[str]]]] = {
-    "data": [("datasets (--data-arg)", config.DATASET_NAMES, frozenset())],
+    "data": [
+        ("datasets (--data-arg)", config.DATASET_NAMES, frozenset()),
+        ("tasks (--task-arg TASK:KEY=VALUE)", config.TASK_NAMES, frozenset()),
+    ],
     "model": [("architectures (--arch-arg)", config.ARCH_NAMES, frozenset({"task_channels"}))],
     "method": [("methods (--method-arg)", config.METHOD_NAMES, frozenset({"num_tasks"}))],
 }

@@ -1,4 +1,5 @@
-"""The range checks of :class:`~densemtl.training.config.TrainConfig`: values that parse but make no sense."""
+"""The checks of :class:`~densemtl.training.config.TrainConfig` (values that parse but make no sense, as the
+spec declares them) and its training scheme (``scheme``, ``--scheme-arg`` knobs)."""
 
 from __future__ import annotations
 
