@@ -254,3 +254,11 @@ def test_list_and_help_show_schemes_and_plugins(capsys: pytest.CaptureFixture) -
     finally:
         models.MODELS.unregister("zzprobe")
         SCHEMES.unregister("zzteacher")
+
+
+def test_resume_refuses_a_new_peer_as_such(tmp_path: Path) -> None:
+    save_yaml(build_config({"epochs": 2}), tmp_path / "config.yaml")
+    with pytest.raises(ConfigError, match=r"^cannot change 'peer_arch' when resuming"):
+        resume_config(tmp_path, {"peer_arch": "segnet"})
+    with pytest.raises(ConfigError, match=r"^cannot change 'peer_arch' when resuming"):
+        resume_config(tmp_path, {"scheme": "mutual", "scheme_args": {"peer_arch": "segnet"}})

@@ -117,10 +117,6 @@ class TrainConfig:
         1, section="method", check=">=1",
         help="reuse a Gramian method's task weights for k steps",
     )
-    scheme: str | None = spec(
-        None, section="scheme", bench="cell", choices=SCHEME_NAMES,
-        help="how the members of a run learn together (default: mutual with --peer-arch, else single)",
-    )
     peer_arch: str | None = spec(
         None, section="scheme", bench="cell", scheme=_MDML,
         help="MDML: train a peer network of this architecture by mutual learning (--scheme mutual)",
@@ -141,6 +137,10 @@ class TrainConfig:
     alpha_warmup_epochs: int = spec(
         0, section="scheme", check=">=0", bench="file", scheme=_MDML,
         help="MDML: ramp alpha linearly from 0 over N epochs",
+    )
+    scheme: str | None = spec(
+        None, section="scheme", bench="cell", choices=SCHEME_NAMES,
+        help="how the members of a run learn together (default: mutual with --peer-arch, else single)",
     )
     scheme_args: dict[str, Any] = spec(
         factory=dict, section="scheme", flag="--scheme-arg", bench="cell",
@@ -359,7 +359,10 @@ def resume_config(
         raise ConfigError(f"--resume: {out} holds no run to resume (no config.yaml)")
     base = build_config(load_yaml(path))
     layer = load_yaml(yaml) if yaml is not None else {}
-    given = build_config(merge_layers(base.to_dict(), layer, overrides))
+    held = base.to_dict()
+    if held["scheme"] == ("mutual" if base.peer_arch else "single"):  # the run's scheme as its peer_arch says
+        del held["scheme"]  # (so that a changed peer_arch is refused as that)
+    given = build_config(merge_layers(held, layer, overrides))
     if replan:  # lr_step as given, else as a fresh run of the new epochs has it (the demo preset's 10)
         step_given = any("lr_step" in merge_layers(v) for v in (layer, overrides or {}))
         fresh = preset_values({k: v for k, v in given.to_dict().items() if k != "lr_step"}).get("lr_step")
