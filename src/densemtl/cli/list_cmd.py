@@ -32,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from densemtl.balancing import LIBMTL_NAMES
 
     print("               (also LibMTL's names: " + ", ".join(LIBMTL_NAMES) + ")")
+    print("schemes:       " + ", ".join(scheme_lines()))
     if not args.verbose:
         return 0
     print("\narchitectures (parameters for NYUv2: 13 classes, depth, normals):")
@@ -63,6 +64,14 @@ def run(args: argparse.Namespace) -> int:
         kind = "weighting" if req.uses_losses else "optimizer" if req.optimizer == "sgd" else "gradient"
         print(f"  {name:12s} {kind:9s} {'/'.join(req.modes):33s} {_knobs(methods.METHODS, name, {'num_tasks'})}")
     return 0
+
+
+def scheme_lines() -> list[str]:
+    """Each training scheme with its knobs (``--scheme-arg KEY=VALUE``, each a config key with its default)."""
+    from densemtl.cli.spec_flags import scheme_knob_text
+    from densemtl.training.schemes import SCHEMES
+
+    return [f"{name} ({scheme_knob_text(name) or 'no knobs'})" for name in SCHEMES.available()]
 
 
 def print_timm_backbones(count: bool = True) -> None:
