@@ -100,10 +100,12 @@ class TaskSet(Mapping[str, Task]):
         own = {str(t).lower(): dict(k) for t, k in (task_args or {}).items()}
         for t, knobs in own.items():
             if t not in order:
+                from densemtl.tasks import TASKS
+
                 given = ", ".join(f"{t}:{k}={v}" for k, v in knobs.items()) or t
+                close = "" if TASKS.find(t) else did_you_mean(t, TASKS.available())  # misspelt, or not this run's
                 raise ConfigError(
-                    f"{source} {given}: this run has no task {t!r}{did_you_mean(t, order)}; "
-                    f"its tasks: {', '.join(order) or 'none'}"
+                    f"{source} {given}: this run has no task {t!r}{close}; its tasks: {', '.join(order) or 'none'}"
                 )
         base = {str(t).lower(): dict(k) for t, k in (defaults or {}).items()}
         self._tasks: dict[str, Task] = {}
