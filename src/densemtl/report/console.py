@@ -18,9 +18,7 @@ def metrics_header(tasks: TaskSet | Sequence[str]) -> str:
     return " ".join(cells)
 
 
-def metrics_row(
-    epoch: int, metrics: Mapping[str, Mapping[str, float | None]], tasks: TaskSet | Sequence[str]
-) -> str:
+def metrics_row(epoch: int, metrics: Mapping[str, Mapping[str, float | None]], tasks: TaskSet | Sequence[str]) -> str:
     """One epoch's line; a missing or NaN metric shows as ``-``."""
     cells = [str(epoch).rjust(5)]
     for t, task in as_task_set(tasks).items():

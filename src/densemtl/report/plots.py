@@ -132,7 +132,6 @@ def save_figure(fig: Figure, path: Path) -> Path:
     return path
 
 
-
 def plot_losses_and_weights(history: list[dict[str, Any]], tasks: tuple[str, ...], out: Path) -> list[Path]:
     """losses.png, and weights.png unless the weights stayed constant (then a note in losses.png)."""
     if not any(r.get("train_loss") for r in history):

@@ -270,9 +270,7 @@ def prediction_grid(
     samples = grid_samples(model, dataset, n)
     if tasks is None:
         tasks = TaskSet(samples[0].preds, defaults=getattr(dataset, "task_args", None))
-    fig = prediction_figure(
-        samples, num_classes, class_names=tuple(getattr(dataset, "class_names", ())), tasks=tasks
-    )
+    fig = prediction_figure(samples, num_classes, class_names=tuple(getattr(dataset, "class_names", ())), tasks=tasks)
     try:
         return render(fig)
     finally:
