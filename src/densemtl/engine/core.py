@@ -67,11 +67,12 @@ class Engine:
         #: the forward pass's precision and fp16's gradient scaler (:mod:`densemtl.engine.precision`)
         self.precision = precision if precision is not None else Precision()
         self.method = method
-        from densemtl.tasks import as_task_set
+        from densemtl.tasks import TaskSet
 
-        #: the configured tasks whose losses are balanced (``tasks`` are their names, in order)
-        self.task_set = as_task_set(tasks)
-        self.tasks: tuple[str, ...] = self.task_set.names
+        #: the run's configured tasks, whose losses are balanced (None when given names: the model's
+        #: ``task_losses`` then uses their defaults, or its own losses); ``tasks``: their names
+        self.task_set = tasks if isinstance(tasks, TaskSet) else None
+        self.tasks: tuple[str, ...] = tuple(tasks)
         self.mode = check_mode(method, mode, has_representation=model.has_representation, owner=type(model).__name__)
         check_recompute_every(method, recompute_every)
         self.recompute_every = recompute_every
@@ -100,7 +101,7 @@ class Engine:
         """Each task's scalar loss (the model's extra losses included), in task order; a user's
         model whose predictions are not what the tasks need: one line naming it."""
         check_outputs(self.model, preds, batch, self.tasks)
-        losses = self.model.task_losses(preds, batch, self.task_set)
+        losses = self.model.task_losses(preds, batch, self.tasks if self.task_set is None else self.task_set)
         return [losses[t] for t in self.tasks]
 
     def task_losses(self, preds: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:

@@ -109,9 +109,27 @@ Tasks = TaskSet | Sequence[str]
 
 
 def build_task_set(cfg: TrainConfig, tasks: Iterable[str], dataset: object = None) -> TaskSet:
-    """The run's tasks, configured once: ``dataset``'s ``task_args`` (NYUD's edge tolerance) with
+    """The run's tasks, configured once: ``dataset``'s ``task_args`` (NYUD's edge tolerance; without
+    a dataset, those of the class ``cfg.dataset``'s factory declares it returns) with
     ``cfg.task_args`` (``--task-arg``) over them; a bad task or knob is a one-line error."""
-    return TaskSet(tasks, cfg.task_args, defaults=getattr(dataset, "task_args", None))
+    defaults = getattr(dataset, "task_args", None) if dataset is not None else dataset_task_args(cfg.dataset)
+    return TaskSet(tasks, cfg.task_args, defaults=defaults)
+
+
+def dataset_task_args(name: str) -> Mapping[str, Mapping[str, Any]] | None:
+    """The ``task_args`` of the class dataset ``name``'s factory returns, as its return annotation
+    declares (None when it declares none, or the dataset is not registered in this process)."""
+    import typing
+
+    key = data_registry.DATASETS.find(name)
+    if key is None:
+        return None
+    factory = data_registry.DATASETS.get(key)
+    try:
+        made = factory if isinstance(factory, type) else typing.get_type_hints(factory).get("return")
+    except Exception:  # noqa: BLE001 - a plugin's annotation that does not resolve: no defaults
+        return None
+    return getattr(made, "task_args", None)
 
 
 def create_model(arch: str, arch_args: dict[str, Any], tasks: Tasks, num_classes: int) -> MultiTaskModel:
