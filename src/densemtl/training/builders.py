@@ -199,13 +199,13 @@ def model_from_state(state: Mapping[str, Any], where: str | Path) -> tuple[Multi
     check_state_fields(state, where)
     try:
         cfg = build_config(state["config"])
-        task_set = build_task_set(cfg, tasks)  # the heads' channels: the run's knobs (--task-arg)
     except ConfigError as e:
         raise ConfigError(f"checkpoint {where} holds a bad config: {e}") from None
     # the checkpoint's weights replace any pretrained ones: do not look for those again
     knobs = {**cfg.arch_args, **({"pretrained": False} if cfg.arch_args.get("pretrained") else {})}
     weights = state["model"]
     try:
+        task_set = build_task_set(cfg, tasks)  # the heads' channels: the run's knobs (--task-arg)
         probe = probe_model(cfg.arch, knobs, task_set, classes)
     except ConfigError as e:
         raise ConfigError(f"checkpoint {where}: {e}") from None
