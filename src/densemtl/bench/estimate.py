@@ -116,7 +116,7 @@ def time_run(job: Job) -> tuple[float, int]:
         step_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         for m in trainer.members:
-            evaluate_model(m.model, [batch], trainer.tasks, trainer.num_classes, trainer.device)
+            evaluate_model(m.model, [batch], trainer.task_set, trainer.num_classes, trainer.device)
         eval_s = time.perf_counter() - t0
     epochs = cfg.epochs
     seconds = epochs * steps * step_s + ((epochs + 1) * val_batches + test_batches) * eval_s

@@ -106,14 +106,8 @@ class BenchTrainer(Trainer):
         best = load_checkpoint(self.best_path)  # the Trainer's best.pt: selected by the same rule
         self.model.load_state_dict(best["model"])
         selected = next(r for r in self.history if r["epoch"] == best["epoch"])
-        test = evaluate_model(
-            self.model,
-            self.loader(self.test_set, shuffle=False),
-            self.tasks,
-            self.num_classes,
-            self.device,
-            task_args=getattr(self.test_set, "task_args", None),
-        )
+        loader = self.loader(self.test_set, shuffle=False)
+        test = evaluate_model(self.model, loader, self.task_set, self.num_classes, self.device)  # the run's knobs
         summary["bench"] = {
             "selected_epoch": int(best["epoch"]),
             "selection_score": best["score"],

@@ -25,6 +25,7 @@ from densemtl.engine.modes import canonical_mode, valid_modes
 from densemtl.engine.precision import Precision
 from densemtl.errors import ConfigError
 from densemtl.models.base import MultiTaskModel
+from densemtl.tasks import as_task_set
 from densemtl.training.builders import build_optimizer, data_knobs, resolve_device
 from densemtl.training.config import TrainConfig, parse_kv, parse_size
 
@@ -95,8 +96,10 @@ def make_engine(
     precision: Precision | None = None,
     comm: Comm | None = None,
 ) -> Engine:
-    """The engine training gives ``method`` (``precision``: under ``--amp``; ``comm``: one rank of several)."""
-    return Engine(model, method, tasks, mode=mode, recompute_every=recompute_every, comm=comm, precision=precision)
+    """The engine training gives ``method`` (``precision``: under ``--amp``; ``comm``: one rank of several),
+    with the tasks built once, as a run's."""
+    task_set = as_task_set(tasks)
+    return Engine(model, method, task_set, mode=mode, recompute_every=recompute_every, comm=comm, precision=precision)
 
 
 def check_settings(

@@ -13,7 +13,7 @@ re-evaluates the batch for a method that declares ``reevaluate`` (FAMO).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -26,6 +26,9 @@ from densemtl.engine.strategies import STRATEGIES, Context, Forward, NonFiniteGr
 from densemtl.errors import ConfigError
 from densemtl.models.base import MultiTaskModel
 from densemtl.plugin_contracts import check_outputs
+
+if TYPE_CHECKING:
+    from densemtl.tasks import TaskSet
 
 __all__ = [
     "MODES",
@@ -41,15 +44,16 @@ __all__ = [
 class Engine:
     """Computes the update of one batch for ``model`` under ``method`` and writes it into ``.grad``.
 
-    ``model`` is a :class:`MultiTaskModel` with every task of ``tasks``; for one's own
-    ``nn.Module`` and losses, :func:`densemtl.backward` drives the same strategies.
+    ``model`` is a :class:`MultiTaskModel` with every task of ``tasks`` (the run's
+    :class:`~densemtl.tasks.TaskSet`, whose knobs set the losses; names: their defaults); for one's
+    own ``nn.Module`` and losses, :func:`densemtl.backward` drives the same strategies.
     """
 
     def __init__(
         self,
         model: MultiTaskModel,
         method: BalancingMethod,
-        tasks: tuple[str, ...],
+        tasks: TaskSet | Sequence[str],
         *,
         mode: str | None = None,
         recompute_every: int = 1,
@@ -63,16 +67,21 @@ class Engine:
         #: the forward pass's precision and fp16's gradient scaler (:mod:`densemtl.engine.precision`)
         self.precision = precision if precision is not None else Precision()
         self.method = method
-        self.tasks = tasks
+        from densemtl.tasks import TaskSet
+
+        #: the run's configured tasks, whose losses are balanced (None when given names: the model's
+        #: ``task_losses`` then uses their defaults, or its own losses); ``tasks``: their names
+        self.task_set = tasks if isinstance(tasks, TaskSet) else None
+        self.tasks: tuple[str, ...] = tuple(tasks)
         check_declaration(method)
         self.mode = check_mode(method, mode, has_representation=model.has_representation, owner=type(model).__name__)
         check_recompute_every(method, recompute_every)
         self.recompute_every = recompute_every
         self.step_count = 0
-        own = [model.task_parameters(t) for t in tasks]
+        own = [model.task_parameters(t) for t in self.tasks]
         shared = model.shared_parameters()
         check_split(model, shared)
-        ctx = Context(model, method, tasks, shared, own, self.comm, self.precision)
+        ctx = Context(model, method, self.tasks, shared, own, self.comm, self.precision)
         #: how this engine's gradient source becomes ``.grad`` (one per mode)
         self.strategy = STRATEGIES[self.mode](ctx, recompute_every)
 
@@ -95,7 +104,7 @@ class Engine:
         """Each task's scalar loss (the model's extra losses included), in task order; a user's
         model whose predictions are not what the tasks need: one line naming it."""
         check_outputs(self.model, preds, batch, self.tasks)
-        losses = self.model.task_losses(preds, batch, self.tasks)
+        losses = self.model.task_losses(preds, batch, self.tasks if self.task_set is None else self.task_set)
         return [losses[t] for t in self.tasks]
 
     def task_losses(self, preds: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
@@ -168,7 +177,7 @@ class Engine:
         self.strategy.load_state_dict(state)
 
 
-def check_model(model: object, tasks: Sequence[str]) -> None:
+def check_model(model: object, tasks: TaskSet | Sequence[str]) -> None:
     """A MultiTaskModel that has every task of ``tasks``, or a one-line ConfigError."""
     if not isinstance(model, MultiTaskModel):
         raise ConfigError(

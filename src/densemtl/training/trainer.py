@@ -39,7 +39,7 @@ from densemtl.report.jsonio import dumps
 from densemtl.report.plots import plot_run
 from densemtl.report.progress import progress
 from densemtl.report.visualize import prediction_grid, save_panel
-from densemtl.training.builders import build_datasets, resolve_device
+from densemtl.training.builders import build_datasets, build_task_set, resolve_device
 from densemtl.training.checkpoint import atomic_write_text, save_checkpoint
 from densemtl.training.config import TrainConfig
 from densemtl.training.diagnostics import Diagnostics, TensorBoardLog, require_tensorboard
@@ -109,7 +109,8 @@ class Trainer:
             self.train_set, self.val_set = train_data, val_data
         else:
             self.train_set, self.val_set = self.build_data(cfg)
-        self.tasks: tuple[str, ...] = tuple(self.train_set.tasks)
+        self.task_set = build_task_set(cfg, self.train_set.tasks, self.train_set)  # built once, passed down
+        self.tasks: tuple[str, ...] = self.task_set.names
         self.num_classes: int = int(self.train_set.num_classes)
         self.scheme = scheme if scheme is not None else scheme_for(cfg)
         #: --amp: the forward's precision and fp16's gradient scaler, one for every member
@@ -117,7 +118,7 @@ class Trainer:
         specs = self.scheme.members()
         check_parts(parts, self.objects, cfg, self.tasks, self.num_classes, len(specs))
         self.members = [
-            Member(cfg, self.tasks, self.num_classes, self.device, spec, self.comm, self.precision, parts)
+            Member(cfg, self.task_set, self.num_classes, self.device, spec, self.comm, self.precision, parts)
             for spec in specs
         ]
         main = self.members[0]
@@ -216,7 +217,7 @@ class Trainer:
         self._write_history()
         if self.tb is not None:
             self.tb.log(record)
-        self.log(metrics_row(record["epoch"], record["val"], self.tasks))
+        self.log(metrics_row(record["epoch"], record["val"], self.task_set))
 
     def _update_best(self, record: dict[str, Any]) -> None:
         """best.pt: the epoch >= 1 (epoch 0 in a run of no epochs) whose validation metrics
@@ -232,10 +233,7 @@ class Trainer:
         if not self.main_rank:
             return {}
         loader = self.loader(self.val_set, shuffle=False)
-        task_args = getattr(self.val_set, "task_args", None)
-        return evaluate_members(
-            self.members, loader, self.tasks, self.num_classes, self.device, self.progress, task_args
-        )
+        return evaluate_members(self.members, loader, self.task_set, self.num_classes, self.device, self.progress)
 
     def train_batch(self, epoch: int, batch: dict[str, Tensor]) -> list[StepResult] | None:
         """One step of every member on ``batch`` (on the run's device, the members in train mode)
@@ -343,14 +341,15 @@ class Trainer:
         """The run directory, its config.yaml and the TensorBoard log (rank 0)."""
         self.tb = create_run_files(self.out, self.cfg)
         if self.tb is not None:  # TensorBoard: the prediction grid each epoch, the config as hparams
-            self.tb.attach(self.cfg.to_dict(), lambda: prediction_grid(self.model, self.val_set, self.num_classes))
+            grid = lambda: prediction_grid(self.model, self.val_set, self.num_classes, tasks=self.task_set)  # noqa: E731
+            self.tb.attach(self.cfg.to_dict(), grid)
 
     def _run(self) -> dict[str, Any]:
         on_main(self.comm, self._create_files)
         for note in start_notes(self.train_set, self.val_set, self.cfg, self.comm):  # dropped batch, empty tasks
             self.log(note)
         self._started = time.perf_counter()
-        self.log(metrics_header(self.tasks))
+        self.log(metrics_header(self.task_set))
         if self._rng is not None:
             set_rng_state(self._rng)
             self._rng = None
@@ -379,12 +378,12 @@ class Trainer:
             self._save()
         summary = self.summary(elapsed)
         atomic_write_text(self.out / "summary.json", dumps(summary, indent=2) + "\n")
-        plot_run(self.history, self.tasks, self.out / "plots")
+        plot_run(self.history, self.task_set, self.out / "plots")
         plot_diagnostics(self.history, self.tasks, self.out / "plots")
         if self.tb is not None:
             self.tb.close()
             self.tb = None
-        grid = prediction_grid(self.model, self.val_set, self.num_classes)
+        grid = prediction_grid(self.model, self.val_set, self.num_classes, tasks=self.task_set)
         save_panel(grid, self.out / "plots" / "predictions.png")
         return summary
 
