@@ -293,3 +293,37 @@ def test_no_task_is_built_outside_the_task_set() -> None:
             if BUILDS.search(code) or (direct is not None and direct.search(code) and "class " not in code):
                 found.append(f"{path.relative_to(SRC)}:{i}: {line.strip()}")
     assert found == []
+
+
+def test_two_argument_extra_losses_still_added() -> None:
+    """A model written for 0.5 overrides ``extra_losses(preds, batch)``: its extra loss is still added."""
+    import torch
+
+    from densemtl.models.base import MultiTaskModel
+
+    class Old(MultiTaskModel):
+        has_representation = False
+
+        def __init__(self) -> None:
+            super().__init__({"depth": 1})
+            self.heads = torch.nn.ModuleDict({"depth": torch.nn.Conv2d(3, 1, 1)})
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"depth": self.heads["depth"](x)}
+
+        def extra_losses(self, preds, batch):  # type: ignore[override]
+            return {"depth": torch.tensor(1.5)}
+
+    torch.manual_seed(0)
+    m, x = Old(), torch.rand(1, 3, 16, 16)
+    batch = {"image": x, "depth": torch.rand(1, 1, 16, 16) + 0.1}
+    preds = m(x)
+    plain = MultiTaskModel.task_losses.__get__(m)  # the same call; the difference is the extra loss alone
+    base = densemtl_base_loss(preds, batch)
+    assert torch.allclose(plain(preds, batch)["depth"], base + 1.5)
+
+
+def densemtl_base_loss(preds, batch):
+    from densemtl.tasks import TaskSet
+
+    return TaskSet(["depth"], {}).losses(preds, batch)["depth"]
