@@ -128,6 +128,7 @@ def one_line(err: str) -> str:
 
 
 @needs_proc
+@pytest.mark.slow
 def test_kill_9_takes_the_workers_along_and_a_second_bench_is_refused(
     done: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -161,6 +162,7 @@ def test_kill_9_takes_the_workers_along_and_a_second_bench_is_refused(
 
 
 @needs_proc
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("sig", "jobs", "group"),
     [(signal.SIGINT, 2, True), (signal.SIGTERM, 1, False)],

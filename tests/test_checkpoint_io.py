@@ -7,7 +7,7 @@ import errno
 import io
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -175,23 +175,18 @@ def test_truncated_or_garbage_checkpoint_is_one_line(tmp_path: Path, content: by
 
 
 # -- export -------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    from conftest import TINY_TRAIN
-
-    out = tmp_path_factory.mktemp("export") / "run"
-    torch.set_num_threads(1)
-    args = [*TINY_TRAIN, "--n-train", "4", "--diagnostics-every", "0", "--out", str(out)]
-    assert main(["train", *args]) == 0
-    yield out
+@pytest.fixture
+def trained(tiny_run_trained: Path) -> Path:
+    """The session's run trained one epoch (read only: the tests export it and evaluate it)."""
+    return tiny_run_trained / "run"
 
 
-def test_export_gives_identical_predictions(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_export_gives_identical_predictions(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "model.safetensors"
-    assert main(["export", "--checkpoint", str(tiny_run), "--out", str(out)]) == 0
+    assert main(["export", "--checkpoint", str(trained), "--out", str(out)]) == 0
     assert f"wrote {out}" in capsys.readouterr().out
     assert not _temps(tmp_path)
-    a, cfg_a, state_a = load_model(tiny_run)
+    a, cfg_a, state_a = load_model(trained)
     b, cfg_b, state_b = load_model(out)
     assert cfg_a == cfg_b
     for key in ("tasks", "num_classes", "size", "epoch"):
@@ -201,27 +196,27 @@ def test_export_gives_identical_predictions(tiny_run: Path, tmp_path: Path, caps
         pa, pb = a(x), b(x)
     assert all(torch.equal(pa[t], pb[t]) for t in state_a["tasks"])
     metrics = []
-    for ck in (tiny_run, out):
+    for ck in (trained, out):
         js = tmp_path / f"{ck.name}.json"
         assert main(["eval", "--checkpoint", str(ck), "--json", str(js)]) == 0
         metrics.append(json.loads(js.read_text()))
     assert metrics[0] == metrics[1]
 
 
-def test_export_refuses_to_overwrite(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_export_refuses_to_overwrite(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "model.safetensors"
     out.write_bytes(b"precious")
-    assert main(["export", "--checkpoint", str(tiny_run), "--out", str(out)]) == 2
+    assert main(["export", "--checkpoint", str(trained), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "already exists" in err
     assert out.read_bytes() == b"precious"
 
 
-def test_bad_safetensors_are_one_line(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_bad_safetensors_are_one_line(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from safetensors.torch import save_file
 
     good = tmp_path / "good.safetensors"
-    assert main(["export", "--checkpoint", str(tiny_run), "--out", str(good)]) == 0
+    assert main(["export", "--checkpoint", str(trained), "--out", str(good)]) == 0
     data = good.read_bytes()
     cases = {
         "truncated.safetensors": (data[: len(data) // 2], "truncated or not a safetensors"),

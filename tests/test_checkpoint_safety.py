@@ -4,12 +4,14 @@ would run code when unpickled is refused with one line, and its code never runs.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import MethodRun, copy_run
 from densemtl import methods
 from densemtl.cli.main import main
 from densemtl.errors import ConfigError
@@ -46,12 +48,11 @@ def test_eval_refuses_it_with_one_line(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 def test_resume_and_predict_refuse_a_real_checkpoint_carrying_code(
-    tmp_path: Path, tiny_args: list[str], capsys: pytest.CaptureFixture
+    tmp_path: Path, tiny_run_trained: Path, capsys: pytest.CaptureFixture
 ) -> None:
     """A genuine run whose last.pt also carries a payload (the rest of the file would load and
     work): ``train --resume``, ``eval`` and ``predict`` refuse it with one line, nothing runs."""
-    out = tmp_path / "run"
-    assert main(["train", *tiny_args, "--n-train", "4", "--diagnostics-every", "0", "--out", str(out)]) == 0
+    out = copy_run(tiny_run_trained / "run", tmp_path / "run")
     last = out / "checkpoints" / "last.pt"
     state = torch.load(last, map_location="cpu", weights_only=True)
     marker = tmp_path / "pwned"
@@ -76,8 +77,6 @@ def test_resume_and_predict_refuse_a_real_checkpoint_carrying_code(
 
 
 @pytest.mark.parametrize("method", methods.available())
-def test_every_method_state_loads_weights_only(method: str, tmp_path: Path, tiny_args: list[str]) -> None:
-    out = tmp_path / "run"
-    assert main(["train", *tiny_args, "--n-train", "4", "--method", method, "--out", str(out)]) == 0
-    state = load_checkpoint(out)
+def test_every_method_state_loads_weights_only(method: str, method_run: Callable[..., MethodRun]) -> None:
+    state = load_checkpoint(method_run(method).out)  # the session's run of test_methods_train
     assert state["method"] is not None and "engine" in state

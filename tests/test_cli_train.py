@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import TINY_TRAIN, copy_run
 from densemtl.cli.main import main
 
 
@@ -16,9 +17,23 @@ def train(args: list[str]) -> int:
     return main(["train", *args])
 
 
-def test_train_writes_the_run_directory(tmp_path: Path, tiny_args: list[str]) -> None:
-    run = tmp_path / "run"
-    assert train([*tiny_args, "--epochs", "2", "--out", str(run)]) == 0
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+    """The tiny run (equal weighting) trained for 1 and for 2 epochs, shared by this module's tests
+    (read only: copy one to change it)."""
+    root = tmp_path_factory.mktemp("cli-train")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for epochs in (1, 2):
+            assert train([*TINY_TRAIN, "--epochs", str(epochs), "--out", str(root / f"e{epochs}")]) == 0
+    finally:
+        torch.set_num_threads(before)
+    return {1: root / "e1", 2: root / "e2"}
+
+
+def test_train_writes_the_run_directory(runs: dict[int, Path]) -> None:
+    run = runs[2]
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["epochs"] == 2 and cfg["size"] == [32, 40] and cfg["arch_args"]["width"] == 0.125
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -39,9 +54,10 @@ def test_train_writes_the_run_directory(tmp_path: Path, tiny_args: list[str]) ->
     }
 
 
-def test_refuses_to_overwrite_a_run(tmp_path: Path, tiny_args: list[str], capsys: pytest.CaptureFixture) -> None:
-    run = tmp_path / "run"
-    assert train([*tiny_args, "--out", str(run)]) == 0
+def test_refuses_to_overwrite_a_run(
+    runs: dict[int, Path], tmp_path: Path, tiny_args: list[str], capsys: pytest.CaptureFixture
+) -> None:
+    run = copy_run(runs[1], tmp_path / "run")
     before = (run / "metrics.jsonl").read_text()
     capsys.readouterr()
     assert train([*tiny_args, "--out", str(run)]) == 2
@@ -50,10 +66,8 @@ def test_refuses_to_overwrite_a_run(tmp_path: Path, tiny_args: list[str], capsys
     assert (run / "metrics.jsonl").read_text() == before
 
 
-def test_resume_is_exact(tmp_path: Path, tiny_args: list[str]) -> None:
-    whole, split = tmp_path / "whole", tmp_path / "split"
-    assert train([*tiny_args, "--epochs", "2", "--out", str(whole), "--method", "ew"]) == 0
-    assert train([*tiny_args, "--epochs", "1", "--out", str(split), "--method", "ew"]) == 0
+def test_resume_is_exact(runs: dict[int, Path], tmp_path: Path) -> None:
+    whole, split = runs[2], copy_run(runs[1], tmp_path / "split")  # equal weighting, 2 epochs and 1
     assert train(["--out", str(split), "--resume", "--epochs", "2", "--quiet"]) == 0
     a = torch.load(whole / "checkpoints" / "last.pt", weights_only=False)
     b = torch.load(split / "checkpoints" / "last.pt", weights_only=False)
@@ -74,9 +88,8 @@ def test_yaml_config_and_flag_override(tmp_path: Path, tiny_args: list[str]) -> 
     assert cfg["epochs"] == 1 and cfg["lr"] == 0.01
 
 
-def test_eval_and_predict(tmp_path: Path, tiny_args: list[str], capsys: pytest.CaptureFixture) -> None:
-    run = tmp_path / "run"
-    assert train([*tiny_args, "--out", str(run)]) == 0
+def test_eval_and_predict(runs: dict[int, Path], tmp_path: Path) -> None:
+    run = runs[1]
     out_json = tmp_path / "m.json"
     assert main(["eval", "--checkpoint", str(run), "--json", str(out_json)]) == 0
     metrics = json.loads(out_json.read_text())["metrics"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -115,11 +116,28 @@ def _records(run: Path) -> list[dict]:
     return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, int], Path]:
+    """``trained(method, every)``: the TINY run (2 epochs) of ``method`` with ``--diagnostics-every
+    every``, trained once for this module's tests (read only)."""
+    runs: dict[tuple[str, int], Path] = {}
+
+    def get(method: str, every: int) -> Path:
+        if (method, every) not in runs:
+            out = tmp_path_factory.mktemp("diagnostics") / f"{method}-{every}"
+            argv = ["train", *TINY, "--method", method, "--diagnostics-every", str(every), "--out", str(out)]
+            assert main(argv) == 0
+            runs[method, every] = out
+        return runs[method, every]
+
+    return get
+
+
 @pytest.mark.parametrize("method", ["ew", "pcgrad"])
-def test_training_records_diagnostics_without_changing_the_weights(tmp_path: Path, method: str) -> None:
-    on, off = tmp_path / "on", tmp_path / "off"
-    assert main(["train", *TINY, "--method", method, "--diagnostics-every", "1", "--out", str(on)]) == 0
-    assert main(["train", *TINY, "--method", method, "--diagnostics-every", "0", "--out", str(off)]) == 0
+def test_training_records_diagnostics_without_changing_the_weights(
+    method: str, trained: Callable[[str, int], Path]
+) -> None:
+    on, off = trained(method, 1), trained(method, 0)
     a = torch.load(on / "checkpoints" / "last.pt", weights_only=False)["model"]
     b = torch.load(off / "checkpoints" / "last.pt", weights_only=False)["model"]
     for k, v in a.items():
@@ -165,9 +183,8 @@ def test_tensorboard_works_or_says_install(tmp_path: Path, capsys: pytest.Captur
         assert list((run / "tensorboard").glob("events.out.tfevents.*"))
 
 
-def test_resume_with_diagnostics_is_exact(tmp_path: Path) -> None:
-    whole, split = tmp_path / "whole", tmp_path / "split"
-    assert main(["train", *TINY, "--diagnostics-every", "1", "--out", str(whole)]) == 0
+def test_resume_with_diagnostics_is_exact(tmp_path: Path, trained: Callable[[str, int], Path]) -> None:
+    whole, split = trained("ew", 1), tmp_path / "split"  # equal weighting, the default
     assert main(["train", *TINY, "--epochs", "1", "--diagnostics-every", "1", "--out", str(split)]) == 0
     assert main(["train", "--out", str(split), "--resume", "--epochs", "2", "--quiet"]) == 0
     a, b = _records(whole)[-1], _records(split)[-1]

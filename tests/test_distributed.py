@@ -41,6 +41,28 @@ def _cases(comm: Comm, cases: list[tuple[str, str | None]], bn: bool, sizes: lis
     return [W.train_steps(comm, m, mode, 3, sizes, bn) for m, mode in cases]
 
 
+#: the cases of the uneven shards (5 + 3 samples)
+UNEVEN = [("ew", None), ("pcgrad", "representation"), ("nashmtl", "parameters"), ("mao", "parameters")]
+#: every group of cases the 2 ranks run, in one spawn: (cases, batch norm, shard sizes)
+GROUPS: dict[str, tuple[list[tuple[str, str | None]], bool, list[int] | None]] = {
+    "no-bn": (CASES, False, None),
+    "sync-bn": (CASES, True, None),
+    "uneven": (UNEVEN, False, [5, 3]),
+}
+
+
+def _groups(comm: Comm, groups: list[tuple[list[tuple[str, str | None]], bool, list[int] | None]]) -> list[Any]:
+    return [_cases(comm, *group) for group in groups]
+
+
+@pytest.fixture(scope="module")
+def two_ranks() -> dict[str, list[list[Any]]]:
+    """Every group of :data:`GROUPS` run by 2 spawned ranks (one spawn: starting the processes is
+    most of the time): {group: [rank 0's results, rank 1's]}."""
+    ranks = spawn(_groups, 2, list(GROUPS.values()))
+    return {name: [ranks[0][i], ranks[1][i]] for i, name in enumerate(GROUPS)}
+
+
 def _equal(one: dict[str, Any], other: dict[str, Any], what: str) -> None:
     for k, v in one["params"].items():
         torch.testing.assert_close(other["params"][k], v, rtol=1e-5, atol=2e-5, msg=lambda m, k=k: f"{what} {k}: {m}")
@@ -48,11 +70,11 @@ def _equal(one: dict[str, Any], other: dict[str, Any], what: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("bn", [False, True], ids=["no-bn", "sync-bn"])
-def test_two_ranks_take_the_one_process_step(bn: bool) -> None:
+def test_two_ranks_take_the_one_process_step(bn: bool, two_ranks: dict[str, list[list[Any]]]) -> None:
     """3 SGD steps of 2 ranks on halves of a batch = 3 steps of one process on all of it, for
     every (method, mode); with batch norm, the ranks' batch norm is the global batch's."""
     ones = _cases(Comm(), CASES, bn, None)
-    ranks = spawn(_cases, 2, CASES, bn, None)
+    ranks = two_ranks["sync-bn" if bn else "no-bn"]
     for (method, mode), one, r0, r1 in zip(CASES, ones, ranks[0], ranks[1], strict=True):
         _equal(one, r0, f"{method}/{mode}")
         for k in r0["params"]:  # the ranks hold the same bits
@@ -60,22 +82,22 @@ def test_two_ranks_take_the_one_process_step(bn: bool) -> None:
 
 
 @pytest.mark.slow
-def test_uneven_shards_weigh_by_their_share() -> None:
+def test_uneven_shards_weigh_by_their_share(two_ranks: dict[str, list[list[Any]]]) -> None:
     """A global batch split 5 + 3 (the last batch of an epoch) still gives the one-process step:
     each rank's losses and gradients count by its share of the samples."""
-    cases = [("ew", None), ("pcgrad", "representation"), ("nashmtl", "parameters"), ("mao", "parameters")]
-    ones = _cases(Comm(), cases, False, None)
-    ranks = spawn(_cases, 2, cases, False, [5, 3])
-    for (method, mode), one, r0 in zip(cases, ones, ranks[0], strict=True):
+    ones = _cases(Comm(), UNEVEN, False, None)
+    ranks = two_ranks["uneven"]
+    for (method, mode), one, r0 in zip(UNEVEN, ones, ranks[0], strict=True):
         _equal(one, r0, f"{method}/{mode} 5+3")
 
 
-def test_what_is_communicated_depends_on_the_source() -> None:
+def test_what_is_communicated_depends_on_the_source(two_ranks: dict[str, list[list[Any]]]) -> None:
     """Representation mode with a Gramian method sends T×T numbers where parameters mode sends T×P."""
-    cases = [("nashmtl", "representation"), ("nashmtl", "parameters")]
-    r0, _ = spawn(_cases, 2, cases, False, None)
-    rep, params = r0[0]["sent"], r0[1]["sent"]
-    assert params > rep
+    r0 = two_ranks["no-bn"][0]  # a rank's bytes sent so far, after each case
+    i, j = CASES.index(("nashmtl", "representation")), CASES.index(("nashmtl", "parameters"))
+    assert j == i + 1 and i > 0
+    rep, params = r0[i]["sent"] - r0[i - 1]["sent"], r0[j]["sent"] - r0[i]["sent"]
+    assert params > rep > 0
 
 
 @pytest.mark.slow
@@ -126,15 +148,18 @@ def test_torchrun_cli(tmp_path: Path, tiny_args: list[str]) -> None:
     assert len(errors) == 1 and "already" in errors[0], again.stderr[-2000:]
 
 
+def _run_configs(comm: Comm, calls: list[tuple[dict[str, Any], str]]) -> list[Any]:
+    return [W.run_config(comm, values, out) for values, out in calls]
+
+
 @pytest.mark.slow
 def test_resume_across_processes(tmp_path: Path) -> None:
     """2 ranks: 1 epoch, then --resume to 3, equals 3 epochs straight; the run also resumes in one
     process (the global batches do not depend on the number of processes)."""
     values = {"method": "pcgrad", "epochs": 3, "checkpoint_every": 1}
     straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
-    spawn(W.run_config, 2, values, straight)
-    spawn(W.run_config, 2, {**values, "epochs": 1}, split)
-    spawn(W.run_config, 2, {"epochs": 3}, split, True)
+    spawn(_run_configs, 2, [(values, straight), ({**values, "epochs": 1}, split)])  # one spawn, two runs
+    spawn(W.run_config, 2, {"epochs": 3}, split, True)  # the resume: new processes
 
     def records(run: str) -> list[dict[str, Any]]:
         lines = (Path(run) / "metrics.jsonl").read_text().splitlines()

@@ -3,9 +3,10 @@
 The table is the test's data, so the documentation cannot drift from what densemtl says. Each row
 names a command over the placeholders ``TMP`` (a scratch folder, also the working directory),
 ``DATA`` (a tiny dataset in the MTAN layout, ``TMP/data``), ``RUN`` (a run trained on it,
-``TMP/run``) and ``FILE`` (a text file, ``TMP/notes.txt``); ``SETUP`` below breaks what the row's
-"what is wrong" column says. In a message, ``…`` stands for any text (a listing, another helper's
-wording). Every command runs in-process and must leave every file under ``TMP`` as it was.
+``TMP/run``; both copied from the session's ``tiny_run``, tests/conftest.py) and ``FILE`` (a text
+file, ``TMP/notes.txt``); ``SETUP`` below breaks what the row's "what is wrong" column says. In a
+message, ``…`` stands for any text (a listing, another helper's wording). Every command runs
+in-process and must leave every file under ``TMP`` as it was.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import pytest
 import torch
 
 from densemtl.cli.main import main
-from densemtl.data.writer import synthesize
 from errors_setup import SETUP
 from errors_setup_plugins import PLUGIN_ENV
 
@@ -52,19 +52,6 @@ ENV: dict[str, dict[str, str]] = {
     "torchrun-device-cuda": TORCHRUN_RANK0,
     **PLUGIN_ENV,
 }
-
-
-# -- fixtures --------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny synthetic dataset in the MTAN layout and a run trained on it (epoch 0 checkpoint)."""
-    root = tmp_path_factory.mktemp("errors-base")
-    torch.set_num_threads(1)
-    synthesize(root / "data", 4, 2, (32, 40), 0)
-    args = ["train", "--dataset", "nyuv2", "--data-root", str(root / "data"), "--epochs", "0", "--batch-size", "2"]
-    args += ["--arch-arg", "width=0.125", "--arch-arg", "depth_stages=3", "--quiet", "--out", str(root / "run")]
-    assert main(args) == 0
-    return root
 
 
 def _snapshot(root: Path) -> dict[str, str]:
@@ -99,15 +86,15 @@ def test_row(
     command: str,
     message: str,
     status: int,
-    base: Path,
+    tiny_run: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     if row in NEEDS_NO_GPU and torch.cuda.is_available():
         pytest.skip("this machine has a CUDA device")
-    shutil.copytree(base / "data", tmp_path / "data")
-    shutil.copytree(base / "run", tmp_path / "run")
+    shutil.copytree(tiny_run / "data", tmp_path / "data")
+    shutil.copytree(tiny_run / "run", tmp_path / "run")
     paths = {"TMP": tmp_path, "DATA": tmp_path / "data", "RUN": tmp_path / "run", "FILE": tmp_path / "notes.txt"}
     paths["FILE"].write_text("not what the command wants\n")
     if row in SETUP:
@@ -159,10 +146,10 @@ def test_unreadable_config_is_one_line(
 
 
 def test_data_check_reads_every_file_and_warns_on_unusable_depth(
-    base: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     data = tmp_path / "data"
-    shutil.copytree(base / "data", data)
+    shutil.copytree(tiny_run / "data", data)
     assert main(["data", "check", "--data-root", str(data)]) == 0
     out = capsys.readouterr().out
     assert "train: 4 samples" in out and "val: 2 samples" in out and "warning" not in out
@@ -176,11 +163,11 @@ def test_data_check_reads_every_file_and_warns_on_unusable_depth(
     assert "warning: 2 depth files hold negative" in out and "warning: 1 depth files have no valid pixel" in out
 
 
-def test_normals_slightly_off_unit_are_accepted(base: Path, tmp_path: Path) -> None:
+def test_normals_slightly_off_unit_are_accepted(tiny_run: Path, tmp_path: Path) -> None:
     """Resizing leaves some short normals at edges: a few percent are tolerated, ×100 is not."""
     from densemtl import data as datasets
 
-    shutil.copytree(base / "data", tmp_path / "data")
+    shutil.copytree(tiny_run / "data", tmp_path / "data")
     p = tmp_path / "data" / "train" / "normal" / "0.npy"
     n = np.load(p)
     n[0, :20] *= 0.5  # 20 of 1280 pixels (1.6 %) at length 0.5

@@ -14,6 +14,8 @@ from densemtl.training import inert
 from densemtl.training.config import resolve_config
 from densemtl.training.inert import check_settings, inert_settings
 
+pytestmark = pytest.mark.usefixtures("no_plots")  # the runs here are about their flags, not their figures
+
 TINY = ["--size", "32x40", "--n-train", "4", "--n-val", "2", "--batch-size", "4", "--quiet"]
 TINY += ["--arch-arg", "width=0.125", "--arch-arg", "depth_stages=3", "--diagnostics-every", "0"]
 

@@ -151,6 +151,7 @@ def _big_state(k: int) -> dict[str, Any]:
     return {"config": {}, "model": {"a": torch.full((2_000_000,), float(k)), "b": torch.full((2_000_000,), k)}, "k": k}
 
 
+@pytest.mark.slow
 def test_kills_during_checkpoint_writes_never_leave_an_unloadable_file(tmp_path: Path) -> None:
     path = tmp_path / "checkpoints" / "last.pt"
     save_checkpoint(path, _big_state(0))

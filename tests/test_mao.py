@@ -249,6 +249,7 @@ TINY = ["--size", "32x40", "--n-train", "4", "--n-val", "2", "--batch-size", "2"
         "--arch-arg", "depth_stages=3", "--quiet", "--method", "mao"]  # fmt: skip
 
 
+@pytest.mark.usefixtures("no_plots")  # the figures decide nothing here and are most of a tiny run
 def test_cli_trains_and_resumes_exactly(tmp_path: Path) -> None:
     whole, split = tmp_path / "whole", tmp_path / "split"
     assert main(["train", *TINY, "--epochs", "2", "--out", str(whole)]) == 0

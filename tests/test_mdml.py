@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from densemtl.cli.main import main
@@ -33,6 +34,7 @@ def test_mdml_writes_peer_and_ensemble_metrics(tmp_path: Path, tiny_args: list[s
     assert summary["peer_parameters"]["total"] > summary["parameters"]["total"]  # the deeper peer
 
 
+@pytest.mark.usefixtures("no_plots")  # the figures decide nothing here and are most of a tiny run
 def test_mdml_resume_is_exact(tmp_path: Path, tiny_args: list[str]) -> None:
     whole, split = tmp_path / "whole", tmp_path / "split"
     assert main(["train", *tiny_args, *PEER, "--epochs", "2", "--out", str(whole)]) == 0
@@ -47,13 +49,22 @@ def test_mdml_resume_is_exact(tmp_path: Path, tiny_args: list[str]) -> None:
             assert torch.equal(v, b["peer"][part][k]), k
 
 
+@pytest.mark.usefixtures("no_plots")
 def test_zero_mimicry_weight_trains_the_main_network_as_alone(tmp_path: Path) -> None:
-    base = {"size": [32, 40], "n_train": 4, "n_val": 2, "batch_size": 2, "epochs": 1,
-            "arch_args": {"width": 0.125, "depth_stages": 3}, "method": "pcgrad"}
+    base = {
+        "size": [32, 40],
+        "n_train": 4,
+        "n_val": 2,
+        "batch_size": 2,
+        "epochs": 1,
+        "arch_args": {"width": 0.125, "depth_stages": 3},
+        "method": "pcgrad",
+    }
     alone = Trainer(build_config(base), tmp_path / "alone", progress=False, log=lambda s: None)
     alone.run()
-    mutual_cfg = build_config({**base, "peer_arch": "segnet", "peer_args": {"width": 0.125, "depth_stages": 3},
-                               "mimicry_weight": 0.0})
+    mutual_cfg = build_config(
+        {**base, "peer_arch": "segnet", "peer_args": {"width": 0.125, "depth_stages": 3}, "mimicry_weight": 0.0}
+    )
     mutual = Trainer(mutual_cfg, tmp_path / "mutual", progress=False, log=lambda s: None)
     mutual.run()
     for (k, v), w in zip(alone.model.state_dict().items(), mutual.model.state_dict().values(), strict=True):
@@ -85,6 +96,7 @@ def test_the_peer_inherits_the_main_networks_knobs(tmp_path: Path) -> None:
     assert inherited_arch_args(cfg, "hps", {"head_channels": 8}) == {"head_channels": 8}
 
 
+@pytest.mark.usefixtures("no_plots")
 def test_a_third_member_trains_without_touching_the_trainer(tmp_path: Path) -> None:
     cfg = build_config({**TINY, "method": "rlw"})
     knobs = {"width": 0.125, "depth_stages": 3}

@@ -14,28 +14,15 @@ import pytest
 import torch
 
 from densemtl.cli.main import main
-from densemtl.data.writer import synthesize
 from densemtl.errors import ConfigError
 
 
-@pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny dataset, a run trained on it (epoch 0) and its export, as tests/test_errors_table.py."""
-    root = tmp_path_factory.mktemp("meta-base")
-    torch.set_num_threads(1)
-    synthesize(root / "data", 4, 2, (32, 40), 0)
-    args = ["train", "--dataset", "nyuv2", "--data-root", str(root / "data"), "--epochs", "0", "--batch-size", "2"]
-    args += ["--arch-arg", "width=0.125", "--arch-arg", "depth_stages=3", "--quiet", "--out", str(root / "run")]
-    assert main(args) == 0
-    assert main(["export", "--checkpoint", str(root / "run"), "--out", str(root / "m.safetensors")]) == 0
-    return root
-
-
 @pytest.fixture
-def work(base: Path, tmp_path: Path) -> Path:
-    shutil.copytree(base / "run", tmp_path / "run")
-    shutil.copy(base / "m.safetensors", tmp_path / "m.safetensors")
-    (tmp_path / "data").symlink_to(base / "data")
+def work(tiny_run: Path, tmp_path: Path) -> Path:
+    """A copy of the session's tiny run (epoch 0) and its export; its data linked (read only)."""
+    shutil.copytree(tiny_run / "run", tmp_path / "run")
+    shutil.copy(tiny_run / "m.safetensors", tmp_path / "m.safetensors")
+    (tmp_path / "data").symlink_to(tiny_run / "data")
     return tmp_path
 
 

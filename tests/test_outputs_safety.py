@@ -18,30 +18,17 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 import densemtl.training.checkpoint as ckpt
 from densemtl.cli.main import main
-from densemtl.data.writer import synthesize
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny dataset (MTAN layout) and a run trained on it for 0 epochs (SegNet, width 0.125)."""
-    root = tmp_path_factory.mktemp("outputs-base")
-    torch.set_num_threads(1)
-    synthesize(root / "data", 4, 2, (32, 40), 0)
-    args = ["train", "--dataset", "nyuv2", "--data-root", str(root / "data"), "--epochs", "0", "--batch-size", "2"]
-    args += ["--arch-arg", "width=0.125", "--arch-arg", "depth_stages=3", "--quiet", "--out", str(root / "run")]
-    assert main(args) == 0
-    return root
 
 
 @pytest.fixture
-def tmp(base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A copy of the run and the data under ``tmp_path`` (the working directory), and two images."""
-    shutil.copytree(base / "run", tmp_path / "run")
-    shutil.copytree(base / "data", tmp_path / "data")
+def tmp(tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the session's tiny run (0 epochs, SegNet width 0.125) and its data (MTAN layout)
+    under ``tmp_path`` (the working directory), and two images."""
+    shutil.copytree(tiny_run / "run", tmp_path / "run")
+    shutil.copytree(tiny_run / "data", tmp_path / "data")
     (tmp_path / "imgs").mkdir()
     rng = np.random.default_rng(0)
     for name in ("b", "a"):

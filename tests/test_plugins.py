@@ -1,11 +1,15 @@
 """Plugins: a user's module registering an architecture, a method, a task and a dataset reaches
 ``train``, ``eval``, ``predict`` and ``list`` through ``--import``, a config's ``imports:`` and the
 ``densemtl.plugins`` entry-point group; a run records its imports, and ``eval``/``predict`` on it
-import them with ``--trust-imports`` (tests/test_plugin_trust.py: never without a flag). Every command runs in a
-subprocess: the registries of this process stay untouched."""
+import them with ``--trust-imports`` (tests/test_plugin_trust.py: never without a flag). A command
+runs in this process with its plugin folder on the path, and everything it imported or registered is
+forgotten after it; what needs a fresh interpreter (entry points, ``-m densemtl``, a worker) runs
+in a subprocess."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -16,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from densemtl import plugins
+from densemtl import data, methods, models, plugins, tasks
 from densemtl.cli.main import main
 
 #: a plugin: an architecture (a narrow SegNet), a task (the grey level) and a dataset yielding it
@@ -101,16 +105,50 @@ class Twice(LossWeighting):
         return 2 * torch.ones_like(losses)
 """
 
+PLUGIN_MODULES = ("myplug", "mymethod")
 TINY = ["--size", "32x40", "--n-train", "8", "--n-val", "4", "--batch-size", "4", "--epochs", "1", "--quiet"]
 
 
-def _cli(args: list[str], cwd: Path, pythonpath: Path | None = None) -> subprocess.CompletedProcess[str]:
+def _fresh_cli(args: list[str], cwd: Path, pythonpath: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``densemtl ARGS`` in a fresh interpreter (its own entry points, registries and imports)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
     src = str(Path(__file__).resolve().parents[1] / "src")  # this checkout's densemtl, whatever is installed
     env["PYTHONPATH"] = src if pythonpath is None else f"{src}{os.pathsep}{pythonpath}"
     return subprocess.run(
         [sys.executable, "-m", "densemtl.cli.main", *args], cwd=cwd, env=env, capture_output=True, text=True
     )
+
+
+REGISTRIES = (models.MODELS, methods.METHODS, tasks.TASKS, data.DATASETS)
+
+
+def _cli(args: list[str], cwd: Path, pythonpath: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``densemtl ARGS`` in this process, in ``cwd`` with ``pythonpath`` first on ``sys.path``; the
+    modules it imported, the names they registered, its plugin list and the path are put back after."""
+    path, modules, loaded = list(sys.path), set(sys.modules), list(plugins._loaded)
+    names = [set(r.available()) for r in REGISTRIES]
+    out, err = io.StringIO(), io.StringIO()
+    before = os.getcwd()
+    os.chdir(cwd)
+    if pythonpath is not None:
+        sys.path[:0] = str(pythonpath).split(os.pathsep)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                rc = main(args)
+            except SystemExit as e:  # argparse's usage errors
+                rc = e.code if isinstance(e.code, int) else 1
+    finally:
+        os.chdir(before)
+        sys.path[:] = path
+        plugins._loaded[:] = loaded
+        for name in set(sys.modules) - modules:
+            if name.split(".")[0] in PLUGIN_MODULES:
+                del sys.modules[name]
+        for registry, had in zip(REGISTRIES, names, strict=True):
+            for name in set(registry.available()) - had:
+                registry.unregister(name)
+    return subprocess.CompletedProcess(["densemtl", *args], rc, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="module")
@@ -180,12 +218,12 @@ def test_entry_points(plugdir: Path, tmp_path: Path) -> None:
         "from densemtl import methods\n\n\ndef setup():\n    methods.register('fromcall')(methods.METHODS.get('ew'))\n"
     )
     _dist(site, "callme", "[densemtl.plugins]\ncallme = callme:setup\n")
-    r = _cli(["list"], tmp_path, Path(f"{site}{os.pathsep}{plugdir}"))
+    r = _fresh_cli(["list"], tmp_path, Path(f"{site}{os.pathsep}{plugdir}"))
     assert r.returncode == 0, r.stderr
     assert "myarch" in r.stdout and "greyscenes" in r.stdout and "fromcall" in r.stdout
     # a broken entry point: one line naming it
     _dist(site, "broken", "[densemtl.plugins]\nbroken = nosuchmodule_xyz\n")
-    r = _cli(["list"], tmp_path, Path(f"{site}{os.pathsep}{plugdir}"))
+    r = _fresh_cli(["list"], tmp_path, Path(f"{site}{os.pathsep}{plugdir}"))
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "plugin entry point 'broken' (nosuchmodule_xyz) failed to import" in r.stderr
 

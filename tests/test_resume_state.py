@@ -15,26 +15,14 @@ import pytest
 import torch
 
 from densemtl.cli.main import main
-from densemtl.data.writer import synthesize
 
 pytestmark = pytest.mark.usefixtures("no_plots")
 
 
-@pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny dataset and a run trained one epoch on it (2 steps: the optimizer has state)."""
-    root = tmp_path_factory.mktemp("resume-state")
-    torch.set_num_threads(1)
-    synthesize(root / "data", 4, 2, (32, 40), 0)
-    args = ["train", "--dataset", "nyuv2", "--data-root", str(root / "data"), "--epochs", "1", "--batch-size", "2"]
-    args += ["--arch-arg", "width=0.125", "--arch-arg", "depth_stages=3", "--quiet", "--out", str(root / "run")]
-    assert main(args) == 0
-    return root
-
-
 @pytest.fixture
-def run(base: Path, tmp_path: Path) -> Path:
-    shutil.copytree(base / "run", tmp_path / "run")
+def run(tiny_run_trained: Path, tmp_path: Path) -> Path:
+    """A copy of the session's run trained one epoch (2 steps: the optimizer has state)."""
+    shutil.copytree(tiny_run_trained / "run", tmp_path / "run")
     return tmp_path / "run"
 
 
@@ -116,14 +104,14 @@ def test_bad_piece_of_the_saved_state_is_one_line_naming_last_pt(
 
 @pytest.mark.parametrize("command", ["eval", "predict", "export"])
 def test_nan_weights_are_refused_naming_the_file_and_the_tensor(
-    base: Path, run: Path, capsys: pytest.CaptureFixture, command: str
+    tiny_run_trained: Path, run: Path, capsys: pytest.CaptureFixture, command: str
 ) -> None:
     path = edit_last(run, _nan_weights)
     out = run.parent / "out"
     img = run.parent / "x.npy"
     np.save(img, np.random.default_rng(0).random((32, 40, 3)).astype(np.float32))
     argv = {
-        "eval": ["eval", "--checkpoint", str(run), "--n", "2", "--data-root", str(base / "data")],
+        "eval": ["eval", "--checkpoint", str(run), "--n", "2", "--data-root", str(tiny_run_trained / "data")],
         "predict": ["predict", "--checkpoint", str(run), "--out", str(out), str(img)],
         "export": ["export", "--checkpoint", str(run), "--out", str(out)],
     }[command]

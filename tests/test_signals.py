@@ -40,6 +40,7 @@ def records(run: Path) -> list[dict[str, Any]]:
     ]
 
 
+@pytest.mark.slow
 def test_sigterm_saves_says_how_to_resume_and_resumes_exactly(tmp_path: Path) -> None:
     run, whole = tmp_path / "run", tmp_path / "whole"
     reference = train("--out", str(whole))

@@ -60,6 +60,7 @@ def test_wheel_holds_the_package_and_its_data(wheel: Path) -> None:
     assert "densemtl = densemtl.cli.main:main" in zipfile.ZipFile(wheel).read(meta).decode()
 
 
+@pytest.mark.slow
 def test_installed_wheel_trains_outside_the_source_tree(wheel: Path, tmp_path: Path) -> None:
     site, work = tmp_path / "site", tmp_path / "work"
     work.mkdir()
