@@ -15,6 +15,7 @@ import inspect
 import signal
 import threading
 import traceback
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
@@ -23,6 +24,17 @@ from densemtl.errors import ConfigError, DenseMTLError
 
 #: ``DENSEMTL_TRACEBACK=1``: a plugin's failure also prints its full traceback.
 TRACEBACK_ENV = "DENSEMTL_TRACEBACK"
+
+#: object made by a plugin's factory -> (the words naming it, the heads' channels asked for, or None):
+#: what :mod:`densemtl.plugin_contracts` checks the outputs of
+_MADE: weakref.WeakKeyDictionary[Any, tuple[str, dict[str, int] | None]] = weakref.WeakKeyDictionary()
+
+
+def note_made(obj: object, what: str, task_channels: object = None) -> None:
+    """Remember that a plugin's factory made ``obj`` (``what`` names it)."""
+    channels = dict(task_channels) if isinstance(task_channels, Mapping) else None
+    with contextlib.suppress(TypeError):  # an object that cannot be weakly referenced: checks name its class
+        _MADE[obj] = (what, channels)
 
 
 class PluginError(ConfigError):
@@ -172,8 +184,6 @@ def call_factory(kind: str, name: str, factory: Callable[..., Any], kwargs: Mapp
     if gap:
         at = defined_at(type(obj))
         raise PluginError(f"{what}{f' ({at})' if at else ''} does not follow the {kind} protocol: {gap}")
-    from densemtl.plugin_contracts import note_made  # its outputs are checked where first used
-
     at = defined_at(factory)
     note_made(obj, f"{what}{f' ({at})' if at else ''}", kwargs.get("task_channels"))
     return obj

@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
     values = given_flags(args, [flag for flag, _ in FLAGS], KNOB_FLAGS)
     # --import / --trust-imports (plugins): added to the config file's or resumed run's imports
     if hasattr(args, "imports") or hasattr(args, "trust_imports"):
-        from densemtl.plugins import command_imports
+        from densemtl.cli.imports import command_imports
 
         values["imports"] = command_imports(args)
     yaml_path = getattr(args, "config", None)

@@ -16,15 +16,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from densemtl.balancing.base import BalancingMethod
 from densemtl.distributed import Comm
 from densemtl.engine.modes import MODES, check_mode, check_recompute_every, default_mode
 from densemtl.engine.precision import Precision
+from densemtl.engine.protocols import EngineModel
 from densemtl.engine.strategies import STRATEGIES, Context, Forward, NonFiniteGradientError, StepResult
 from densemtl.errors import ConfigError
-from densemtl.models.base import MultiTaskModel
 from densemtl.plugin_contracts import check_outputs
 
 __all__ = [
@@ -41,13 +41,14 @@ __all__ = [
 class Engine:
     """Computes the update of one batch for ``model`` under ``method`` and writes it into ``.grad``.
 
-    ``model`` is a :class:`MultiTaskModel` with every task of ``tasks``; for one's own
+    ``model`` is a :class:`~densemtl.models.base.MultiTaskModel` (any ``nn.Module`` meeting
+    :class:`~densemtl.engine.protocols.EngineModel`) with every task of ``tasks``; for one's own
     ``nn.Module`` and losses, :func:`densemtl.backward` drives the same strategies.
     """
 
     def __init__(
         self,
-        model: MultiTaskModel,
+        model: EngineModel,
         method: BalancingMethod,
         tasks: tuple[str, ...],
         *,
@@ -166,8 +167,9 @@ class Engine:
 
 
 def check_model(model: object, tasks: Sequence[str]) -> None:
-    """A MultiTaskModel that has every task of ``tasks``, or a one-line ConfigError."""
-    if not isinstance(model, MultiTaskModel):
+    """A MultiTaskModel (an :class:`EngineModel` module) that has every task of ``tasks``, or a
+    one-line ConfigError."""
+    if not isinstance(model, nn.Module) or not isinstance(model, EngineModel):
         raise ConfigError(
             f"Engine needs a densemtl MultiTaskModel, got {type(model).__name__}; for your own nn.Module "
             "use densemtl.backward(losses, shared_params, method) (docs/python.md)"

@@ -110,10 +110,6 @@ class TrainConfig:
             self.schedule_epochs = epochs
         for f in dataclasses.fields(self):
             setattr(self, f.name, _coerce(f.name, getattr(self, f.name)))
-        if self.imports:  # plugins (densemtl.plugins): imported once per process before anything is built
-            from densemtl.plugins import config_imports
-
-            config_imports(self.imports)  # while a command runs: only what its command line allowed
         canonical_names(self)
         check_ranges(self)
 

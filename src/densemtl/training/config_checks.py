@@ -5,16 +5,12 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from densemtl.data.base import MAX_SEED as MAX_SEED  # re-exported: the data writers check seeds too
 from densemtl.errors import ConfigError
 from densemtl.training.schedule import LR_SCHEDULES, OPTIMIZERS
 
 if TYPE_CHECKING:
     from densemtl.training.config import TrainConfig
-
-#: Seeds are 0 .. 2**32 - 1: every generator seeded from them (numpy's, torch's, the data
-#: order's ``seed * 100_003 + epoch``) takes the result without overflow.
-MAX_SEED = 2**32 - 1
-
 
 #: The most classes a run may have: per-pixel logits of more would outgrow any memory (LVIS has 1203).
 MAX_CLASSES = 65536
