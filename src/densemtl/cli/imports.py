@@ -113,8 +113,6 @@ def command_imports(args: Any) -> list[str]:
     return _unique([*names, *(getattr(args, "imports", None) or [])])
 
 
-
-
 def consent(args: Any) -> list[str]:
     """The modules a parsed command may import, in order (the files', then ``--import``'s); a module
     a file names that neither ``--import`` nor ``--trust-imports`` allows is refused in one line

@@ -4,9 +4,9 @@ Every dataset is a :class:`~densemtl.data.base.MultiTaskDataset`: it yields dict
 ``{"image": (3,H,W) float, <task>: target}`` for the tasks it has and exposes ``tasks``,
 ``num_classes``, ``size`` (H, W) and ``set_epoch``. A new dataset is one module here whose
 factory is decorated with ``@register("name")``, and a line in :data:`BUILT_IN` below: the module
-is imported when the dataset is first looked up. A factory takes ``split``, ``root``, ``size``, ``augment``,
-``seed``, ``n`` and ``num_classes``; any further keyword is a knob that a config sets through
-``data_args`` (``--data-arg KEY=VALUE``).
+is imported when the dataset is first looked up. A factory takes ``split``, ``root``, ``size``,
+``augment``, ``seed``, ``n`` and ``num_classes``; any further keyword is a knob that a config sets
+through ``data_args`` (``--data-arg KEY=VALUE``).
 """
 
 from __future__ import annotations

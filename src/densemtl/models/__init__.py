@@ -3,8 +3,8 @@
 A new architecture is one module here that decorates its factory with
 ``@register("name", tiny={...})`` (``tiny``: the knobs that make it small enough for the
 registry-driven tests), and a line in :data:`BUILT_IN` below: the module is imported when the
-architecture is first looked up. Shared pieces live in ``layers`` (conv blocks, heads, attention masks) and
-``backbones`` (torchvision ResNets and their ImageNet weights).
+architecture is first looked up. Shared pieces live in ``layers`` (conv blocks, heads, attention
+masks) and ``backbones`` (torchvision ResNets and their ImageNet weights).
 """
 
 from __future__ import annotations

@@ -3,10 +3,9 @@
 A task is one :class:`~densemtl.tasks.base.Task` subclass registered under its name, the key of
 its targets in batches and of its predictions in model outputs. A new task is one module here
 (or in the user's own code) decorated with ``@register("name")`` (which sets its ``name``), and
-a name in :data:`BUILT_IN` below: the module is imported when the task is first looked up. Some
-of the built-in tasks: ``seg`` (segmentation,
-targets (B,H,W) long, -1 = ignore), ``depth`` ((B,1,H,W), 0 = invalid), ``normal`` ((B,3,H,W),
-all-zero = invalid).
+a name in :data:`BUILT_IN` below: the module is imported when the task is first looked up. Three
+of the built-in tasks: ``seg`` (segmentation, targets (B,H,W) long, -1 = ignore), ``depth``
+((B,1,H,W), 0 = invalid), ``normal`` ((B,3,H,W), all-zero = invalid).
 """
 
 from __future__ import annotations
