@@ -93,9 +93,7 @@ def test_upgrad_projects_a_conflicting_pair() -> None:
 def test_alignedmtl_matches_torchjd(T: int, mode: str) -> None:
     for seed in range(3):
         J = rand(T, 10, seed)
-        assert close(
-            create("alignedmtl", scale_mode=mode)(J), torchjd_agg.AlignedMTL(scale_mode=mode)(J), 1e-9
-        )
+        assert close(create("alignedmtl", scale_mode=mode)(J), torchjd_agg.AlignedMTL(scale_mode=mode)(J), 1e-9)
     Jf = rand(T, 10, 7).float()
     assert close(create("alignedmtl", scale_mode=mode)(Jf), torchjd_agg.AlignedMTL(scale_mode=mode)(Jf), 1e-5)
 
@@ -243,8 +241,7 @@ def test_moco_tracking_and_weights_by_hand() -> None:
     beta2, gamma2 = 0.5 / 2**0.5, 0.1 / 2**0.5
     Y = J1 - beta2 * (J1 - J2)
     lam = project_onto_simplex(
-        torch.full((2,), 0.5, dtype=torch.float64)
-        - gamma2 * (Y @ Y.T) @ torch.full((2,), 0.5, dtype=torch.float64)
+        torch.full((2,), 0.5, dtype=torch.float64) - gamma2 * (Y @ Y.T) @ torch.full((2,), 0.5, dtype=torch.float64)
     )
     assert close(out2, lam @ Y, 1e-12)
     assert m.step == 2
@@ -281,7 +278,8 @@ def test_excessmtl_weights_move_to_the_lagging_task() -> None:
     assert close(m(J), J.sum(0), 1e-12)  # first call: weights 1
     for _ in range(5):
         m(torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.1, 0.0]], dtype=torch.float64))
-    w = m.weights()
+    w = m.task_weights
+    assert w is not None
     assert abs(float(w.sum()) - 2) < 1e-12 and float(w[0]) > float(w[1])
     # A task silent on the first call gets its baseline later, never a division by zero.
     m = create("excessmtl")

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from densemtl.cli import train_cmd
 from densemtl.cli.main import build_parser
+from densemtl.cli.spec_flags import given_values
 from densemtl.errors import ConfigError
 from densemtl.training.checkpoint import load_model
 from densemtl.training.config import TrainConfig, resolve_config, resume_config
@@ -19,7 +19,7 @@ from densemtl.training.trainer import Trainer
 def cli_config(*flags: str) -> TrainConfig:
     """The config ``densemtl train FLAGS`` runs (parsed by the CLI, resolved by the library)."""
     args = build_parser().parse_args(["train", *flags])
-    values = train_cmd.given_flags(args, [f for f, _ in train_cmd.FLAGS], train_cmd.KNOB_FLAGS)
+    values = given_values(args)
     return resolve_config(values, yaml=getattr(args, "config", None))
 
 

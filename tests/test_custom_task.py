@@ -109,7 +109,7 @@ def tiny(epochs: int) -> list[str]:
 
 
 def test_the_task_is_asked_everywhere(grey: None) -> None:
-    assert "grey" in tasks.available() and tasks.get("grey").name == "grey"
+    assert "grey" in tasks.available() and tasks.create("grey").name == "grey"
     assert lower_is_better("grey", "mae") is True and primary_metric("grey") == "mae"
     sample = greyscenes("val", size=SIZE, n=1)[0]
     # a bilinear target follows the image through resizing and the scale-crop-flip augmentation
@@ -118,7 +118,7 @@ def test_the_task_is_asked_everywhere(grey: None) -> None:
     for seed in range(4):
         out = random_scale_crop_flip(sample, torch.Generator().manual_seed(seed), scales=(1.5,))
         assert torch.allclose(out["grey"], out["image"].mean(0, keepdim=True), atol=1e-5)
-    tile = tasks.get("grey").colour(sample["grey"], 7)
+    tile = tasks.create("grey").colour(sample["grey"], 7)
     assert tile.shape == (*SIZE, 3) and tile.dtype.name == "uint8" and tile.max() > tile.min()
 
 

@@ -30,11 +30,12 @@ PACKAGE = SRC / "densemtl"
 #: its own, never one above (the CLI at the top, the errors at the bottom).
 LAYERS: list[set[str]] = [
     {"errors"},
-    {"launch", "atomic", "plugin_faults"},
+    {"launch", "atomic", "knobs"},
+    {"plugin_faults"},
     {"plugin_contracts", "distributed", "paths", "registry"},
     {"plugins", "tasks", "balancing"},
     {"methods", "metrics", "models", "data", "engine"},
-    {"report", "api"},
+    {"report", "api", "testing"},
     {"training"},
     {"runs", "bench"},
     {"cli"},

@@ -60,9 +60,9 @@ def _records(run: Path) -> list[dict[str, Any]]:
 
 def _checkpoint_every() -> list[str]:
     """``--checkpoint-every 1`` where train has the flag (mid-epoch checkpoints), else nothing."""
-    from densemtl.cli import train_cmd
+    from densemtl.cli.spec_flags import flag_fields
 
-    return ["--checkpoint-every", "1"] if any(f == "--checkpoint-every" for f, _ in train_cmd.FLAGS) else []
+    return ["--checkpoint-every", "1"] if any(f == "--checkpoint-every" for _, f, _ in flag_fields()) else []
 
 
 def _check_consistent(run: Path) -> tuple[int, int] | None:

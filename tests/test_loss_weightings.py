@@ -7,7 +7,6 @@ it by being registered, with the knobs it declares for tiny tests (``register(na
 from __future__ import annotations
 
 import inspect
-import io
 import math
 
 import pytest
@@ -17,6 +16,8 @@ from torch import Tensor
 import densemtl.balancing as balancing
 from densemtl.balancing.base import LossWeighting
 from densemtl.errors import ConfigError
+from densemtl.testing import check_method
+from densemtl.testing.methods import loss_weighting_steps
 
 
 def takes_num_tasks(name: str) -> bool:
@@ -43,47 +44,17 @@ def _loss_sequence(steps: int, num_tasks: int = 3, seed: int = 0) -> list[Tensor
     return [0.2 + torch.rand(num_tasks, generator=g) for _ in range(steps)]
 
 
-def run(method: LossWeighting, part: list[Tensor], first_epoch: int) -> list[Tensor]:
-    """Steps as the trainer takes them: the hooks the method asks for, ``combine`` and backward, a
-    plain SGD step on the method's own parameters, the re-evaluated losses, an epoch every 2."""
-    out = []
-    norms = torch.Generator().manual_seed(first_epoch)
-    for i, losses in enumerate(part):
-        x = losses.clone().requires_grad_(True)
-        if method.requirements.layer_grad_norms is not None:
-            method.observe_grad_norms(0.1 + torch.rand(3, generator=norms))
-        scalar, w = method.combine(x)
-        scalar.backward()
-        with torch.no_grad():
-            for p in method.parameters():
-                p -= 0.1 * p.grad
-                p.grad = None
-        if method.requirements.reevaluate:
-            method.observe_losses_after_step(0.9 * losses)
-        out += [scalar.detach(), w]
-        if i % 2 == 1:
-            method.end_epoch(first_epoch + i // 2, torch.stack(part[i - 1 : i + 1]).mean(0))
-    return out
+#: steps as the trainer takes them (hooks, combine and backward, SGD on the method's parameters)
+run = loss_weighting_steps
 
 
 # --------------------------------------------------------------------------- common properties
 @pytest.mark.parametrize("name", NAMES)
-def test_combine_gives_a_scalar_whose_gradient_is_the_reported_weights(name: str) -> None:
-    # Every weighting here is (or reports) the effective weight dL/dL_t, detached and positive.
-    method = make(name)
-    for _ in range(2):  # stateful methods (FAMO's logits) move from the second call on
-        losses = _losses(0.5, 1.0, 2.0)
-        scalar, w = method.combine(losses)
-        assert scalar.dim() == 0 and scalar.requires_grad
-        assert w.shape == (3,) and not w.requires_grad and torch.isfinite(w).all() and (w > 0).all()
-        scalar.backward()
-        assert losses.grad is not None
-        torch.testing.assert_close(losses.grad, w)
-        for p in method.parameters():
-            assert p.grad is not None and torch.isfinite(p.grad).all()
-            p.grad = None
-        if method.requirements.reevaluate:
-            method.observe_losses_after_step(0.5 * losses.detach())
+def test_conforms(name: str) -> None:
+    """densemtl.testing's checks: ``combine`` gives a scalar whose gradient in the losses is the
+    finite positive weights it reports (twice: stateful methods move from the second call on), and
+    a copy loaded from its ``state_dict`` (``weights_only``) resumes exactly."""
+    check_method(name)
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if takes_num_tasks(n)])
@@ -91,22 +62,6 @@ def test_wrong_number_of_tasks_is_refused(name: str) -> None:
     method = make(name)
     with pytest.raises(ValueError, match="3 tasks"):
         method.combine(_losses(1.0, 2.0))
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_state_dict_round_trip_resumes_exactly(name: str) -> None:
-    seq = _loss_sequence(12)
-    a = make(name)
-    run(a, seq[:6], 0)
-    buffer = io.BytesIO()
-    torch.save(a.state_dict(), buffer)
-    buffer.seek(0)
-    b = make(name)
-    b.load_state_dict(torch.load(buffer, weights_only=True))
-    for p, q in zip(a.parameters(), b.parameters(), strict=True):
-        torch.testing.assert_close(p, q)
-    for x, y in zip(run(a, seq[6:], 3), run(b, seq[6:], 3), strict=True):
-        torch.testing.assert_close(x, y, rtol=0, atol=0)
 
 
 # --------------------------------------------------------------------------- UW
@@ -299,7 +254,7 @@ def test_famo_moves_weight_to_the_task_whose_loss_falls_slowest() -> None:
         _, w = famo.combine(_losses(0.8**k, 0.99**k, 1.0))
         famo.observe_losses_after_step(torch.tensor([0.8, 0.99, 1.0]) ** (k + 1))
         assert w.sum().item() == pytest.approx(1.0, abs=1e-6)
-    z = famo.task_weights()  # type: ignore[attr-defined]
+    z = famo.task_weights  # type: ignore[attr-defined]
     assert z.sum().item() == pytest.approx(1.0)
     assert z[2] > z[1] > z[0]
 

@@ -181,7 +181,7 @@ def test_tables() -> None:
     preds, targets = _random_split(2, seed=1)
     out = evaluate(preds, targets, num_classes=4)
     assert list(out) == ["seg", "depth", "normal"]
-    assert {t: tuple(d) for t, d in out.items()} == {t: tasks.get(t).metric_names for t in out}
+    assert {t: tuple(d) for t, d in out.items()} == {t: tasks.create(t).metric_names for t in out}
     flat = flatten(out)
     assert flat["seg/miou"] == out["seg"]["miou"]
     assert len(flat) == 9 and all(isinstance(v, float) for v in flat.values())
@@ -227,7 +227,7 @@ def test_a_dataset_sets_its_tasks_metric_knobs() -> None:
     from densemtl.data.nyud import NYUDDataset
     from densemtl.errors import ConfigError
     from densemtl.metrics import StreamingMetrics
-    from densemtl.tasks import get
+    from densemtl.tasks import TaskSet, create
 
     assert NYUDDataset.task_args == {"edge": {"max_dist": 0.011}}
     # a map shifted by 2 px on a 64x80 image: inside NYUD's 0.011 x diagonal (1.13 px)? no; inside 0.04? yes
@@ -235,10 +235,10 @@ def test_a_dataset_sets_its_tasks_metric_knobs() -> None:
     target[0, 0, :, 40] = 1
     pred = torch.full((1, 1, 64, 80), -8.0)
     pred[0, 0, :, 42] = 8.0
-    tight = StreamingMetrics(["edge"], 1, {"edge": {"max_dist": 0.011}})
-    loose = StreamingMetrics(["edge"], 1, {"edge": {"max_dist": 0.04}})
+    tight = StreamingMetrics(TaskSet(["edge"], {"edge": {"max_dist": 0.011}}), 1)
+    loose = StreamingMetrics(TaskSet(["edge"], {"edge": {"max_dist": 0.04}}), 1)
     for meter in (tight, loose):
         meter.update({"edge": pred}, {"edge": target})
     assert tight.compute()["edge"]["ods_f"] < 0.1 < 0.9 < loose.compute()["edge"]["ods_f"]
     with pytest.raises(ConfigError, match="task 'edge'"):
-        get("edge", nope=1)
+        create("edge", nope=1)

@@ -9,9 +9,9 @@ import torch
 from densemtl import tasks
 from densemtl.training.mimicry import mimicry_losses
 
-seg_mimicry = tasks.get("seg").mimicry
-depth_mimicry = tasks.get("depth").mimicry
-normal_mimicry = tasks.get("normal").mimicry
+seg_mimicry = tasks.create("seg").mimicry
+depth_mimicry = tasks.create("depth").mimicry
+normal_mimicry = tasks.create("normal").mimicry
 
 
 def test_seg_kl_with_temperature_by_hand() -> None:

@@ -16,7 +16,7 @@ from densemtl.errors import ConfigError
 from densemtl.models import count_parameters, create
 from densemtl.models.base import MultiTaskModel, Predictions
 from densemtl.models.layers import upsample
-from densemtl.tasks import get as get_task
+from densemtl.tasks import create as get_task
 
 NYU = {"seg": 13, "depth": 1, "normal": 3}
 CITY = {"seg": 7, "depth": 1}

@@ -23,7 +23,7 @@ from densemtl.report.diagnostic_plots import layer_balance_figure
 from densemtl.report.plots import metrics_figure, plot_run, selected_epoch
 from densemtl.report.task_views import raw_array
 from densemtl.report.visualize import Sample, prediction_figure
-from densemtl.tasks import get as get_task
+from densemtl.tasks import create as get_task
 
 H, W = 16, 20
 SIX = ("seg", "depth", "normal", "edge", "saliency", "parts")

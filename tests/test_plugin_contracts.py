@@ -293,7 +293,7 @@ def test_a_method_returning_the_wrong_weights_is_named(method: str, what: str, c
 def test_the_checks_pass_densemtls_own_methods_and_good_values() -> None:
     ew = methods.create("ew")
     check_vector(ew, "weights(losses)", [1.0], 3)  # densemtl's own: not checked here
-    check_loss(tasks.get("seg"), "seg", torch.zeros(3))
+    check_loss(tasks.create("seg"), "seg", torch.zeros(3))
 
 
 # -- a task's loss ----------------------------------------------------------------------------------
@@ -340,7 +340,7 @@ def test_a_task_without_a_direction_for_its_primary_metric_is_named() -> None:
     tasks.TASKS.register("nodir")(NoDirection)
     with pytest.raises(PluginError, match=r"does not follow the task protocol: its 'lower_is_better' gives no "
                        r"direction \(True or False\) for its primary metric 'abs_err'"):  # fmt: skip
-        tasks.get("nodir")
+        tasks.create("nodir")
 
 
 def test_a_task_whose_accumulator_is_none_is_named() -> None:

@@ -127,7 +127,7 @@ def test_nyuv2_train_summary(nyu_run: tuple[Path, dict[str, Any]]) -> None:
     assert summary["tasks"] == ["seg", "depth", "normal"] and summary["num_classes"] == 13
     assert summary["epochs"] == 1 and (run / "checkpoints" / "last.pt").is_file()
     metrics = summary["metrics"]
-    assert {t: set(m) for t, m in metrics.items()} == {t: set(tasks.get(t).metric_names) for t in summary["tasks"]}
+    assert {t: set(m) for t, m in metrics.items()} == {t: set(tasks.create(t).metric_names) for t in summary["tasks"]}
     assert _finite(metrics["seg"]) and _finite(metrics["depth"])
     assert 0.0 <= metrics["seg"]["miou"] <= 1.0 and 0.0 <= metrics["seg"]["pix_acc"] <= 1.0
     # Depth in metres (1.9-9.5 m in this frame): an untrained head is off by metres, not by 1000s.

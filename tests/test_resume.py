@@ -66,7 +66,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., list[di
 
 def after_steps(t: Trainer, k: int, action: Callable[[], None]) -> None:
     """Call ``action`` after the trainer's ``k``-th training step (counted over the whole session)."""
-    inner = t._train_batch
+    inner = t.train_batch
     done = 0
 
     def counted(epoch: int, batch: Any) -> Any:
@@ -77,7 +77,7 @@ def after_steps(t: Trainer, k: int, action: Callable[[], None]) -> None:
             action()
         return result
 
-    t._train_batch = counted  # type: ignore[method-assign]
+    t.train_batch = counted  # type: ignore[method-assign]
 
 
 def signal_after(t: Trainer, k: int, signum: int = signal.SIGTERM) -> None:

@@ -239,7 +239,7 @@ def test_sharded_batches_equal_one_process_with_the_drop() -> None:
 
 # -- a crash's run directory --------------------------------------------------------------------------
 def crash_at(t: Trainer, step: int) -> None:
-    inner, done = t._train_batch, [0]
+    inner, done = t.train_batch, [0]
 
     def failing(epoch: int, batch: Any) -> Any:
         done[0] += 1
@@ -247,7 +247,7 @@ def crash_at(t: Trainer, step: int) -> None:
             raise RuntimeError("boom")
         return inner(epoch, batch)
 
-    t._train_batch = failing  # type: ignore[method-assign]
+    t.train_batch = failing  # type: ignore[method-assign]
 
 
 def test_crash_before_a_checkpoint_leaves_nothing_and_after_one_resumes(tmp_path: Path) -> None:

@@ -67,14 +67,14 @@ def test_sigint_in_process_stops_with_130_and_restores_the_handlers(tmp_path: Pa
     values = {"size": (32, 40), "n_train": 8, "n_val": 2, "batch_size": 4, "epochs": 2, "diagnostics_every": 0}
     t = Trainer(resolve_config({**values, "arch_args": {"width": 0.125, "depth_stages": 3}}), tmp_path / "run",
                 progress=False, log=lambda _: None)  # fmt: skip
-    inner = t._train_batch
+    inner = t.train_batch
 
     def step_then_signal(epoch: int, batch: Any) -> Any:
         result = inner(epoch, batch)
         os.kill(os.getpid(), signal.SIGINT)  # arrives during the step; the step still completes
         return result
 
-    t._train_batch = step_then_signal  # type: ignore[method-assign]
+    t.train_batch = step_then_signal  # type: ignore[method-assign]
     before = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
     with pytest.raises(Interrupted, match="SIGINT at epoch 1 step 1") as e:
         t.run()

@@ -11,9 +11,9 @@ from densemtl.errors import ConfigError
 from densemtl.tasks import compute_losses, default_task_channels, task_channels
 from densemtl.tasks.normal import safe_normalize
 
-seg_loss = tasks.get("seg").loss
-depth_loss = tasks.get("depth").loss
-normal_loss = tasks.get("normal").loss
+seg_loss = tasks.create("seg").loss
+depth_loss = tasks.create("depth").loss
+normal_loss = tasks.create("normal").loss
 
 
 def test_task_channels() -> None:
@@ -25,14 +25,14 @@ def test_task_channels() -> None:
 
 def test_registry_lists_and_refuses() -> None:
     assert {"seg", "depth", "normal"} <= set(tasks.available())
-    assert tasks.get("Depth").name == "depth"
+    assert tasks.create("Depth").name == "depth"
     with pytest.raises(ConfigError, match="unknown task 'nope'; valid: .*depth.*normal.*seg"):
-        tasks.get("nope")
+        tasks.create("nope")
 
 
 @pytest.mark.parametrize("name", ["seg", "depth", "normal"])
 def test_declarations_are_consistent(name: str) -> None:
-    task = tasks.get(name)
+    task = tasks.create(name)
     assert task.primary in task.metric_names
     assert {c.metric for c in task.table_columns()} <= set(task.metric_names)
     assert set(task.accumulator(4).compute()) == set(task.metric_names)  # NaNs before any batch
@@ -123,7 +123,7 @@ def test_normal_loss_bounded_gradient_at_zero_prediction() -> None:
     assert torch.allclose(pred.grad, -target / 40)
     peer = torch.randn(2, 3, 4, 5)
     pred.grad = None
-    tasks.get("normal").mimicry(pred, peer, target).backward()
+    tasks.create("normal").mimicry(pred, peer, target).backward()
     assert torch.isfinite(pred.grad).all() and pred.grad.abs().max() <= 1.0
 
 
@@ -164,16 +164,16 @@ def test_zero_normal_head_at_narrow_width_gives_bounded_gradients() -> None:
 
 def test_flip_and_scale_of_targets() -> None:
     normal = torch.tensor([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0]]).view(3, 1, 2)  # pixel 1 invalid
-    flipped = tasks.get("normal").flip(normal)
+    flipped = tasks.create("normal").flip(normal)
     assert flipped[:, 0, 0].tolist() == [0.0, 0.0, 0.0] and flipped[:, 0, 1].tolist() == [-1.0, 2.0, 3.0]
     assert not torch.signbit(flipped[:, 0, 0]).any()  # the invalid pixel stays +0.0, not -0.0
     assert torch.equal(normal, torch.tensor([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0]]).view(3, 1, 2))  # input kept
     depth = torch.tensor([[[2.0, 0.0]]])
-    assert torch.equal(tasks.get("depth").scale(depth, 2.0), torch.tensor([[[1.0, 0.0]]]))
-    assert tasks.get("depth").scale(depth, 1.0) is depth
+    assert torch.equal(tasks.create("depth").scale(depth, 2.0), torch.tensor([[[1.0, 0.0]]]))
+    assert tasks.create("depth").scale(depth, 1.0) is depth
     labels = torch.tensor([[0, -1, 2]])
-    assert torch.equal(tasks.get("seg").scale(labels, 1.5), labels)
-    assert torch.equal(tasks.get("seg").flip(labels), torch.tensor([[2, -1, 0]]))
+    assert torch.equal(tasks.create("seg").scale(labels, 1.5), labels)
+    assert torch.equal(tasks.create("seg").flip(labels), torch.tensor([[2, -1, 0]]))
 
 
 def test_ensembles_average_each_task_its_way() -> None:

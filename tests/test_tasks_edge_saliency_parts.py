@@ -141,7 +141,7 @@ def test_agrees_with_pyedgeeval() -> None:
 
 
 def test_edge_loss_by_hand_and_as_invpt_writes_it() -> None:
-    edge = tasks.get("edge")
+    edge = tasks.create("edge")
     pred = torch.tensor([0.0, math.log(3.0), 5.0]).view(1, 1, 1, 3)
     target = torch.tensor([1.0, 0.0, -1.0]).view(1, 1, 1, 3)  # the last pixel is ignored
     expected = (0.95 * math.log(2.0) + 0.05 * math.log(4.0)) / 2
@@ -176,7 +176,7 @@ def test_edge_accumulator_streams_counts_and_the_loss() -> None:
 def test_saliency_max_f_and_iou_by_hand() -> None:
     prob = torch.tensor([0.92, 0.42, 0.62, 0.12, 0.99])
     target = torch.tensor([1.0, 1.0, 0.0, 0.0, -1.0])  # the last pixel is ignored
-    acc = tasks.get("saliency").accumulator(7)
+    acc = tasks.create("saliency").accumulator(7)
     acc.update(torch.logit(prob[:2].double()).view(1, 1, 1, 2), target[:2].view(1, 1, 1, 2))
     acc.update(torch.logit(prob[2:].double()).view(1, 1, 1, 3), target[2:].view(1, 1, 1, 3))
     # t <= .12: P .5 R 1; .12 < t <= .42: P 2/3 R 1; .42 < t <= .62: P .5 R .5; .62 < t <= .92: P 1 R .5
@@ -184,14 +184,14 @@ def test_saliency_max_f_and_iou_by_hand() -> None:
     out = acc.compute()
     assert out["max_f"] == pytest.approx(max(f)) == pytest.approx(0.8125)
     assert out["iou"] == pytest.approx(1 / 3)  # at 0.5: predicted {.92, .62}, true {.92, .42}
-    sal = tasks.get("saliency")
+    sal = tasks.create("saliency")
     logits = torch.tensor([[[[0.0, 2.0]]]])
     expected = (math.log(2.0) + math.log(1 + math.exp(2.0))) / 2
     assert sal.loss(logits, torch.tensor([[[[1.0, 0.0]]]])).item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_parts_miou_counts_only_images_with_people() -> None:
-    parts = tasks.get("parts")
+    parts = tasks.create("parts")
     assert parts.channels(21) == 7
     three = type(parts)(num_parts=2)
     person = torch.tensor([[[0, 1], [2, -1]]])
@@ -217,7 +217,7 @@ def test_parts_miou_counts_only_images_with_people() -> None:
 
 @pytest.mark.parametrize("name", NEW)
 def test_declarations_pictures_and_averaging(name: str) -> None:
-    task = tasks.get(name)
+    task = tasks.create(name)
     assert task.primary in task.metric_names and not task.lower_is_better[task.primary]
     assert {c.metric for c in task.table_columns()} <= set(task.metric_names)
     assert set(task.accumulator(7).compute()) == set(task.metric_names)

@@ -106,10 +106,3 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     p = Path(path)
     kept = "its previous contents are intact" if p.exists() else "nothing was written"
     atomic_write(p, lambda f: f.write(text.encode("utf-8")), "", kept)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Like :func:`atomic_write_text`, for bytes."""
-    p = Path(path)
-    kept = "its previous contents are intact" if p.exists() else "nothing was written"
-    atomic_write(p, lambda f: f.write(data), "", kept)

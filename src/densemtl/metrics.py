@@ -22,6 +22,7 @@ from torch import Tensor
 
 from densemtl import tasks as task_registry
 from densemtl.errors import ConfigError
+from densemtl.tasks import TaskSet, as_task_set
 
 Metrics = dict[str, dict[str, float]]
 
@@ -31,7 +32,7 @@ def in_delta_m(task: str, metric: str) -> bool:
     ``delta_metrics``; every metric of a task that names none)."""
     if task not in task_registry.available():
         return True
-    chosen = task_registry.get(task).delta_metrics
+    chosen = task_registry.TASKS.get(task).delta_metrics  # what the class declares
     return chosen is None or metric in chosen
 
 
@@ -39,26 +40,26 @@ def lower_is_better(task: str, metric: str) -> bool | None:
     """Whether a lower ``metric`` of ``task`` is better; None when the task or metric is unknown."""
     if task not in task_registry.available():
         return None
-    return task_registry.get(task).lower_is_better.get(metric)
+    return task_registry.TASKS.get(task).lower_is_better.get(metric)
 
 
 def primary_metric(task: str) -> str:
     """The one metric of ``task`` that tables and model selection use (ConfigError if unknown)."""
-    return task_registry.get(task).primary
+    return task_registry.TASKS.get(task).primary
 
 
 class StreamingMetrics:
     """Accumulates the metrics of ``tasks`` batch by batch; :meth:`compute` equals
     :func:`evaluate` on the concatenated batches (seg and normals exactly, depth to float64
-    rounding of the summation order). Each task supplies its own accumulator."""
+    rounding of the summation order). Each task supplies its own accumulator.
 
-    def __init__(
-        self, tasks: Iterable[str], num_classes: int, task_args: Mapping[str, Mapping[str, Any]] | None = None
-    ) -> None:
-        self.tasks = tuple(tasks)
+    ``tasks`` is a run's :class:`~densemtl.tasks.TaskSet` (its tasks' knobs, e.g. NYUD's edge
+    tolerance, set the metrics), or task names (their defaults)."""
+
+    def __init__(self, tasks: TaskSet | Iterable[str], num_classes: int) -> None:
+        self._specs = as_task_set(tasks)
+        self.tasks = self._specs.names
         self.num_classes = num_classes
-        args = task_args or {}
-        self._specs = {t: task_registry.get(t, **args.get(t, {})) for t in self.tasks}
         self.reset()
 
     def reset(self) -> None:
@@ -84,10 +85,13 @@ class StreamingMetrics:
         return {t: self._acc[t].compute() for t in self.tasks}
 
 
-def evaluate(preds: Mapping[str, Tensor], targets: Mapping[str, Tensor], num_classes: int) -> Metrics:
+def evaluate(
+    preds: Mapping[str, Tensor], targets: Mapping[str, Tensor], num_classes: int, tasks: TaskSet | None = None
+) -> Metrics:
     """Metrics of every task of ``preds`` that ``targets`` also has, in the order of ``preds``,
     for one batch (or a whole split in one pair of dicts; over many batches use
-    :class:`StreamingMetrics`).
+    :class:`StreamingMetrics`). ``tasks``: the configured tasks (a :class:`~densemtl.tasks.TaskSet`,
+    e.g. ``TaskSet(["edge"], {"edge": {"max_dist": 0.011}})``); default: each task's defaults.
 
     Every prediction key must be a registered task (ConfigError otherwise); target keys that are
     not predicted (``image``, …) are ignored, and so is a predicted task the targets lack (a
@@ -115,7 +119,8 @@ def evaluate(preds: Mapping[str, Tensor], targets: Mapping[str, Tensor], num_cla
     if preds and len(missing) == len(preds):
         have = ", ".join(map(str, targets)) or "none"
         raise ConfigError(f"evaluate: no target for prediction key(s) {missing}; target keys: {have}")
-    m = StreamingMetrics([t for t in preds if t in targets], num_classes)
+    names = [t for t in preds if t in targets]
+    m = StreamingMetrics(tasks.subset(names) if tasks is not None else names, num_classes)
     m.update(preds, targets)
     return m.compute()
 

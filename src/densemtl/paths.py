@@ -131,9 +131,11 @@ def write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``path`` atomically (a temp file beside it, then a rename: a final-component link is
     replaced, never followed); a full disk is a one-line RuntimeFault naming the path, and leaves
     no partial file."""
-    from densemtl.atomic import atomic_write_bytes
+    from densemtl.atomic import atomic_write
 
-    atomic_write_bytes(path, data)
+    p = Path(path)
+    kept = "its previous contents are intact" if p.exists() else "nothing was written"
+    atomic_write(p, lambda f: f.write(data), "", kept)
 
 
 def image_inputs(items: list[str]) -> list[Path]:

@@ -16,11 +16,12 @@ import signal
 import threading
 import traceback
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
 from densemtl.errors import ConfigError, DenseMTLError
+from densemtl.knobs import check_call
 
 #: ``DENSEMTL_TRACEBACK=1``: a plugin's failure also prints its full traceback.
 TRACEBACK_ENV = "DENSEMTL_TRACEBACK"
@@ -148,11 +149,12 @@ def failed(what: str, e: BaseException, module: str) -> PluginError:
 
 def call_factory(kind: str, name: str, factory: Callable[..., Any], kwargs: Mapping[str, Any],
                  returns: type | None = None, check: Callable[[Any], str] | None = None) -> Any:  # fmt: skip
-    """``factory(**kwargs)``; a plugin's factory that raises from its body, exits, returns
-    something that is not a ``returns``, or one that ``check`` finds lacking (its reason, "" when
-    nothing lacks) is a :class:`PluginError` naming it, its file and line. A
-    TypeError raised by the call itself (a keyword the factory does not take) stays a TypeError:
-    the caller's "bad knob" error."""
+    """``factory(**kwargs)``, its ``kwargs`` first checked against its signature (a knob it does
+    not take: a one-line ConfigError, :func:`densemtl.knobs.check_call`); a plugin's factory
+    that then raises from its body (a TypeError included), exits, returns something that is not a
+    ``returns``, or one that ``check`` finds lacking (its reason, "" when nothing lacks) is a
+    :class:`PluginError` naming it, its file and line."""
+    check_call(kind, name, factory, dict(kwargs))
     if is_own(factory):
         return factory(**kwargs)
     module = str(getattr(factory, "__module__", "") or "")
@@ -166,10 +168,6 @@ def call_factory(kind: str, name: str, factory: Callable[..., Any], kwargs: Mapp
         raise raised_interrupt(what, e, module) from None
     except DenseMTLError:
         raise  # the plugin's own one-line refusal
-    except TypeError as e:
-        if e.__traceback__ is not None and e.__traceback__.tb_next is None:
-            raise  # raised by the call: a keyword the factory does not take
-        raise failed(what, e, module) from None
     except MemoryError:
         raise
     except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's code may raise anything; one line names it
@@ -187,6 +185,26 @@ def call_factory(kind: str, name: str, factory: Callable[..., Any], kwargs: Mapp
     at = defined_at(factory)
     note_made(obj, f"{what}{f' ({at})' if at else ''}", kwargs.get("task_channels"))
     return obj
+
+
+def plugin_fault(e: BaseException, plugins: Iterable[str]) -> PluginError | None:
+    """The one line for ``e`` when it was raised inside a loaded plugin's code (the innermost frame
+    of its traceback in a package of ``plugins``, what :func:`densemtl.plugins.loaded` lists):
+    naming the plugin, its file and line; None when no plugin's frame is in it (densemtl's own bug
+    stays a traceback)."""
+    tops = {m.split("=")[-1].strip().split(":")[0].split(".")[0] for m in plugins}
+    hits = [
+        (mod, f)
+        for f, mod in zip(
+            traceback.extract_tb(e.__traceback__), map(_frame_module, _tb_frames(e.__traceback__)), strict=True
+        )
+        if mod.split(".")[0] in tops
+    ]
+    if not hits:
+        return None
+    module, frame = hits[-1]
+    return PluginError(f"plugin {module!r} raised {describe(e)} at {frame.filename}:{frame.lineno} (a bug in the "
+                       f"plugin; {TRACEBACK_ENV}=1 shows its traceback)", e)  # fmt: skip
 
 
 def _kind_of(obj: object) -> str:

@@ -141,7 +141,7 @@ def _guard(what: str, action: Callable[[], Any], module: str = "") -> Any:
     """``action()``, any failure but an interrupt turned into one line naming ``what`` (and, for a
     bug in the plugin's code, its file and line: :mod:`densemtl.plugin_faults`)."""
     from densemtl.plugin_faults import PluginError, describe, failed, last_frame, noting_sigint, raised_interrupt
-    from densemtl.registry import BadRegistration
+    from densemtl.registry import BadRegistration, DuplicateName
 
     try:
         with noting_sigint() as sigint:
@@ -152,14 +152,12 @@ def _guard(what: str, action: Callable[[], Any], module: str = "") -> Any:
         raise raised_interrupt(what, e, module) from None
     except ConfigError as e:
         raise ConfigError(f"{what}: {e}") from None
+    except DuplicateName as e:  # Registry.register: a name already taken
+        raise ConfigError(f"{what} registers {e.kind} {e.name!r}, a name already registered; choose another "
+                          "name") from None  # fmt: skip
     except BadRegistration as e:  # Registry.register: a name no command line can give, a non-callable
         at = last_frame(e.__traceback__, module)
         raise PluginError(f"{what} registers {e}{f' at {at}' if at else ''}", e) from None
-    except ValueError as e:
-        if "registered twice" in str(e):  # Registry.register: a name already taken
-            raise ConfigError(f"{what} registers {e.args[0].replace(' registered twice', '')}, a name already "
-                              "registered; choose another name") from None  # fmt: skip
-        raise _import_failed(what, e, module) from None
     except ModuleNotFoundError as e:
         own = bool(e.name) and f"{module}.".startswith(f"{e.name}.")  # the plugin itself, not its imports
         hint = "; is it installed, or on PYTHONPATH?" if own else ""

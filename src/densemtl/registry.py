@@ -12,22 +12,17 @@ workers) load them (:mod:`densemtl.plugins`).
 from __future__ import annotations
 
 import contextlib
-import difflib
 import importlib
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from densemtl.errors import ConfigError
+from densemtl.knobs import check_call, did_you_mean
+from densemtl.knobs import check_knob_type as check_knob_type  # re-exported
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def did_you_mean(name: object, valid: Iterable[object]) -> str:
-    """``" (did you mean 'x'?)"`` naming the closest of ``valid`` to ``name``, or ``""`` if none is close."""
-    close = difflib.get_close_matches(str(name).lower(), [str(v) for v in valid], n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def squash(name: object) -> str:
@@ -39,6 +34,15 @@ def squash(name: object) -> str:
 class BadRegistration(ValueError):
     """A name that could never be given on the command line, or a factory that cannot be called:
     refused when registered (a plugin's: one line naming it, :mod:`densemtl.plugins`)."""
+
+
+class DuplicateName(BadRegistration):
+    """A name registered twice in one registry; ``kind`` and ``name`` say which."""
+
+    def __init__(self, kind: str, name: str) -> None:
+        super().__init__(f"{kind} {name!r} registered twice")
+        self.kind = kind
+        self.name = name
 
 
 def bad_name(name: object) -> str:
@@ -94,7 +98,7 @@ class Registry(Generic[T]):
             raise BadRegistration(f"{self.kind} {name!r}: {bad}")
         key = name.lower()
         if key in self._factories:
-            raise ValueError(f"{self.kind} {key!r} registered twice")
+            raise DuplicateName(self.kind, key)
         self._factories[key] = _Lazy(module)
 
     def register(self, name: str, *, tiny: dict[str, Any] | None = None) -> Callable[[F], F]:
@@ -117,7 +121,7 @@ class Registry(Generic[T]):
             old = self._factories.get(key)
             declared = isinstance(old, _Lazy) and getattr(factory, "__module__", None) == old.module
             if old is not None and not declared:
-                raise ValueError(f"{self.kind} {key!r} registered twice")
+                raise DuplicateName(self.kind, key)
             self._name(factory, key)
             self._factories[key] = factory
             self._tiny[key] = dict(tiny or {})
@@ -216,43 +220,11 @@ class Registry(Generic[T]):
         return {k: p for k, p in sig.parameters.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
 
     def create(self, name: str, **kwargs: Any) -> T:
-        """``name``'s factory called with ``kwargs``, each checked to be one of its knobs, of the default's type."""
+        """``name``'s factory called with ``kwargs``, each checked to be one of its knobs, of the
+        default's type, before the call (:func:`check_call`): a TypeError the call raises is then
+        raised inside the factory, a plugin's bug (:mod:`densemtl.plugin_faults`), never a bad knob."""
         factory = self.get(name)
-        sig = inspect.signature(factory)
-        accepts_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
-        if not accepts_any:
-            valid = self.knobs(name)
-            for key in kwargs:
-                if key not in valid:
-                    # knobs are the keywords with defaults; the others (task_channels, split) are the caller's
-                    listing = ", ".join(k for k, p in valid.items() if p.default is not p.empty) or "none"
-                    raise ConfigError(
-                        f"{self.kind} {name!r} has no knob {key!r}{did_you_mean(key, valid)}; valid: {listing}"
-                    )
-            for key, value in kwargs.items():
-                check_knob_type(self.kind, name, key, value, valid[key].default)
+        check_call(self.kind, name, factory, kwargs)
         from densemtl.plugin_faults import call_factory  # a plugin's failure: one line naming it
 
         return call_factory(self.kind, self.canonical(name), factory, kwargs, self.returns, self.check)
-
-
-def check_knob_type(kind: str, name: str, key: str, value: Any, default: Any) -> None:
-    """A knob whose default is a bool, int, float or str must get a value of that type."""
-    if default is inspect.Parameter.empty or default is None or value is None:
-        return
-    if isinstance(value, list | tuple | dict):  # per-task values of a scalar knob are the method's to check
-        return
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-    elif isinstance(default, str):
-        ok = isinstance(value, str)
-    else:
-        return
-    if not ok:
-        raise ConfigError(
-            f"{kind} {name!r} knob {key!r} must be a {type(default).__name__} (default {default!r}), got {value!r}"
-        )

@@ -20,7 +20,8 @@ import torch
 
 from densemtl.models.base import MultiTaskModel
 from densemtl.plugins import allowed, load_plugins, refusal
-from densemtl.training.builders import model_from_state, resolve_device
+from densemtl.tasks import TaskSet
+from densemtl.training.builders import build_task_set, model_from_state, resolve_device
 from densemtl.training.checkpoint import load_checkpoint, resolve_checkpoint
 from densemtl.training.config import TrainConfig, parse_imports
 
@@ -43,6 +44,12 @@ class LoadedRun:
     epoch: int
     #: the checkpoint file read
     path: Path
+
+    @property
+    def task_set(self) -> TaskSet:
+        """The run's tasks with the knobs it was trained with (its config's ``task_args`` over its
+        dataset's defaults): pass it to ``densemtl.metrics.evaluate`` to score as the run did."""
+        return build_task_set(self.config, self.tasks)
 
 
 def load_run(path: str | Path, device: str | torch.device = "cpu", *, trust_imports: bool = False) -> LoadedRun:

@@ -136,10 +136,68 @@ class Requirements:
         return self.modes[-1]
 
 
+def _overrides(cls: type, attr: str, base: type) -> bool:
+    """Whether ``cls`` defines ``attr`` other than ``base`` does (``base`` need not have it)."""
+    mine = getattr(cls, attr, None)
+    return callable(mine) and mine is not getattr(base, attr, None)
+
+
+def declaration_gap(cls: type, req: Requirements) -> str:
+    """What ``cls`` lacks to honour ``req`` ("" when nothing): the override each declaration
+    needs. "losses" needs ``combine(losses)`` (a LossWeighting); a gradient source needs
+    ``aggregate(J)`` (an Aggregator); "gramian" needs ``weights_from_gramian(G)`` (a
+    GramianWeighting); "rows" needs its own ``add_row``/``finish_rows``; ``layer_grad_norms`` needs
+    ``observe_grad_norms``; ``reevaluate`` needs ``observe_losses_after_step``. Whether an abstract
+    method is implemented is checked when the method is made (:func:`protocol_gap`)."""
+    said = f"declares sources={req.sources!r}"
+    if req.uses_losses:
+        if not callable(getattr(cls, "combine", None)):
+            return f"{said} but has no combine(losses); subclass densemtl.balancing.base.LossWeighting"
+        if req.layer_grad_norms is not None and not _overrides(cls, "observe_grad_norms", LossWeighting):
+            return (
+                f"declares layer_grad_norms={req.layer_grad_norms!r} but does not override "
+                "observe_grad_norms(norms), so the norms would be dropped"
+            )
+    else:
+        if isinstance(cls, type) and issubclass(cls, LossWeighting):
+            return (
+                f"{said} but is a LossWeighting (it gives weights of losses); subclass Aggregator for a gradient source"
+            )
+        if not callable(getattr(cls, "aggregate", None)) or not callable(getattr(cls, "finish_rows", None)):
+            return f"{said} but has no aggregate(J); subclass densemtl.balancing.base.Aggregator"
+        if req.from_gramian and not callable(getattr(cls, "weights_from_gramian", None)):
+            return (
+                f"{said} but does not define weights_from_gramian(G), which the 'gramian' source calls; "
+                "subclass densemtl.balancing.base.GramianWeighting"
+            )
+        if "rows" in req.sources and not (
+            _overrides(cls, "add_row", Aggregator) and _overrides(cls, "finish_rows", Aggregator)
+        ):
+            return (
+                f"{said} but does not override add_row(t, g) and finish_rows(); declare 'jacobian' to be given J whole"
+            )
+    if req.reevaluate and not _overrides(cls, "observe_losses_after_step", BalancingMethod):
+        return "declares reevaluate=True but does not override observe_losses_after_step(losses)"
+    return ""
+
+
 class BalancingMethod:
-    """Common base: the declaration, state, hooks and a random generator."""
+    """Common base: the declaration, state, hooks and a random generator.
+
+    A subclass's ``requirements`` are checked against the methods it implements when the class
+    is defined (:func:`declaration_gap`): a declaration the class cannot honour is a TypeError
+    naming the class and the override it lacks, not an AttributeError at the first step.
+    """
 
     requirements: Requirements
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        req = getattr(cls, "requirements", None)
+        if isinstance(req, Requirements):  # a property or an instance's own: checked when made
+            gap = declaration_gap(cls, req)
+            if gap:
+                raise TypeError(f"{cls.__module__}.{cls.__qualname__}: {gap}")
 
     def __init__(self) -> None:
         self.generator: torch.Generator | None = None
@@ -302,6 +360,9 @@ def protocol_gap(method: BalancingMethod) -> str:
     cls = type(method)
     if not isinstance(getattr(method, "requirements", None), Requirements):
         return "it declares no 'requirements' (a densemtl.balancing.base.Requirements)"
+    gap = declaration_gap(cls, method.requirements)
+    if gap:
+        return gap
     if isinstance(method, LossWeighting):
         if cls.weights is LossWeighting.weights and cls.combine is LossWeighting.combine:
             return "a LossWeighting must define weights(losses)"

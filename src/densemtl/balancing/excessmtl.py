@@ -71,17 +71,16 @@ class ExcessMTL(Aggregator):
         # overflowing exp() to inf and turning them into nan for good.
         logits = self.log_weights + self.robust_step_size * ratio
         self.log_weights = torch.log_softmax(logits, dim=0) + math.log(T)
-        return self.weights().to(J) @ J
+        return torch.exp(self.log_weights).to(J) @ J
 
     def row_weights(self) -> Tensor | None:
         """a of the last call (None before the first): out = aᵀJ."""
-        return None if self.log_weights is None else self.weights()
+        return self.task_weights
 
-    def weights(self) -> Tensor:
-        """The current task weights (they sum to T); uniform 1 before the first call."""
-        if self.log_weights is None:
-            raise RuntimeError("ExcessMTL has no weights before its first call")
-        return torch.exp(self.log_weights)
+    @property
+    def task_weights(self) -> Tensor | None:
+        """The task weights learnt so far: a (T,), summing to T (None before the first call)."""
+        return None if self.log_weights is None else torch.exp(self.log_weights)
 
     def state_dict(self) -> dict[str, Any]:
         def copy(x: Tensor | None) -> Tensor | None:

@@ -101,8 +101,9 @@ class FAMO(LossWeighting):
             raise ConfigError(f"famo: min_losses has {m.numel()} values for {like.numel()} tasks")
         return m
 
+    @property
     def task_weights(self) -> Tensor | None:
-        """The softmax of the logits, z (None before the first call)."""
+        """The task weights learnt so far: the softmax of the logits, z (None before the first call)."""
         return None if self.logits is None else torch.softmax(self.logits, dim=0)
 
     def _update_logits(self, losses: Tensor) -> None:

@@ -74,12 +74,17 @@ class GradNorm(LossWeighting):
         # combine's scalar is Σ w_t L_t with the w it returns: the engine may split the update
         self.requirements = Requirements(sources=("losses",), layer_grad_norms=layer or "auto", weighted_sum=True)
         self.num_tasks = num_tasks
-        self.task_weights: Tensor | None = None
+        self._weights: Tensor | None = None
         self.initial_losses: Tensor | None = None
         self._adam: AdamMoments | None = None
         self._norms: Tensor | None = None
         if num_tasks is not None:
             self._init_state(int(num_tasks))
+
+    @property
+    def task_weights(self) -> Tensor | None:
+        """The task weights learnt so far: w (T,), summing to T (None before the first call)."""
+        return self._weights
 
     def parameters(self) -> list[torch.nn.Parameter]:
         # The weights follow their own closed-form step, not the trainer's optimizer.
@@ -89,13 +94,13 @@ class GradNorm(LossWeighting):
         if num_tasks < 1:
             raise ValueError(f"GradNorm needs at least one task, got num_tasks={num_tasks}")
         self.num_tasks = num_tasks
-        self.task_weights = torch.ones(num_tasks, dtype=torch.float64)
+        self._weights = torch.ones(num_tasks, dtype=torch.float64)
         self._adam = AdamMoments(num_tasks, torch.float64)
 
     def _check(self, values: Tensor, what: str) -> None:
         if values.dim() != 1:
             raise ValueError(f"GradNorm expects a 1-D tensor of {what}, got shape {tuple(values.shape)}")
-        if self.task_weights is None:
+        if self._weights is None:
             self._init_state(values.numel())
         if values.numel() != self.num_tasks:
             raise ValueError(f"GradNorm was built for {self.num_tasks} tasks but got {values.numel()} {what}")
@@ -108,8 +113,8 @@ class GradNorm(LossWeighting):
 
     def weights(self, losses: Tensor) -> Tensor:
         self._check(losses, "losses")
-        assert self.task_weights is not None
-        return self.task_weights.to(losses)
+        assert self._weights is not None
+        return self._weights.to(losses)
 
     def combine(self, losses: Tensor) -> tuple[Tensor, Tensor]:
         w = self.weights(losses.detach())
@@ -120,7 +125,7 @@ class GradNorm(LossWeighting):
         return scalar, w.detach().clone()
 
     def _update(self, losses: Tensor, norms: Tensor) -> None:
-        assert self.task_weights is not None
+        assert self._weights is not None
         if self.initial_losses is None:
             self.initial_losses = losses.clone()
         initial = self.initial_losses
@@ -130,14 +135,14 @@ class GradNorm(LossWeighting):
         mean = ratio.mean()
         rate = ratio / mean if mean > 0 else torch.ones_like(ratio)
         norms = torch.nan_to_num(norms, nan=0.0, posinf=0.0)
-        w = self.task_weights
+        w = self._weights
         G = w * norms
         target = G.mean() * rate.clamp_min(0.0) ** self.alpha
         grad = torch.sign(G - target) * norms
         assert self._adam is not None
         denom, bias1 = self._adam.step(grad)
         w = (w - (self.lr / bias1) * self._adam.exp_avg / denom).clamp_min(_MIN_WEIGHT)
-        self.task_weights = w * (w.numel() / w.sum())
+        self._weights = w * (w.numel() / w.sum())
 
     def state_dict(self) -> dict[str, Any]:
         def copy(t: Tensor | None) -> Tensor | None:
@@ -146,7 +151,7 @@ class GradNorm(LossWeighting):
         none: dict[str, Any] = {"exp_avg": None, "exp_avg_sq": None, "adam_steps": 0}
         return {
             "num_tasks": self.num_tasks,
-            "weights": copy(self.task_weights),
+            "weights": copy(self._weights),
             "initial_losses": copy(self.initial_losses),
             **(self._adam.state_dict() if self._adam is not None else none),
         }
@@ -156,7 +161,7 @@ class GradNorm(LossWeighting):
         if weights is None:
             return
         self._init_state(int(state["num_tasks"]))
-        self.task_weights = torch.as_tensor(weights, dtype=torch.float64).clone()
+        self._weights = torch.as_tensor(weights, dtype=torch.float64).clone()
         self.initial_losses = None if initial is None else torch.as_tensor(initial, dtype=torch.float64).clone()
         assert self._adam is not None
         self._adam.load_state_dict(state)

@@ -97,25 +97,25 @@ def time_run(job: Job) -> tuple[float, int]:
     cfg = build_config(job.config)
     with tempfile.TemporaryDirectory(prefix="densemtl-estimate-") as tmp:
         trainer = BenchTrainer(cfg, Path(tmp) / "run", val_fraction=job.val_fraction, progress=False, log=_quiet)
-        loader = trainer._loader(trainer.train_set, shuffle=True, epoch=1)
+        loader = trainer.loader(trainer.train_set, shuffle=True, epoch=1)
         steps = len(loader)
-        val_batches = len(trainer._loader(trainer.val_set, shuffle=False))
-        test_batches = len(trainer._loader(trainer.test_set, shuffle=False))
+        val_batches = len(trainer.loader(trainer.val_set, shuffle=False))
+        test_batches = len(trainer.loader(trainer.test_set, shuffle=False))
         n_train, n_val, n_test = len(trainer.train_set), len(trainer.val_set), len(trainer.test_set)
         first_s, again_s = sample_seconds(trainer.test_set)
         batches = iter(loader)
         batch = move(next(batches), trainer.device)
         for m in trainer.members:
             m.model.train()
-        trainer._train_batch(1, batch)  # untimed: first-call allocations and lazy set-up
+        trainer.train_batch(1, batch)  # untimed: first-call allocations and lazy set-up
         if steps > 1:
             batch = move(next(batches), trainer.device)
         t0 = time.perf_counter()
-        trainer._train_batch(1, batch)
+        trainer.train_batch(1, batch)
         step_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         for m in trainer.members:
-            evaluate_model(m.model, [batch], trainer.tasks, trainer.num_classes, trainer.device)
+            evaluate_model(m.model, [batch], trainer.task_set, trainer.num_classes, trainer.device)
         eval_s = time.perf_counter() - t0
     epochs = cfg.epochs
     seconds = epochs * steps * step_s + ((epochs + 1) * val_batches + test_batches) * eval_s

@@ -18,31 +18,20 @@ from typing import Any
 from densemtl import methods as method_registry
 from densemtl import models as model_registry
 from densemtl.errors import ConfigError
+from densemtl.training import config
 from densemtl.training.config import build_config, load_yaml, merge_layers, preset_values
+from densemtl.training.config_spec import baseline_settings
+from densemtl.training.config_spec import fields as spec_fields
 
-#: Training keys that a bench sets per cell itself; a user may not give them as shared settings.
-CELL_KEYS = ("arch", "method", "seed", "peer_arch", "peer_args")
-#: Keys that describe the data and the training recipe: the single-task baselines depend on these.
-#: The training seed of a bench never changes the data: datasets are always built with seed 0.
-BASELINE_KEYS = (
-    "dataset",
-    "data_root",
-    "size",
-    "n_train",
-    "n_val",
-    "num_classes",
-    "augment",
-    "arch_args",
-    "epochs",
-    "batch_size",
-    "lr",
-    "weight_decay",
-    "lr_step",
-    "lr_gamma",
-)
-#: Recipe keys the baselines depend on too, keyed only when they differ from these defaults (so
-#: the baseline keys of benches that never set them stay what they were).
-RECIPE_DEFAULTS: dict[str, Any] = {"lr_schedule": "step", "warmup_epochs": 0, "optimizer": "adam", "task_args": {}}
+
+def cell_keys() -> tuple[str, ...]:
+    """Training keys that a bench sets per cell itself (the spec's ``bench="cell"`` keys); a user
+    may not give them as shared settings."""
+    return tuple(f.name for f, s in spec_fields(config.TrainConfig) if s.bench == "cell")
+
+
+#: The cell keys of the built-in config.
+CELL_KEYS = cell_keys()
 #: The architecture name that is itself the single-task baseline (no baseline of its own).
 SINGLE = "single"
 #: Seed of the data (synthetic scenes) and of the carved validation split, the same for every cell.
@@ -106,7 +95,7 @@ class BenchGrid:
         if not isinstance(self.val_fraction, int | float) or not 0.0 < float(self.val_fraction) < 1.0:
             raise ConfigError(f"bench: --val-fraction must lie strictly between 0 and 1, got {self.val_fraction!r}")
         self.val_fraction = float(self.val_fraction)
-        for key in CELL_KEYS:
+        for key in cell_keys():
             if key in self.base:
                 raise ConfigError(f"bench: {key!r} is set per cell by the bench and cannot be a shared setting")
         build_config(self.base)  # unknown key or bad value -> ConfigError
@@ -135,19 +124,11 @@ class BenchGrid:
         return build_config(cfg).to_dict()
 
     def baseline_key(self, arch: str) -> str:
-        """A hash of the data and training settings that the baseline standing for ``arch`` depends on."""
+        """A hash of the data and training settings that the baseline standing for ``arch`` depends
+        on: every result-changing key of the spec that is not set per cell
+        (:func:`~densemtl.training.config_spec.baseline_settings`)."""
         cfg = build_config({**self.base, "arch_args": self.knobs(arch)}).to_dict()
-        settings = {k: cfg[k] for k in BASELINE_KEYS}
-        for key in ("data_args", "tasks", "amp"):  # only when set: the keys of benches without them stay the same
-            if cfg[key] and cfg[key] != "off":
-                settings[key] = cfg[key]
-        for key, default in RECIPE_DEFAULTS.items():  # likewise: only when not the default
-            if cfg.get(key, default) != default:
-                settings[key] = cfg[key]
-        if cfg.get("optimizer") == "sgd":
-            settings["momentum"] = cfg["momentum"]
-        if cfg.get("schedule_epochs") not in (None, cfg["epochs"]):
-            settings["schedule_epochs"] = cfg["schedule_epochs"]
+        settings = baseline_settings(config.TrainConfig, cfg)
         settings["base"] = arch
         if settings["data_root"]:
             settings["data_root"] = str(Path(settings["data_root"]).expanduser().resolve())

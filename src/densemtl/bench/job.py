@@ -78,25 +78,23 @@ class BenchTrainer(Trainer):
     """A Trainer on the carved split that keeps the selected checkpoint and evaluates it on test."""
 
     def __init__(self, cfg: Any, out: str | Path, *, val_fraction: float, **kwargs: Any) -> None:
-        super().__init__(cfg, out, **kwargs)
-        full, test = build_datasets(replace(cfg, seed=DATA_SEED))
-        train_idx, val_idx = carve(len(full), val_fraction)  # type: ignore[arg-type]
-        self.train_set, self.val_set, self.test_set = Holdout(full, train_idx), Holdout(full, val_idx), test
         self.val_fraction = val_fraction
+        super().__init__(cfg, out, **kwargs)
+
+    def build_data(self, cfg: Any) -> tuple[MultiTaskDataset, MultiTaskDataset]:
+        """The carved training and validation parts of the dataset's ``train`` split, built once
+        with data seed :data:`~densemtl.bench.grid.DATA_SEED`; its ``val`` split is ``test_set``."""
+        full, self.test_set = build_datasets(replace(cfg, seed=DATA_SEED))
+        train_idx, val_idx = carve(len(full), self.val_fraction)  # type: ignore[arg-type]
+        return Holdout(full, train_idx), Holdout(full, val_idx)  # type: ignore[return-value]
 
     def run(self) -> dict[str, Any]:
         summary = super().run()
         best = load_checkpoint(self.best_path)  # the Trainer's best.pt: selected by the same rule
         self.model.load_state_dict(best["model"])
         selected = next(r for r in self.history if r["epoch"] == best["epoch"])
-        test = evaluate_model(
-            self.model,
-            self._loader(self.test_set, shuffle=False),
-            self.tasks,
-            self.num_classes,
-            self.device,
-            task_args=getattr(self.test_set, "task_args", None),
-        )
+        loader = self.loader(self.test_set, shuffle=False)
+        test = evaluate_model(self.model, loader, self.task_set, self.num_classes, self.device)  # the run's knobs
         summary["bench"] = {
             "selected_epoch": int(best["epoch"]),
             "selection_score": best["score"],

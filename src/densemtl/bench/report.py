@@ -201,13 +201,15 @@ def _metric_groups(keys: Sequence[str]) -> list[tuple[str, list[tuple[str, str]]
     """``["seg/miou", "seg/pix_acc", "depth/abs_err"]`` → ``[("seg", [("seg/miou", "mIoU ↑"), …]), …]``:
     the task once over its metrics, each metric by its short column label and direction."""
     from densemtl import tasks as task_registry
+    from densemtl.tasks import TaskSet
 
     groups: dict[str, list[tuple[str, str]]] = {}
     for key in keys:
         task, _, name = key.partition("/")
         label = name
         if task in task_registry.available():
-            label = next((c.label for c in task_registry.get(task).table_columns() if c.metric == name), name)
+            columns = TaskSet([task])[task].table_columns()  # the labels depend on no knob
+            label = next((c.label for c in columns if c.metric == name), name)
         groups.setdefault(task, []).append((key, label + _arrow(key)))
     return list(groups.items())
 

@@ -55,7 +55,7 @@ from densemtl.engine.precision import Precision
 from densemtl.errors import ConfigError
 from densemtl.models.base import MultiTaskModel
 from densemtl.report.progress import progress as progress_bar
-from densemtl.tasks import task_channels
+from densemtl.tasks import as_task_set, task_channels
 from densemtl.training.builders import build_method, resolve_device
 
 __all__ = [
@@ -94,6 +94,7 @@ class NaiveLoop:
     def __init__(self, model: MultiTaskModel, tasks: tuple[str, ...], precision: Precision | None = None) -> None:
         self.model = model
         self.tasks = tasks
+        self.task_set = as_task_set(tasks)  # built once, as a run's
         self.precision = precision or Precision()
         self.shared = model.shared_parameters()
         self.numel = sum(p.numel() for p in self.shared)
@@ -106,7 +107,7 @@ class NaiveLoop:
             preds = self.model(batch["image"])
         if amp.enabled:  # float32 losses, and fp16's scaled backward, as the engine does
             preds = {k: v.float() for k, v in preds.items()}
-        losses = self.model.task_losses(preds, batch, self.tasks)
+        losses = self.model.task_losses(preds, batch, self.task_set)
         if amp.scaler is not None:
             losses = {k: v * amp.scale for k, v in losses.items()}
         T = len(self.tasks)
@@ -230,10 +231,7 @@ def build_template(
     """The initial model every row copies (seeded; ``arch_args`` None: the benchmark's default knobs)."""
     knobs = dict(DEFAULT_ARCH_ARGS.get(arch, {}) if arch_args is None else arch_args)
     torch.manual_seed(seed)
-    try:
-        return model_registry.create(arch, task_channels(tasks, num_classes), **knobs).to(device).train()
-    except TypeError as e:
-        raise ConfigError(f"--arch-arg for {arch!r}: {e}") from None
+    return model_registry.create(arch, task_channels(tasks, num_classes), **knobs).to(device).train()
 
 
 Plan = list[tuple[str, BalancingMethod | None, int]]

@@ -21,9 +21,11 @@ from densemtl.balancing.base import BalancingMethod
 from densemtl.bench.targets import BASELINE
 from densemtl.distributed import Comm
 from densemtl.engine import MODES, Engine
+from densemtl.engine.modes import canonical_mode, valid_modes
 from densemtl.engine.precision import Precision
 from densemtl.errors import ConfigError
 from densemtl.models.base import MultiTaskModel
+from densemtl.tasks import as_task_set
 from densemtl.training.builders import build_optimizer, data_knobs, resolve_device
 from densemtl.training.config import TrainConfig, parse_kv, parse_size
 
@@ -94,8 +96,10 @@ def make_engine(
     precision: Precision | None = None,
     comm: Comm | None = None,
 ) -> Engine:
-    """The engine training gives ``method`` (``precision``: under ``--amp``; ``comm``: one rank of several)."""
-    return Engine(model, method, tasks, mode=mode, recompute_every=recompute_every, comm=comm, precision=precision)
+    """The engine training gives ``method`` (``precision``: under ``--amp``; ``comm``: one rank of several),
+    with the tasks built once, as a run's."""
+    task_set = as_task_set(tasks)
+    return Engine(model, method, task_set, mode=mode, recompute_every=recompute_every, comm=comm, precision=precision)
 
 
 def check_settings(
@@ -123,8 +127,8 @@ def check_settings(
             raise ConfigError(f"{flag} must be an integer >= {low}, got {value!r}")
     if not isinstance(recompute_every, int) or recompute_every < 1:
         raise ConfigError(f"--recompute-every must be an integer >= 1, got {recompute_every!r}")
-    if grad_mode is not None and grad_mode not in MODES:
-        raise ConfigError(f"--grad-mode {grad_mode!r} is not a mode; valid: {', '.join(MODES)}")
+    if grad_mode is not None and canonical_mode(grad_mode) not in MODES:
+        raise ConfigError(f"--grad-mode {grad_mode!r} is not a mode; valid: {valid_modes()}")
     return hw, task_tuple
 
 

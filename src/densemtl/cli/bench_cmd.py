@@ -8,31 +8,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from densemtl.bench.executors import EXECUTORS, SLURM_TIME_MIN
-from densemtl.cli.train_cmd import FLAGS, add_knob_flags, given_flags
+from densemtl.cli.spec_flags import SpecHelpFormatter, add_spec_flags, given_values
 from densemtl.errors import ConfigError
 
 if TYPE_CHECKING:
     from densemtl.bench.executors import Executor
     from densemtl.bench.grid import BenchGrid
-
-#: train flags that a bench sets per cell (or does not support): not offered by ``bench``
-EXCLUDED = {
-    "--sync-bn",  # a bench run is one process
-    "--arch",
-    "--method",
-    "--seed",
-    "--peer-arch",
-    "--mimicry-weight",
-    "--mimicry-temperature",
-    "--alpha-warmup-epochs",
-}
-BENCH_FLAGS = [(flag, kw) for flag, kw in FLAGS if flag not in EXCLUDED]
-#: KEY=VALUE flags of a bench, knobs shared by every cell (one architecture's own go in the grid file).
-BENCH_KNOB_FLAGS = [
-    ("--data-arg", "data_args", "a dataset knob (repeatable)"),
-    ("--task-arg", "task_args", "a task knob as TASK:KEY=VALUE, e.g. edge:pos_weight=0.95 (repeatable)"),
-    ("--arch-arg", "arch_args", "a knob of every architecture (repeatable)"),
-]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -44,6 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "unfinished ones continue from their last checkpoint, and a run whose files are corrupt runs again. "
         "One bench process at a time per --out directory.",
         argument_default=argparse.SUPPRESS,
+        formatter_class=SpecHelpFormatter,
     )
     p.add_argument("--grid", metavar="FILE", help="YAML grid file (the same keys as the flags); flags override it")
     p.add_argument(
@@ -57,10 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--val-fraction", type=float, help="share of the train split carved out for model selection (default 0.2)"
     )
-    for flag, kw in BENCH_FLAGS:
-        p.add_argument(flag, **kw)
-    p.add_argument("--augment", action="store_true", help="MTAN random scale-crop and flip")
-    add_knob_flags(p, BENCH_KNOB_FLAGS)
+    add_spec_flags(p, bench=True)  # the config keys a bench shares between its cells
     p.add_argument("--out", metavar="DIR", help="bench directory (default: a fresh one under ./benches)")
     add_executor_flags(p)
     p.set_defaults(func=run)
@@ -130,8 +109,10 @@ def executor_from(args: argparse.Namespace, out: Path, grid: BenchGrid) -> Execu
 
 def gather(args: argparse.Namespace) -> dict[str, Any]:
     """The values of the bench flags given on the command line."""
-    flags = ["--archs", "--methods", "--seeds", "--jobs", "--val-fraction", "--out", *(f for f, _ in BENCH_FLAGS)]
-    values = given_flags(args, flags, BENCH_KNOB_FLAGS)
+    values = {
+        k: getattr(args, k) for k in ("archs", "methods", "seeds", "jobs", "val_fraction", "out") if hasattr(args, k)
+    }
+    values.update(given_values(args, bench=True))
     # --import / --trust-imports (plugins): in every run's config, so its worker imports them too
     if hasattr(args, "imports") or hasattr(args, "trust_imports"):
         from densemtl.cli.imports import command_imports

@@ -72,7 +72,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from densemtl import data
     from densemtl.data._sample_check import check_sample
     from densemtl.report.console import metrics_header, metrics_row
-    from densemtl.training.builders import check_fits_model, resolve_device
+    from densemtl.training.builders import build_task_set, check_fits_model, resolve_device
     from densemtl.training.checkpoint import load_model
     from densemtl.training.config import parse_size
     from densemtl.training.evaluation import evaluate_model
@@ -104,19 +104,13 @@ def run_eval(args: argparse.Namespace) -> int:
             f"dataset {name!r} has {ds.num_classes} classes but the checkpoint was "  # type: ignore[attr-defined]
             f"trained for {state['num_classes']}"
         )
-    tasks = tuple(t for t in state["tasks"] if t in ds.tasks)  # type: ignore[attr-defined]
-    if not tasks:
+    names = tuple(t for t in state["tasks"] if t in ds.tasks)  # type: ignore[attr-defined]
+    if not names:
         raise ConfigError(f"dataset {name!r} has none of the checkpoint's tasks {state['tasks']}")
+    # the knobs the run trained with (its config's task_args over this dataset's defaults)
+    tasks = build_task_set(cfg, state["tasks"], ds).subset(names)
     loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size)
-    metrics = evaluate_model(
-        model,
-        loader,
-        tasks,
-        state["num_classes"],
-        resolve_device(args.device),
-        progress=True,
-        task_args=getattr(ds, "task_args", None),
-    )
+    metrics = evaluate_model(model, loader, tasks, state["num_classes"], resolve_device(args.device), progress=True)
     print(f"densemtl: {name} {args.split} ({len(ds)} images), checkpoint epoch {state['epoch']}")  # type: ignore[arg-type]
     print(metrics_header(tasks))
     print(metrics_row(state["epoch"], metrics, tasks))
@@ -164,11 +158,10 @@ def check_predict_size(path: Path, image_hw: tuple[int, ...], at: tuple[int, int
 
 @torch.no_grad()
 def run_predict(args: argparse.Namespace) -> int:
-    from densemtl import tasks as task_registry
     from densemtl.data.images import read_image
     from densemtl.report.task_views import raw_array
     from densemtl.report.visualize import prediction_panel, save_panel
-    from densemtl.training.builders import check_fits_model
+    from densemtl.training.builders import build_task_set, check_fits_model
     from densemtl.training.checkpoint import load_model
     from densemtl.training.config import parse_size
 
@@ -187,6 +180,7 @@ def run_predict(args: argparse.Namespace) -> int:
     check_into_folder(out, [out / name for name in targets], inputs, args.overwrite)
     model, cfg, state = load_model(args.checkpoint, args.device)
     check_fits_model(model, cfg.arch, size)
+    tasks = build_task_set(cfg, state["tasks"])  # the knobs the run trained with
     if args.save_npy:
         arrays = [out / f"{p.stem}_{t}.npy" for p in inputs for t in state["tasks"]]
         for p in inputs:
@@ -209,7 +203,7 @@ def run_predict(args: argparse.Namespace) -> int:
             x = F.interpolate(x, size=at, mode="bilinear", align_corners=False)
         preds = model(x)
         check_outputs(model, preds, {"image": x}, tuple(state["tasks"]))  # a user's model: one line naming it
-        panel = prediction_panel(x[0], {t: v[0] for t, v in preds.items()}, state["num_classes"])
+        panel = prediction_panel(x[0], {t: v[0] for t, v in preds.items()}, state["num_classes"], tasks=tasks)
         target = out / f"{path.stem}_pred.png"
         save_panel(panel, target)
         print(f"densemtl: wrote {target} ({at[0]}x{at[1]})")
@@ -222,7 +216,7 @@ def run_predict(args: argparse.Namespace) -> int:
                 )
                 array_path = out / f"{path.stem}_{t}.npy"
                 buf = io.BytesIO()
-                np.save(buf, raw_array(task_registry.get(t), full[0]), allow_pickle=False)
+                np.save(buf, raw_array(tasks[t], full[0]), allow_pickle=False)
                 write_bytes(array_path, buf.getvalue())
                 print(f"densemtl: wrote {array_path}")
     return 0

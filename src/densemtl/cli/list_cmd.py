@@ -1,4 +1,5 @@
-"""``densemtl list``: datasets, architectures (with their knobs), timm backbones and methods (with kind and knobs)."""
+"""``densemtl list``: datasets, tasks, architectures (with their knobs), timm backbones and methods (with kind and
+knobs)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import inspect
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("list", help="list datasets, architectures and balancing methods")
+    p = sub.add_parser("list", help="list datasets, tasks (with their knobs), architectures and balancing methods")
     p.add_argument("--verbose", "-v", action="store_true", help="also knobs and parameter counts")
     p.set_defaults(func=run)
 
@@ -22,16 +23,30 @@ def _knobs(registry, name: str, skip: set[str]) -> str:  # noqa: ANN001
     return ", ".join(parts)
 
 
+def task_lines() -> list[str]:
+    """One line per task: its name and its knobs with their defaults (what ``--task-arg`` sets)."""
+    from densemtl import tasks
+
+    out = []
+    for name in tasks.available():
+        knobs = ", ".join(f"{k}={v!r}" for k, v in tasks.task_knobs(name).items())
+        out.append(f"  {name:12s} {knobs or '-'}")
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     from densemtl import data, methods, models
     from densemtl.training.builders import STANDARD_DATA_KEYS, build_method
 
     print("datasets:      " + ", ".join(data.available()))
+    print("tasks (knobs: --task-arg TASK:KEY=VALUE):")
+    print("\n".join(task_lines()))
     print("architectures: " + ", ".join(models.available()))
     print("methods:       " + ", ".join(methods.available()))
     from densemtl.balancing import LIBMTL_NAMES
 
     print("               (also LibMTL's names: " + ", ".join(LIBMTL_NAMES) + ")")
+    print("schemes:       " + ", ".join(scheme_lines()))
     if not args.verbose:
         return 0
     print("\narchitectures (parameters for NYUv2: 13 classes, depth, normals):")
@@ -63,6 +78,14 @@ def run(args: argparse.Namespace) -> int:
         kind = "weighting" if req.uses_losses else "optimizer" if req.optimizer == "sgd" else "gradient"
         print(f"  {name:12s} {kind:9s} {'/'.join(req.modes):33s} {_knobs(methods.METHODS, name, {'num_tasks'})}")
     return 0
+
+
+def scheme_lines() -> list[str]:
+    """Each training scheme with its knobs (``--scheme-arg KEY=VALUE``, each a config key with its default)."""
+    from densemtl.cli.spec_flags import scheme_knob_text
+    from densemtl.training.schemes import SCHEMES
+
+    return [f"{name} ({scheme_knob_text(name) or 'no knobs'})" for name in SCHEMES.available()]
 
 
 def print_timm_backbones(count: bool = True) -> None:

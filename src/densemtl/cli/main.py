@@ -1,7 +1,9 @@
 """Entry point: ``densemtl {train,eval,predict,data,list,speed,bench,export}`` and ``densemtl --version``.
 
 User mistakes (``DenseMTLError``) are printed as one line, ``densemtl: error: ...``, with exit
-status 2; nothing is written or overwritten when a command refuses.
+status 2; nothing is written or overwritten when a command refuses. An exception raised inside a
+user's module (a plugin) is the plugin's: one line naming it, its file and line. With
+``DENSEMTL_TRACEBACK=1`` in the environment every such line is preceded by the full traceback.
 """
 
 from __future__ import annotations
@@ -86,46 +88,61 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress_every()  # a bad $DENSEMTL_PROGRESS_EVERY is refused before any work
         return int(args.func(args) or 0)
     except DenseMTLError as e:
-        from densemtl.launch import leave_it_to_rank_0, speaks
-
-        if not speaks():  # before the ranks join, rank 0 speaks for all: they found the same mistake
-            leave_it_to_rank_0()
-        elif not getattr(e, "quiet", False):  # quiet: a copy, on another rank, of rank 0's error
-            show_cause(e)
-            sys.stderr.write(f"densemtl: error: {one_line(str(e))}\n")
-        return e.exit_code
+        return report(e)
     except OSError as e:  # a write or read the commands did not anticipate: still one line, exit 1
         where = f"{e.filename}: " if e.filename else ""
+        show_cause(e)
         sys.stderr.write(f"densemtl: error: {one_line(where + str(e.strerror or e))}\n")
         return 1
-    except MemoryError:
+    except MemoryError as e:
+        show_cause(e)
         sys.stderr.write("densemtl: error: out of memory; use a smaller --size or --batch-size\n")
-        return 1
-    except RuntimeError as e:  # the accelerator's allocator: torch.cuda.OutOfMemoryError
-        import torch
-
-        if not isinstance(e, torch.cuda.OutOfMemoryError):
-            raise
-        sys.stderr.write("densemtl: error: out of GPU memory; use a smaller --size or --batch-size\n")
         return 1
     except KeyboardInterrupt:
         sys.stderr.write("densemtl: interrupted\n")
         return 130
+    except Exception as e:  # noqa: BLE001 - out of memory on the accelerator, or a plugin's bug; else re-raised
+        torch = sys.modules.get("torch")
+        if torch is not None and isinstance(e, torch.cuda.OutOfMemoryError):
+            show_cause(e)
+            sys.stderr.write("densemtl: error: out of GPU memory; use a smaller --size or --batch-size\n")
+            return 1
+        from densemtl.plugin_faults import plugin_fault
+
+        fault = plugin_fault(e, plugins.loaded())  # raised inside a user's module: one line naming its file and line
+        if fault is None:
+            raise  # densemtl's own bug: its traceback
+        return report(fault)
     finally:
         plugins.end_command()
 
 
+def report(e: DenseMTLError) -> int:
+    """Print ``e`` as one line (its traceback first with ``DENSEMTL_TRACEBACK=1``); its exit status."""
+    from densemtl.launch import leave_it_to_rank_0, speaks
+
+    if not speaks():  # before the ranks join, rank 0 speaks for all: they found the same mistake
+        leave_it_to_rank_0()
+    elif not getattr(e, "quiet", False):  # quiet: a copy, on another rank, of rank 0's error
+        show_cause(e)
+        sys.stderr.write(f"densemtl: error: {one_line(str(e))}\n")
+    return e.exit_code
+
+
 def show_cause(e: BaseException) -> None:
-    """With ``DENSEMTL_TRACEBACK=1``: the full traceback of the user's code (a plugin) behind ``e``."""
+    """With ``DENSEMTL_TRACEBACK=1``: the full traceback behind the one line ``e`` prints: that of
+    the user's code (a plugin) that raised, when ``e`` carries it as ``cause``, else ``e``'s own."""
     import os
 
     from densemtl.plugin_faults import TRACEBACK_ENV
 
-    cause = getattr(e, "cause", None)
-    if os.environ.get(TRACEBACK_ENV, "").strip() not in ("", "0") and isinstance(cause, BaseException):
-        import traceback
+    if os.environ.get(TRACEBACK_ENV, "").strip() in ("", "0"):
+        return
+    import traceback
 
-        traceback.print_exception(type(cause), cause, cause.__traceback__, file=sys.stderr)
+    cause = getattr(e, "cause", None)
+    shown = cause if isinstance(cause, BaseException) else e
+    traceback.print_exception(type(shown), shown, shown.__traceback__, file=sys.stderr)
 
 
 def one_line(message: str) -> str:

@@ -50,7 +50,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="a synthetic dataset knob, as for train (repeatable), e.g. tasks=seg,depth,normal,edge,saliency",
     )
     p.add_argument("--recompute-every", type=int, default=1, help="reuse Gramian weightings' weights for k steps")
-    p.add_argument("--grad-mode", help="representation, gramian or parameters (default: each method's own)")
+    p.add_argument(
+        "--grad-mode", help="representation, gramian or parameters (alias jacobian) (default: each method's own)"
+    )
     p.add_argument("--repeats", type=int, default=5, help="timed steps per method, interleaved (default: 5)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per method first (default: 2)")
     p.add_argument("--seed", type=int, default=0)

@@ -9,129 +9,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from densemtl.training.config import DEMO, parse_kv, parse_size, parse_task_args, parse_tasks
-
-FLAGS: list[tuple[str, dict[str, Any]]] = [
-    ("--dataset", {"help": "synthetic (default), nyuv2, cityscapes, nyud or pascal_context"}),
-    (
-        "--data-root",
-        {"help": "root of a dataset in the MTAN layout ROOT/{train,val}/{image,label,depth,normal}"},
-    ),
-    ("--size", {"help": "HxW to train at (default: the dataset's own)"}),
-    ("--tasks", {"help": "comma-separated tasks to train, a subset of the dataset's (default: all of them)"}),
-    ("--n-train", {"type": int, "help": "number of training samples (synthetic size, or a subset)"}),
-    ("--n-val", {"type": int, "help": "number of validation samples"}),
-    ("--num-classes", {"type": int, "help": "cityscapes: 7 (default) or 19"}),
-    ("--arch", {"help": "architecture (densemtl list)"}),
-    ("--method", {"help": "balancing method (densemtl list)"}),
-    (
-        "--grad-mode",
-        {
-            "help": "how per-task gradients are taken: representation, gramian or parameters "
-            "(default: the method's choice)"
-        },
-    ),
-    ("--recompute-every", {"type": int, "help": "reuse a Gramian method's task weights for k steps"}),
-    ("--peer-arch", {"help": "MDML: train a peer network of this architecture by mutual learning"}),
-    ("--mimicry-weight", {"type": float, "help": "MDML: weight alpha of the mimicry losses (default 1)"}),
-    ("--mimicry-temperature", {"type": float, "help": "MDML: softmax temperature of the segmentation KL"}),
-    ("--alpha-warmup-epochs", {"type": int, "help": "MDML: ramp alpha linearly from 0 over N epochs"}),
-    ("--epochs", {"type": int}),
-    ("--batch-size", {"type": int}),
-    ("--lr", {"type": float, "help": "learning rate (default 2e-3)"}),
-    ("--weight-decay", {"type": float}),
-    (
-        "--optimizer",
-        {"choices": ["adam", "adamw", "sgd"], "help": "adam (default), adamw (decoupled weight decay) or sgd"},
-    ),
-    ("--momentum", {"type": float, "help": "sgd's momentum (default 0.9)"}),
-    (
-        "--lr-schedule",
-        {
-            "choices": ["step", "cosine", "poly", "none"],
-            "help": "learning-rate schedule, taken per epoch: step (default: x--lr-gamma every --lr-step epochs), "
-            "cosine (towards 0 over --epochs), poly (DeepLab's (1 - epoch/epochs)^0.9) or none (constant)",
-        },
-    ),
-    (
-        "--lr-step",
-        {
-            "type": int,
-            "help": "step schedule: multiply the learning rate by --lr-gamma every N epochs (default: 2/3 of "
-            "--epochs, so it halves once; the synthetic demo preset: 10 of its 15); config.yaml holds the value",
-        },
-    ),
-    ("--lr-gamma", {"type": float, "help": "step schedule: the factor of each decay (default 0.5)"}),
-    (
-        "--warmup-epochs",
-        {"type": int, "help": "ramp the learning rate up linearly over the first N epochs (default 0)"},
-    ),
-    ("--seed", {"type": int}),
-    ("--device", {"help": "cpu, cuda, cuda:N or auto"}),
-    ("--workers", {"type": int, "help": "data loader processes"}),
-    (
-        "--checkpoint-every",
-        {"type": int, "metavar": "N", "help": "also write checkpoints/last.pt every N steps within an epoch (0 = off)"},
-    ),
-    (
-        "--skip-nonfinite",
-        {
-            "type": int,
-            "metavar": "N",
-            "help": "skip up to N steps with a NaN or inf loss or update (counted in metrics.jsonl) "
-            "instead of stopping the run",
-        },
-    ),
-    (
-        "--amp",
-        {
-            "choices": ["off", "bf16", "fp16"],
-            "help": "mixed precision: autocast the forward pass to bf16 or fp16 (fp16 with a gradient "
-            "scaler); every method's aggregation stays float32 (default: off)",
-        },
-    ),
-    (
-        "--sync-bn",
-        {
-            "action": argparse.BooleanOptionalAction,
-            "help": "under torchrun: batch-norm statistics over the global batch (default: on with several processes)",
-        },
-    ),
-    (
-        "--diagnostics-every",
-        {"type": int, "help": "sample task-gradient cosines and per-block balance every K steps (0 = off)"},
-    ),
-]
-
-
-#: Repeatable KEY=VALUE flags: (flag, config key, help).
-KNOB_FLAGS: list[tuple[str, str, str]] = [
-    ("--data-arg", "data_args", "a dataset knob (repeatable)"),
-    ("--task-arg", "task_args", "a task knob as TASK:KEY=VALUE, e.g. edge:pos_weight=0.95 (repeatable)"),
-    ("--arch-arg", "arch_args", "an architecture knob (repeatable)"),
-    ("--method-arg", "method_args", "a method knob (repeatable)"),
-    (
-        "--peer-arg",
-        "peer_args",
-        "MDML: a peer architecture knob, over those it inherits from --arch-arg (all of them for the "
-        "same architecture, those it takes for another)",
-    ),
-]
-
-
-def add_knob_flags(p: argparse.ArgumentParser, flags: list[tuple[str, str, str]]) -> None:
-    for flag, _, help_text in flags:
-        p.add_argument(flag, action="append", metavar="KEY=VALUE", help=help_text)
+from densemtl.cli.spec_flags import SpecHelpFormatter, add_spec_flags, given_values
+from densemtl.training.config import DEMO
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "train", help="train a multi-task model (no arguments: the demo)", argument_default=argparse.SUPPRESS
+        "train",
+        help="train a multi-task model (no arguments: the demo)",
+        argument_default=argparse.SUPPRESS,
+        formatter_class=SpecHelpFormatter,
     )
-    for flag, kw in FLAGS:
-        p.add_argument(flag, **kw)
-    p.add_argument("--augment", action="store_true", help="MTAN random scale-crop and flip")
-    add_knob_flags(p, KNOB_FLAGS)
+    add_spec_flags(p)  # every config key's flag, by section (densemtl.training.config_spec)
     p.add_argument("--config", metavar="FILE", help="YAML config; flags override it")
     p.add_argument("--out", metavar="RUN", help="run directory (default: a fresh one under ./runs)")
     p.add_argument(
@@ -149,31 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "the new last epoch; one line prints the plan); by default the schedule is kept as the run planned it",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--tensorboard", action="store_true", help="also write RUN/tensorboard/ event files")
     p.set_defaults(func=run)
-
-
-def given_flags(args: argparse.Namespace, flags: list[str], knobs: list[tuple[str, str, str]]) -> dict[str, Any]:
-    """The config values of the flags given on the command line (argparse leaves the others unset:
-    ``SUPPRESS`` defaults): each of ``flags`` as its key, the KEY=VALUE ``knobs`` as mappings."""
-    values: dict[str, Any] = {}
-    for flag in flags:
-        key = flag[2:].replace("-", "_")
-        if hasattr(args, key):
-            values[key] = getattr(args, key)
-    if isinstance(values.get("size"), str):
-        values["size"] = parse_size(values["size"])
-    if isinstance(values.get("tasks"), str):
-        values["tasks"] = parse_tasks(values["tasks"], "--tasks")
-    for flag in ("--augment", "--tensorboard"):
-        if getattr(args, flag[2:], False):
-            values[flag[2:]] = True
-    for flag, key, _ in knobs:
-        attr = flag[2:].replace("-", "_")
-        if hasattr(args, attr):
-            parse = parse_task_args if key == "task_args" else parse_kv
-            values[key] = parse(getattr(args, attr), flag)
-    return values
 
 
 def run(args: argparse.Namespace) -> int:
@@ -186,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from densemtl.training.schedule import resume_note
     from densemtl.training.trainer import Trainer
 
-    values = given_flags(args, [flag for flag, _ in FLAGS], KNOB_FLAGS)
+    values = given_values(args)
     # --import / --trust-imports (plugins): added to the config file's or resumed run's imports
     if hasattr(args, "imports") or hasattr(args, "trust_imports"):
         from densemtl.cli.imports import command_imports

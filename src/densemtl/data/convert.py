@@ -37,7 +37,6 @@ from densemtl.errors import ConfigError, DataError
 #: The datasets ``data convert`` reads, and the size each is stored at by default (MTAN's).
 SIZES = {"nyuv2": (288, 384), "cityscapes": (128, 256)}
 NYU_DEPTH = ("depth_mm.png", "depth_filled_mm.png", "depth_raw_mm.png")
-CITYSCAPES_CLASSES = (7, 19)
 #: A raw NYUv2 frame folder's files, as its error names them.
 _WANTED = {
     "rgb": "rgb.png",

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from densemtl import tasks as task_registry
 from densemtl.errors import ConfigError
-from densemtl.tasks import Task
+from densemtl.tasks import Task, TaskSet
 
 __all__ = ["random_scale_crop_flip", "resize_sample"]
 
@@ -38,9 +38,11 @@ def _resize_target(x: torch.Tensor, size: tuple[int, int], mode: str = _NEAREST)
 
 
 def _specs(sample: dict[str, torch.Tensor]) -> dict[str, Task | None]:
-    """The keys a transform touches, in sample order: ``image`` (None) and the registered tasks."""
+    """The keys a transform touches, in sample order: ``image`` (None) and the registered tasks
+    (with their defaults: what a resize, flip or zoom does to a target depends on no knob)."""
     known = set(task_registry.available())
-    return {k: None if k == "image" else task_registry.get(k) for k in sample if k == "image" or k in known}
+    tasks = TaskSet(k for k in sample if k != "image" and k in known)
+    return {k: None if k == "image" else tasks[k] for k in sample if k == "image" or k in known}
 
 
 def _resize(x: torch.Tensor, task: Task | None, size: tuple[int, int]) -> torch.Tensor:

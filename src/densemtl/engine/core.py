@@ -13,7 +13,7 @@ re-evaluates the batch for a method that declares ``reevaluate`` (FAMO).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +26,9 @@ from densemtl.engine.protocols import EngineModel
 from densemtl.engine.strategies import STRATEGIES, Context, Forward, NonFiniteGradientError, StepResult
 from densemtl.errors import ConfigError
 from densemtl.plugin_contracts import check_outputs
+
+if TYPE_CHECKING:
+    from densemtl.tasks import TaskSet
 
 __all__ = [
     "MODES",
@@ -42,15 +45,16 @@ class Engine:
     """Computes the update of one batch for ``model`` under ``method`` and writes it into ``.grad``.
 
     ``model`` is a :class:`~densemtl.models.base.MultiTaskModel` (any ``nn.Module`` meeting
-    :class:`~densemtl.engine.protocols.EngineModel`) with every task of ``tasks``; for one's own
-    ``nn.Module`` and losses, :func:`densemtl.backward` drives the same strategies.
+    :class:`~densemtl.engine.protocols.EngineModel`) with every task of ``tasks`` (the run's
+    :class:`~densemtl.tasks.TaskSet`, whose knobs set the losses; names: their defaults); for one's
+    own ``nn.Module`` and losses, :func:`densemtl.backward` drives the same strategies.
     """
 
     def __init__(
         self,
         model: EngineModel,
         method: BalancingMethod,
-        tasks: tuple[str, ...],
+        tasks: TaskSet | Sequence[str],
         *,
         mode: str | None = None,
         recompute_every: int = 1,
@@ -64,13 +68,21 @@ class Engine:
         #: the forward pass's precision and fp16's gradient scaler (:mod:`densemtl.engine.precision`)
         self.precision = precision if precision is not None else Precision()
         self.method = method
-        self.tasks = tasks
+        from densemtl.tasks import TaskSet
+
+        #: the run's configured tasks, whose losses are balanced (None when given names: the model's
+        #: ``task_losses`` then uses their defaults, or its own losses); ``tasks``: their names
+        self.task_set = tasks if isinstance(tasks, TaskSet) else None
+        self.tasks: tuple[str, ...] = tuple(tasks)
+        check_declaration(method)
         self.mode = check_mode(method, mode, has_representation=model.has_representation, owner=type(model).__name__)
         check_recompute_every(method, recompute_every)
         self.recompute_every = recompute_every
         self.step_count = 0
-        own = [model.task_parameters(t) for t in tasks]
-        ctx = Context(model, method, tasks, model.shared_parameters(), own, self.comm, self.precision)
+        own = [model.task_parameters(t) for t in self.tasks]
+        shared = model.shared_parameters()
+        check_split(model, shared)
+        ctx = Context(model, method, self.tasks, shared, own, self.comm, self.precision)
         #: how this engine's gradient source becomes ``.grad`` (one per mode)
         self.strategy = STRATEGIES[self.mode](ctx, recompute_every)
 
@@ -93,7 +105,7 @@ class Engine:
         """Each task's scalar loss (the model's extra losses included), in task order; a user's
         model whose predictions are not what the tasks need: one line naming it."""
         check_outputs(self.model, preds, batch, self.tasks)
-        losses = self.model.task_losses(preds, batch, self.tasks)
+        losses = self.model.task_losses(preds, batch, self.tasks if self.task_set is None else self.task_set)
         return [losses[t] for t in self.tasks]
 
     def task_losses(self, preds: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
@@ -166,7 +178,7 @@ class Engine:
         self.strategy.load_state_dict(state)
 
 
-def check_model(model: object, tasks: Sequence[str]) -> None:
+def check_model(model: object, tasks: TaskSet | Sequence[str]) -> None:
     """A MultiTaskModel (an :class:`EngineModel` module) that has every task of ``tasks``, or a
     one-line ConfigError."""
     if not isinstance(model, nn.Module) or not isinstance(model, EngineModel):
@@ -182,6 +194,40 @@ def check_model(model: object, tasks: Sequence[str]) -> None:
             f"Engine: task(s) {', '.join(map(repr, missing))} are not tasks of {type(model).__name__} "
             f"(its tasks: {', '.join(model.tasks)})"
         )
+
+
+def check_split(model: EngineModel, shared: Sequence[Tensor]) -> None:
+    """A one-line ConfigError naming ``model``'s class unless its parameters split into shared
+    ones and ones each task owns: some parameter owned by a task (``task_parameters``; by default
+    those of ``self.heads[task]``), none owned by two tasks nor both shared and a task's."""
+    name = type(model).__name__
+    owner: dict[int, str] = {}
+    for t in model.tasks:
+        for p in model.task_parameters(t):
+            if owner.setdefault(id(p), t) != t:
+                raise ConfigError(f"{name}: a parameter is owned by both task {owner[id(p)]!r} and task {t!r} "
+                                  "(task_parameters(t) must be the parameters task t alone uses)")  # fmt: skip
+    if not owner and any(p.requires_grad for p in model.parameters()):
+        raise ConfigError(
+            f"{name}: no task owns a parameter (task_parameters gives none: name the heads self.heads, an "
+            "nn.ModuleDict by task, or override task_parameters(task)); every parameter would be shared"
+        )
+    both = [p for p in shared if id(p) in owner]
+    if both:
+        raise ConfigError(
+            f"{name}: {len(both)} parameter(s) both shared (shared_parameters) and owned by task "
+            f"{owner[id(both[0])]!r} (task_parameters)"
+        )
+
+
+def check_declaration(method: BalancingMethod) -> None:
+    """A one-line ConfigError unless ``method`` declares ``requirements`` it can honour (an
+    instance may set its own in ``__init__``: checked here, the class's when it was defined)."""
+    from densemtl.balancing.base import protocol_gap
+
+    gap = protocol_gap(method) if isinstance(method, BalancingMethod) else "it is not a BalancingMethod"
+    if gap:
+        raise ConfigError(f"Engine: method {type(method).__name__}: {gap}")
 
 
 def check_batch(batch: Mapping[str, Tensor], tasks: Sequence[str]) -> None:

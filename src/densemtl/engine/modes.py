@@ -5,15 +5,35 @@ Modes, cheapest first:
 - ``representation``: per-task gradients with respect to the shared representation.
 - ``gramian``: G = J Jᵀ without assembling J, for methods of the form c(G) @ J.
 - ``parameters``: the Jacobian J of the shared parameters, by T backward passes.
+
+Each mode may also be named by the gradient source it computes (``Requirements.sources``):
+``losses`` is ``loss``, and ``jacobian`` (J whole) and ``rows`` (J one row at a time) are
+``parameters`` (:data:`MODE_ALIASES`), so ``--grad-mode jacobian`` is ``--grad-mode parameters``.
 """
 
 from __future__ import annotations
 
-from densemtl.balancing.base import BalancingMethod
+from densemtl.balancing.base import MODE_OF, BalancingMethod
 from densemtl.engine.strategies import STRATEGIES
 from densemtl.errors import ConfigError
 
 MODES: tuple[str, ...] = tuple(STRATEGIES)
+#: a gradient source's name -> the mode that computes it, where the two names differ
+MODE_ALIASES: dict[str, str] = {s: m for s, m in MODE_OF.items() if s != m}
+
+
+def canonical_mode(mode: str) -> str:
+    """The mode ``mode`` names (a mode, or the source it computes: ``jacobian`` -> ``parameters``)."""
+    return MODE_ALIASES.get(mode, mode) if isinstance(mode, str) else mode
+
+
+def valid_modes() -> str:
+    """The modes with their source names, for messages: ``loss (losses), ..., parameters (jacobian, rows)``."""
+    out = []
+    for m in MODES:
+        others = [a for a, n in MODE_ALIASES.items() if n == m]
+        out.append(f"{m} ({', '.join(others)})" if others else m)
+    return ", ".join(out)
 
 
 def default_mode(method: BalancingMethod, has_representation: bool) -> str:
@@ -39,9 +59,10 @@ def check_mode(
     if mode is None:
         return default_mode(method, has_representation)
     said = f"{flag} {mode}" if flag.startswith("--") else f"{flag}={mode!r}"
+    mode = canonical_mode(mode)
     if mode not in MODES:
         bad = f"{flag} {mode!r}" if flag.startswith("--") else said
-        raise ConfigError(f"{bad} is not a mode; valid: {', '.join(MODES)}")
+        raise ConfigError(f"{bad} is not a mode; valid: {valid_modes()}")
     if req.uses_losses and mode != "loss":
         raise ConfigError(f"{said}: {name} is a loss weighting and uses mode 'loss'")
     if not req.uses_losses and mode == "loss":

@@ -17,10 +17,10 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from densemtl import tasks as task_registry
 from densemtl.models._knobs import check_finite_nonnegative, check_positive_int
 from densemtl.models.backbones import check_backbone
 from densemtl.models.layers import residual_block, upsample
+from densemtl.tasks import TaskSet, as_task_set
 
 GATES = ("target", "source")
 
@@ -75,14 +75,17 @@ class DeepSupervision:
 
         extra_t = aux_weight · Σ_i L_t(upsample(a_{t,i}, size(y_t)), y_t)
 
-    with L_t the task's own loss (``densemtl.tasks.get(t).loss``), as in PAD-Net's and MTI-Net's
-    deep supervision. The engine adds ``extra_t`` to task t's loss.
+    with L_t the task's own loss (the run's configured task, ``tasks[t].loss``; the model's tasks
+    with their defaults when ``tasks`` is None), as in PAD-Net's and MTI-Net's deep supervision.
+    The engine adds ``extra_t`` to task t's loss.
     """
 
     aux_weight: float
     tasks: tuple[str, ...]
 
-    def extra_losses(self, preds: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    def extra_losses(
+        self, preds: dict[str, Tensor], batch: dict[str, Tensor], tasks: TaskSet | None = None
+    ) -> dict[str, Tensor]:
         """``aux_weight`` × the summed losses of the auxiliary predictions in ``preds.aux``, per task."""
         if self.aux_weight == 0:
             return {}
@@ -92,10 +95,11 @@ class DeepSupervision:
                 f"{type(self).__name__}.extra_losses needs the Predictions its forward returned "
                 "(with their .aux), not a copy of the task predictions"
             )
+        task_set = tasks if tasks is not None else as_task_set(self.tasks)
         out = {}
         for t in self.tasks:
             target = batch[t]
-            loss_fn = task_registry.get(t).loss
+            loss_fn = task_set[t].loss
             loss = sum(loss_fn(upsample(p, target.shape[-2:]), target) for p in aux[t])
             out[t] = self.aux_weight * loss
         return out

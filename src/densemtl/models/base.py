@@ -6,17 +6,18 @@ parameters are shared between tasks. Models with a single shared trunk also expo
 that the gradient engine can take per-task gradients with respect to the representation.
 
 Deeply supervised models (PAD-Net, MTI-Net) return ``Predictions``: the same ``{task: prediction}``
-mapping, carrying the forward's auxiliary predictions in ``.aux``; ``extra_losses(preds, batch)``
-reads them there. Whoever iterates the predictions sees the tasks only.
+mapping, carrying the forward's auxiliary predictions in ``.aux``; ``extra_losses(preds, batch,
+tasks)`` reads them there. Whoever iterates the predictions sees the tasks only.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Iterator, Mapping
 
 from torch import Tensor, nn
 
-from densemtl.tasks import compute_losses
+from densemtl.tasks import TaskSet, as_task_set
 
 
 class Predictions(dict[str, Tensor]):
@@ -90,19 +91,28 @@ class MultiTaskModel(nn.Module):
             if p.requires_grad and id(p) not in own:
                 yield name, p
 
-    def extra_losses(self, preds: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Auxiliary per-task losses (deep supervision) of the forward that returned ``preds``.
+    def extra_losses(
+        self, preds: dict[str, Tensor], batch: dict[str, Tensor], tasks: TaskSet | None = None
+    ) -> dict[str, Tensor]:
+        """Auxiliary per-task losses (deep supervision) of the forward that returned ``preds``;
+        ``tasks`` the run's configured tasks (None: the model's, with their defaults).
 
-        :meth:`task_losses` adds ``extra_losses(preds, batch)[t]`` to task ``t``'s loss. Default: none.
+        :meth:`task_losses` adds ``extra_losses(preds, batch, tasks)[t]`` to task ``t``'s loss.
+        Default: none.
         """
         return {}
 
     def task_losses(
-        self, preds: dict[str, Tensor], batch: dict[str, Tensor], tasks: Iterable[str] | None = None
+        self, preds: dict[str, Tensor], batch: dict[str, Tensor], tasks: TaskSet | Iterable[str] | None = None
     ) -> dict[str, Tensor]:
-        """Each task's loss (default: every task of the model, in order) plus its
-        :meth:`extra_losses`: the per-task losses that training balances."""
-        losses = compute_losses(preds, batch, self.tasks if tasks is None else tasks)
-        for task, extra in self.extra_losses(preds, batch).items():
+        """Each task's loss plus its :meth:`extra_losses`: the per-task losses that training
+        balances. ``tasks``: the run's TaskSet, whose knobs set the losses (names, or None for every
+        task of the model: their defaults), in order."""
+        task_set = as_task_set(self.tasks if tasks is None else tasks)
+        losses = task_set.losses(preds, batch)
+        extra_losses = self.extra_losses
+        takes_tasks = len(inspect.signature(extra_losses).parameters) >= 3  # an override of 0.5's two-argument form
+        extras = extra_losses(preds, batch, task_set) if takes_tasks else extra_losses(preds, batch)  # type: ignore[call-arg]
+        for task, extra in extras.items():
             losses[task] = losses[task] + extra
         return losses

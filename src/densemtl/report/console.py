@@ -4,24 +4,25 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from densemtl import tasks as task_registry
+from densemtl.tasks import TaskSet, as_task_set
 
 WIDTH = 8
 
 
-def metrics_header(tasks: Sequence[str]) -> str:
-    """The header line: ``epoch`` then every task's column labels."""
+def metrics_header(tasks: TaskSet | Sequence[str]) -> str:
+    """The header line: ``epoch`` then every task's column labels (``tasks``: the run's TaskSet,
+    or names: their defaults)."""
     cells = ["epoch".rjust(5)]
-    for t in tasks:
-        cells += [c.label.rjust(WIDTH) for c in task_registry.get(t).table_columns()]
+    for task in as_task_set(tasks).values():
+        cells += [c.label.rjust(WIDTH) for c in task.table_columns()]
     return " ".join(cells)
 
 
-def metrics_row(epoch: int, metrics: Mapping[str, Mapping[str, float | None]], tasks: Sequence[str]) -> str:
+def metrics_row(epoch: int, metrics: Mapping[str, Mapping[str, float | None]], tasks: TaskSet | Sequence[str]) -> str:
     """One epoch's line; a missing or NaN metric shows as ``-``."""
     cells = [str(epoch).rjust(5)]
-    for t in tasks:
-        for c in task_registry.get(t).table_columns():
+    for t, task in as_task_set(tasks).items():
+        for c in task.table_columns():
             value = metrics[t].get(c.metric)
             ok = value is not None and value == value
             cells.append((c.fmt.format(value) if ok else "-").rjust(WIDTH))

@@ -29,6 +29,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from densemtl import tasks as task_registry  # noqa: E402
+from densemtl.tasks import TaskSet, as_task_set  # noqa: E402
 
 #: Line styles of the members: the main network, peers, the ensemble.
 STYLES = {"main": "-", "peer": "--", "ensemble": ":"}
@@ -40,7 +41,7 @@ def _num(value: Any) -> float:
 
 def arrow(task: str, metric: str) -> str:
     """ " ↑" when higher is better, " ↓" when lower is, "" when the metric has no direction."""
-    lower = task_registry.get(task).lower_is_better.get(metric)
+    lower = task_registry.TASKS.get(task).lower_is_better.get(metric)  # as the class declares
     return "" if lower is None else (" ↓" if lower else " ↑")
 
 
@@ -131,7 +132,6 @@ def save_figure(fig: Figure, path: Path) -> Path:
     return path
 
 
-
 def plot_losses_and_weights(history: list[dict[str, Any]], tasks: tuple[str, ...], out: Path) -> list[Path]:
     """losses.png, and weights.png unless the weights stayed constant (then a note in losses.png)."""
     if not any(r.get("train_loss") for r in history):
@@ -171,10 +171,10 @@ def _metric_panel(
     return drawn
 
 
-def metrics_figure(history: list[dict[str, Any]], tasks: tuple[str, ...]) -> Figure:
+def metrics_figure(history: list[dict[str, Any]], tasks: TaskSet | tuple[str, ...]) -> Figure:
     """metrics.png's figure (see the module doc): 2.2 inches per task row, 2.4 per panel of the
-    widest row. The caller closes it."""
-    columns = {t: task_registry.get(t).table_columns() for t in tasks}
+    widest row; ``tasks`` the run's TaskSet (or names: their defaults). The caller closes it."""
+    columns = {t: task.table_columns() for t, task in as_task_set(tasks).items()}
     ncols = max(len(c) for c in columns.values())
     best = selected_epoch(history)
     fig = plt.figure(figsize=(2.4 * ncols, 2.2 * len(tasks)), layout="constrained")
@@ -211,9 +211,9 @@ def metrics_figure(history: list[dict[str, Any]], tasks: tuple[str, ...]) -> Fig
     return fig
 
 
-def plot_run(history: list[dict[str, Any]], tasks: tuple[str, ...], out: Path) -> list[Path]:
+def plot_run(history: list[dict[str, Any]], tasks: TaskSet | tuple[str, ...], out: Path) -> list[Path]:
     """Write losses.png, weights.png (unless constant) and metrics.png from metrics.jsonl records;
     return the paths written."""
     out.mkdir(parents=True, exist_ok=True)
     metrics = save_figure(metrics_figure(history, tasks), out / "metrics.png")
-    return [*plot_losses_and_weights(history, tasks, out), metrics]
+    return [*plot_losses_and_weights(history, tuple(tasks), out), metrics]

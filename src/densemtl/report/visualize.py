@@ -16,7 +16,6 @@ import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
@@ -33,8 +32,8 @@ from PIL import Image  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 from torch.utils.data import Dataset  # noqa: E402
 
-from densemtl import tasks as task_registry  # noqa: E402
 from densemtl.report.task_views import Classes, ColourBar, Legend, legend  # noqa: E402
+from densemtl.tasks import TaskSet, as_task_set  # noqa: E402
 from densemtl.tasks.base import Task  # noqa: E402
 
 #: The most classes a legend under a column names (the lowest ids shown; the rest are counted).
@@ -59,14 +58,17 @@ def prediction_panel(
     preds: Mapping[str, Tensor],
     num_classes: int,
     targets: Mapping[str, Tensor] | None = None,
+    tasks: TaskSet | None = None,
 ) -> np.ndarray:
     """One sample's panel (H, W*(1+tasks), 3): the input, then each task's prediction (no batch
-    dimension) in the order of ``preds``, coloured by the task; ``targets`` (the sample's ground
-    truth, optional) lets a task colour on the ground truth's range."""
+    dimension) in the order of ``preds``, coloured by the task (of ``tasks``, the run's TaskSet;
+    default: the tasks' defaults); ``targets`` (the sample's ground truth, optional) lets a task
+    colour on the ground truth's range."""
     targets = targets or {}
+    views = tasks if tasks is not None else as_task_set(preds)
     tiles = [_image_tile(image)]
     for t, pred in preds.items():
-        tiles.append(task_registry.get(t).colour(pred, num_classes, targets.get(t)))
+        tiles.append(views[t].colour(pred, num_classes, targets.get(t)))
     return _join(tiles)
 
 
@@ -152,20 +154,21 @@ def prediction_figure(
     num_classes: int,
     *,
     class_names: Sequence[str] = (),
-    task_args: Mapping[str, Mapping[str, Any]] | None = None,
+    tasks: TaskSet | None = None,
 ) -> Figure:
     """The labelled grid of ``samples`` (see the module doc); tasks in the order of the first
-    sample's predictions. The caller closes the figure."""
-    tasks = list(samples[0].preds)
-    views = {t: task_registry.get(t, **dict((task_args or {}).get(t, {}))) for t in tasks}
+    sample's predictions, coloured as ``tasks`` (the run's TaskSet; default: the tasks' defaults)
+    say. The caller closes the figure."""
+    views = tasks if tasks is not None else as_task_set(samples[0].preds)
+    names = list(samples[0].preds)
     legends = {
-        t: [legend(views[t], s.preds[t], s.targets.get(t), num_classes, class_names) for s in samples] for t in tasks
+        t: [legend(views[t], s.preds[t], s.targets.get(t), num_classes, class_names) for s in samples] for t in names
     }
-    bar_after = {t for t in tasks if _per_sample_bars(legends[t])}
+    bar_after = {t for t in names if _per_sample_bars(legends[t])}
     # columns: the input, each task (and a narrow colour-bar column after a task whose scale varies)
     widths = [1.0]
     column: dict[str, int] = {}
-    for t in tasks:
+    for t in names:
         column[t] = len(widths)
         widths += [1.0, 0.07, 0.28] if t in bar_after else [1.0]
     # rows: per sample a prediction and a ground truth, a gap between samples
@@ -195,7 +198,7 @@ def prediction_figure(
     last_true: dict[int, Axes] = {}
     for i, s in enumerate(samples):
         r = 3 * i
-        for j, t in [(0, None), *((column[t], t) for t in tasks)]:
+        for j, t in [(0, None), *((column[t], t) for t in names)]:
             pred_ax, true_ax = fig.add_subplot(grid[r, j]), fig.add_subplot(grid[r + 1, j])
             for ax in (pred_ax, true_ax):
                 _blank(ax)
@@ -220,7 +223,7 @@ def prediction_figure(
             bar = legends[t][i]
             if t in bar_after and isinstance(bar, ColourBar):
                 _colour_bar(fig.add_subplot(grid[r : r + 2, column[t] + 1]), bar, "vertical")
-    for t in tasks:
+    for t in names:
         found = [g for g in legends[t] if g is not None]
         if found and t not in bar_after:
             _column_legend(last_true[column[t]], found)
@@ -259,14 +262,15 @@ def grid_samples(model: nn.Module, dataset: Dataset, n: int = 4) -> list[Sample]
     return out
 
 
-def prediction_grid(model: nn.Module, dataset: Dataset, num_classes: int, n: int = 4) -> np.ndarray:
-    """:func:`prediction_figure` of the first ``n`` samples of ``dataset``, as an RGB array."""
-    fig = prediction_figure(
-        grid_samples(model, dataset, n),
-        num_classes,
-        class_names=tuple(getattr(dataset, "class_names", ())),
-        task_args=getattr(dataset, "task_args", None),
-    )
+def prediction_grid(
+    model: nn.Module, dataset: Dataset, num_classes: int, n: int = 4, *, tasks: TaskSet | None = None
+) -> np.ndarray:
+    """:func:`prediction_figure` of the first ``n`` samples of ``dataset``, as an RGB array;
+    ``tasks`` the run's TaskSet (default: the model's tasks with ``dataset``'s ``task_args``)."""
+    samples = grid_samples(model, dataset, n)
+    if tasks is None:
+        tasks = TaskSet(samples[0].preds, defaults=getattr(dataset, "task_args", None))
+    fig = prediction_figure(samples, num_classes, class_names=tuple(getattr(dataset, "class_names", ())), tasks=tasks)
     try:
         return render(fig)
     finally:

@@ -1,11 +1,12 @@
-"""Dense prediction tasks: ``get(name)``, ``available()`` and ``register``.
+"""Dense prediction tasks: ``register``, ``available()``, ``create(name)`` and :class:`TaskSet`.
 
 A task is one :class:`~densemtl.tasks.base.Task` subclass registered under its name, the key of
 its targets in batches and of its predictions in model outputs. A new task is one module here
 (or in the user's own code) decorated with ``@register("name")`` (which sets its ``name``), and
 a name in :data:`BUILT_IN` below: the module is imported when the task is first looked up. Three
 of the built-in tasks: ``seg`` (segmentation, targets (B,H,W) long, -1 = ignore), ``depth``
-((B,1,H,W), 0 = invalid), ``normal`` ((B,3,H,W), all-zero = invalid).
+((B,1,H,W), 0 = invalid), ``normal`` ((B,3,H,W), all-zero = invalid). A run's tasks, configured
+with their knobs, are one :class:`TaskSet`.
 """
 
 from __future__ import annotations
@@ -15,11 +16,9 @@ from typing import Any
 
 from torch import Tensor
 
-from densemtl.errors import ConfigError
-from densemtl.registry import Registry
-from densemtl.tasks.base import Column, MetricAccumulator, Task
+from densemtl.tasks.base import TASKS, Column, MetricAccumulator, Task
+from densemtl.tasks.taskset import TaskSet, as_task_set, task_knobs
 
-TASKS: Registry[Task] = Registry("task")
 register = TASKS.register
 
 #: The NYUv2 task set and class count that ``models.create(name)`` builds for by default.
@@ -32,33 +31,25 @@ def available() -> list[str]:
     return TASKS.available()
 
 
+def create(name: str, **knobs: Any) -> Task:
+    """Task ``name`` with ``knobs`` on its own (a one-task :class:`TaskSet`); an unknown name or
+    knob is a ConfigError listing the valid ones. A run builds all its tasks once, as a TaskSet."""
+    key = TASKS.canonical(name)
+    return TaskSet([key], {key: knobs}, source="tasks.create")[key]
+
+
 def get(name: str, **knobs: Any) -> Task:
-    """A ready instance of task ``name`` with ``knobs`` (a dataset's ``task_args``, e.g. NYUD's edge
-    tolerance); an unknown name or knob is a ConfigError listing the valid ones."""
-    from densemtl.plugin_contracts import task_gap
-    from densemtl.plugin_faults import call_factory  # a plugin's failure: one line naming it
+    """Deprecated: :func:`create` (``Registry.get`` gives a factory; this gave an instance)."""
+    import warnings
 
-    cls = TASKS.get(name)
-    try:
-        return call_factory("task", TASKS.canonical(name), cls, knobs, Task, check=task_gap)
-    except TypeError as e:
-        raise ConfigError(f"task {name!r}: {e}") from None
+    warnings.warn("densemtl.tasks.get is deprecated: use densemtl.tasks.create or a TaskSet", DeprecationWarning, 2)
+    return create(name, **knobs)
 
 
-def task_channels(tasks: Iterable[str], num_classes: int) -> dict[str, int]:
-    """Output channels of each task's head, in the order of ``tasks``; a task (a plugin's) whose
-    ``channels`` is not a whole number >= 1 is a one-line error naming it."""
-    from densemtl.plugin_contracts import guarded, maker
-
-    out: dict[str, int] = {}
-    for t in tasks:
-        task = get(t)
-        c = guarded(task, "channels()", lambda task=task: task.channels(num_classes))  # type: ignore[misc]
-        if isinstance(c, bool) or not isinstance(c, int) or c < 1:
-            raise ConfigError(f"{maker(task) or f'task {t!r}'}: channels({num_classes}) returned {c!r}, not a "
-                              "number of channels >= 1")  # fmt: skip
-        out[t] = c
-    return out
+def task_channels(tasks: TaskSet | Iterable[str], num_classes: int) -> dict[str, int]:
+    """Output channels of each task's head, in the order of ``tasks`` (names: their default
+    tasks); see :meth:`TaskSet.channels`."""
+    return as_task_set(tasks).channels(num_classes)
 
 
 def default_task_channels() -> dict[str, int]:
@@ -66,17 +57,12 @@ def default_task_channels() -> dict[str, int]:
     return task_channels(_DEFAULT_TASKS, _DEFAULT_CLASSES)
 
 
-def compute_losses(preds: dict[str, Tensor], batch: dict[str, Tensor], tasks: Iterable[str]) -> dict[str, Tensor]:
-    """One scalar loss per task, in the order of ``tasks`` (a user's task whose loss raises or is
-    not a scalar: one line naming it)."""
-    from densemtl.plugin_contracts import check_loss, guarded
-
-    out: dict[str, Tensor] = {}
-    for t in tasks:
-        task = get(t)
-        out[t] = guarded(task, "loss()", lambda task=task, t=t: task.loss(preds[t], batch[t]))  # type: ignore[misc]
-        check_loss(task, t, out[t])
-    return out
+def compute_losses(
+    preds: dict[str, Tensor], batch: dict[str, Tensor], tasks: TaskSet | Iterable[str]
+) -> dict[str, Tensor]:
+    """One scalar loss per task, in the order of ``tasks`` (names: their default tasks); see
+    :meth:`TaskSet.losses`."""
+    return as_task_set(tasks).losses(preds, batch)
 
 
 #: The tasks of this package, each registered by the module of its name (one file = one task).
@@ -90,10 +76,14 @@ __all__ = [
     "Column",
     "MetricAccumulator",
     "Task",
+    "TaskSet",
+    "as_task_set",
     "available",
     "compute_losses",
+    "create",
     "default_task_channels",
     "get",
     "register",
     "task_channels",
+    "task_knobs",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import operator
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +22,11 @@ from densemtl.errors import ConfigError
 from densemtl.models.base import MultiTaskModel
 from densemtl.plugins import config_imports
 from densemtl.registry import did_you_mean
-from densemtl.tasks import task_channels
+from densemtl.tasks import TaskSet, as_task_set
 from densemtl.training.checkpoint_meta import check_state_fields
 from densemtl.training.config import TrainConfig, build_config
 from densemtl.training.model_check import check_finite, meta_model
-from densemtl.training.schedule import NO_DECAY, make_optimizer, make_scheduler
+from densemtl.training.schedule import make_optimizer, make_scheduler
 
 
 def resolve_device(name: str) -> torch.device:
@@ -105,12 +105,39 @@ def _check_classes(ds: MultiTaskDataset, name: str) -> None:
         raise ConfigError(f"dataset {name!r} says it has num_classes={classes!r}; it must be a whole number >= 1")
 
 
-def create_model(arch: str, arch_args: dict[str, Any], tasks: tuple[str, ...], num_classes: int) -> MultiTaskModel:
-    """Architecture ``arch`` with knobs ``arch_args`` for ``tasks`` (a bad knob is a one-line error)."""
+#: A run's TaskSet, or task names (their defaults).
+Tasks = TaskSet | Sequence[str]
+
+
+def build_task_set(cfg: TrainConfig, tasks: Iterable[str], dataset: object = None) -> TaskSet:
+    """The run's tasks, configured once: ``dataset``'s ``task_args`` (NYUD's edge tolerance; without
+    a dataset, those of the class ``cfg.dataset``'s factory declares it returns) with
+    ``cfg.task_args`` (``--task-arg``) over them; a bad task or knob is a one-line error."""
+    defaults = getattr(dataset, "task_args", None) if dataset is not None else dataset_task_args(cfg.dataset)
+    return TaskSet(tasks, cfg.task_args, defaults=defaults)
+
+
+def dataset_task_args(name: str) -> Mapping[str, Mapping[str, Any]] | None:
+    """The ``task_args`` of the class dataset ``name``'s factory returns, as its return annotation
+    declares (None when it declares none, or the dataset is not registered in this process)."""
+    import typing
+
+    key = data_registry.DATASETS.find(name)
+    if key is None:
+        return None
+    factory = data_registry.DATASETS.get(key)
     try:
-        return model_registry.create(arch, task_channels(tasks, num_classes), **arch_args)
-    except TypeError as e:
-        raise ConfigError(f"--arch-arg for {arch!r}: {e}") from None
+        made = factory if isinstance(factory, type) else typing.get_type_hints(factory).get("return")
+    except Exception:  # noqa: BLE001 - a plugin's annotation that does not resolve: no defaults
+        return None
+    return getattr(made, "task_args", None)
+
+
+def create_model(arch: str, arch_args: dict[str, Any], tasks: Tasks, num_classes: int) -> MultiTaskModel:
+    """Architecture ``arch`` with knobs ``arch_args`` for ``tasks`` (the run's TaskSet; names: their
+    defaults); a bad knob is a one-line error, checked against the factory's signature before the
+    call (:func:`densemtl.registry.check_call`)."""
+    return model_registry.create(arch, as_task_set(tasks).channels(num_classes), **arch_args)
 
 
 def check_fits_model(model: MultiTaskModel, arch: str, size: tuple[int, int] | None, flag: str = "--size") -> None:
@@ -131,13 +158,13 @@ def check_fits_model(model: MultiTaskModel, arch: str, size: tuple[int, int] | N
         )
 
 
-def probe_model(arch: str, arch_args: dict[str, Any], tasks: tuple[str, ...], num_classes: int) -> nn.Module | None:
+def probe_model(arch: str, arch_args: dict[str, Any], tasks: Tasks, num_classes: int) -> nn.Module | None:
     """``arch`` built on the meta device (shapes only); knobs whose model would not fit in memory
     are refused in one line (:mod:`~densemtl.training.model_check`)."""
     return meta_model(lambda knobs: create_model(arch, knobs, tasks, num_classes), arch, arch_args)
 
 
-def build_model(cfg: TrainConfig, tasks: tuple[str, ...], num_classes: int) -> MultiTaskModel:
+def build_model(cfg: TrainConfig, tasks: Tasks, num_classes: int) -> MultiTaskModel:
     """The config's model, initialised from its seed; a ``cfg.size`` it cannot take, or knobs
     whose model would not fit in memory, are refused."""
     probe = probe_model(cfg.arch, cfg.arch_args, tasks, num_classes)
@@ -178,13 +205,14 @@ def model_from_state(state: Mapping[str, Any], where: str | Path) -> tuple[Multi
     knobs = {**cfg.arch_args, **({"pretrained": False} if cfg.arch_args.get("pretrained") else {})}
     weights = state["model"]
     try:
-        probe = probe_model(cfg.arch, knobs, tuple(tasks), classes)
+        task_set = build_task_set(cfg, tasks)  # the heads' channels: the run's knobs (--task-arg)
+        probe = probe_model(cfg.arch, knobs, task_set, classes)
     except ConfigError as e:
         raise ConfigError(f"checkpoint {where}: {e}") from None
     if probe is not None:  # shapes first: knobs the weights do not have are refused unbuilt
         _check_weights(probe.state_dict(), weights, cfg, tasks, where)
     try:
-        model = create_model(cfg.arch, knobs, tuple(tasks), classes)
+        model = create_model(cfg.arch, knobs, task_set, classes)
     except ConfigError as e:
         raise ConfigError(f"checkpoint {where}: {e}") from None
     _check_weights(model.state_dict(), weights, cfg, tasks, where)
@@ -235,7 +263,7 @@ def build_method(name: str, num_tasks: int, seed: int, knobs: Mapping[str, Any] 
         kwargs["num_tasks"] = num_tasks
     try:
         method = method_registry.create(name, **kwargs)
-    except (TypeError, ValueError) as e:
+    except ValueError as e:  # a built-in method's check of a knob's value (a plugin's: a PluginError)
         raise ConfigError(f"--method-arg for {name!r}: {e}") from None
     method.set_generator(torch.Generator().manual_seed(seed + METHOD_SEED_OFFSET))
     return method
@@ -336,9 +364,3 @@ def build_optimizer(
         groups += _method_groups(method, cfg.lr)
         opt = make_optimizer(cfg, groups)
     return opt, make_scheduler(cfg, opt)
-
-
-def lr_step_of(cfg: TrainConfig) -> int:
-    """Epochs between learning-rate decays of a step schedule: ``lr_step`` (by default 2/3 of the
-    epochs, resolved into the config), or never (null: runs saved before 0.4 without ``--lr-step``)."""
-    return cfg.lr_step or NO_DECAY

@@ -19,7 +19,6 @@ from typing import Any
 import torch
 
 from densemtl.atomic import TMP_SUFFIX, atomic_write, host_tag, write_cause
-from densemtl.atomic import atomic_write_bytes as atomic_write_bytes  # re-exported
 from densemtl.atomic import atomic_write_text as atomic_write_text  # re-exported
 from densemtl.atomic import temp_path as temp_path  # re-exported
 from densemtl.errors import ConfigError

@@ -15,10 +15,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import types
 import typing
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,75 +26,198 @@ import yaml
 from densemtl.errors import ConfigError
 from densemtl.registry import did_you_mean
 from densemtl.training.config_checks import AMP_MODES as AMP_MODES  # re-exported
+from densemtl.training.config_checks import ARCH_NAMES as ARCH_NAMES  # re-exported
+from densemtl.training.config_checks import DATASET_NAMES as DATASET_NAMES  # re-exported
 from densemtl.training.config_checks import MAX_SEED as MAX_SEED  # re-exported
-from densemtl.training.config_checks import canonical_names, check_ranges
+from densemtl.training.config_checks import METHOD_NAMES as METHOD_NAMES  # re-exported
+from densemtl.training.config_checks import SCHEME_NAMES as SCHEME_NAMES  # re-exported
+from densemtl.training.config_checks import TASK_NAMES as TASK_NAMES  # re-exported
+from densemtl.training.config_checks import (
+    canonical_names,
+    check_ranges,
+    classes_range,
+    expand_scheme_args,
+    own_schedule_epochs,
+    resolve_scheme,
+    seed_range,
+    sgd,
+)
 from densemtl.training.config_parse import MAX_SIDE as MAX_SIDE  # re-exported
+from densemtl.training.config_parse import coerce
 from densemtl.training.config_parse import parse_imports as parse_imports  # re-exported
 from densemtl.training.config_parse import parse_kv as parse_kv  # re-exported
 from densemtl.training.config_parse import parse_size as parse_size  # re-exported
 from densemtl.training.config_parse import parse_task_args as parse_task_args  # re-exported
 from densemtl.training.config_parse import parse_tasks as parse_tasks  # re-exported
 from densemtl.training.config_parse import parse_value as parse_value  # re-exported
-from densemtl.training.schedule import default_lr_step
+from densemtl.training.config_spec import UNSET as UNSET  # re-exported
+from densemtl.training.config_spec import fields as spec_fields
+from densemtl.training.config_spec import replanned_keys, resumable_keys, spec
+from densemtl.training.schedule import LR_SCHEDULES, OPTIMIZERS, default_lr_step
 from densemtl.training.yaml_io import parse_yaml
 
-
-class _Unset:
-    """A preset-dependent key the caller left out; :class:`TrainConfig` fills it on construction."""
-
-    def __repr__(self) -> str:
-        return "<unset>"
-
-
-UNSET: Any = _Unset()
+_ALWAYS = "always"  # bench keys it in every baseline key (the keys of 0.3)
+_MDML = "mutual"
 
 
 @dataclass
 class TrainConfig:
-    """Everything a run needs; ``config.yaml`` in a run directory is this, resolved."""
+    """Everything a run needs; ``config.yaml`` in a run directory is this, resolved. Each field is
+    declared once with :func:`~densemtl.training.config_spec.spec` (flags, checks, resume rules
+    and bench's key are derived from it)."""
 
-    dataset: str = "synthetic"
-    data_root: str | None = None
-    size: tuple[int, int] | None = UNSET
-    n_train: int | None = UNSET
-    n_val: int | None = UNSET
-    num_classes: int | None = None
-    augment: bool = False
-    data_args: dict[str, Any] = field(default_factory=dict)  # the dataset factory's own knobs
-    tasks: list[str] | None = None  # the tasks to train, a subset of the dataset's (None: all of them)
-    task_args: dict[str, dict[str, Any]] = field(default_factory=dict)  # per task, its knobs (over the dataset's)
-    arch: str = "segnet"
-    arch_args: dict[str, Any] = UNSET
-    method: str = "ew"
-    method_args: dict[str, Any] = field(default_factory=dict)
-    grad_mode: str | None = None
-    recompute_every: int = 1
-    peer_arch: str | None = None
-    peer_args: dict[str, Any] = field(default_factory=dict)  # over the arch_args the peer inherits
-    mimicry_weight: float = 1.0
-    mimicry_temperature: float = 1.0
-    alpha_warmup_epochs: int = 0
-    epochs: int = 15
-    batch_size: int = 16
-    lr: float = 2e-3
-    weight_decay: float = 0.0
-    lr_step: int | None = UNSET  # epochs between decays (default: 2/3 of epochs; null: never, runs before 0.4)
-    lr_gamma: float = 0.5
-    lr_schedule: str = "step"  # step, cosine, poly or none (training/schedule.py)
-    schedule_epochs: int = UNSET  # the epochs cosine and poly are planned for (default: epochs)
-    warmup_epochs: int = 0  # linear warm-up of the learning rate over the first N epochs
-    optimizer: str = "adam"  # adam, adamw or sgd
-    momentum: float = 0.9  # sgd's momentum
-    seed: int = 0
-    device: str = "cpu"
-    workers: int = 0
-    diagnostics_every: int = 10
-    tensorboard: bool = False
-    checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: epoch ends only)
-    skip_nonfinite: int = 0  # steps with a NaN/inf loss or update that may be skipped
-    sync_bn: bool | None = None  # batch statistics over the global batch (None: on with several processes)
-    amp: str = "off"  # mixed precision of the forward pass: off, bf16 or fp16
-    imports: list[str] = field(default_factory=list)  # plugin modules imported before anything is built
+    # fmt: off
+    dataset: str = spec("synthetic", section="data", help="the dataset", choices=DATASET_NAMES, keyed=_ALWAYS)
+    data_root: str | None = spec(
+        None, section="data", keyed=_ALWAYS,
+        help="root of a dataset in the MTAN layout ROOT/{train,val}/{image,label,depth,normal}",
+    )
+    size: tuple[int, int] | None = spec(
+        UNSET, section="data", metavar="HxW", parse=parse_size, keyed=_ALWAYS,
+        help="HxW to train at (default: the dataset's own)",
+    )
+    n_train: int | None = spec(
+        UNSET, section="data", check=">=1", keyed=_ALWAYS,
+        help="number of training samples (synthetic size, or a subset)",
+    )
+    n_val: int | None = spec(UNSET, section="data", check=">=1", keyed=_ALWAYS, help="number of validation samples")
+    num_classes: int | None = spec(
+        None, section="data", check=classes_range, keyed=_ALWAYS,
+        help="classes of the segmentation (cityscapes: 7 (default) or 19)",
+    )
+    augment: bool = spec(False, section="data", keyed=_ALWAYS, help="MTAN random scale-crop and flip")
+    data_args: dict[str, Any] = spec(
+        factory=dict, section="data", flag="--data-arg",
+        help="a dataset knob (repeatable)",
+    )
+    tasks: list[str] | None = spec(
+        None, section="data", parse=parse_tasks, choices=TASK_NAMES,
+        help="comma-separated tasks to train, a subset of the dataset's (default: all of them)",
+    )
+    task_args: dict[str, dict[str, Any]] = spec(
+        factory=dict, section="data", flag="--task-arg", parse=parse_task_args,
+        help="a task knob as TASK:KEY=VALUE, e.g. edge:pos_weight=0.95 (repeatable)",
+    )
+    arch: str = spec("segnet", section="model", bench="cell", choices=ARCH_NAMES, help="the architecture")
+    arch_args: dict[str, Any] = spec(
+        UNSET, section="model", flag="--arch-arg", keyed=_ALWAYS,
+        help="an architecture knob (repeatable)",
+        bench_help="a knob of every architecture (repeatable)",
+    )
+    method: str = spec("ew", section="method", bench="cell", choices=METHOD_NAMES, help="the balancing method")
+    method_args: dict[str, Any] = spec(
+        factory=dict, section="method", flag="--method-arg", bench="file",
+        help="a method knob (repeatable)",
+    )
+    grad_mode: str | None = spec(
+        None, section="method",
+        help="how per-task gradients are taken, named as the method's gradient sources: representation, "
+        "gramian or parameters (the Jacobian; 'jacobian' is an alias) (default: the method's choice)",
+    )
+    recompute_every: int = spec(
+        1, section="method", check=">=1",
+        help="reuse a Gramian method's task weights for k steps",
+    )
+    peer_arch: str | None = spec(
+        None, section="scheme", bench="cell", scheme=_MDML,
+        help="MDML: train a peer network of this architecture by mutual learning (--scheme mutual)",
+    )
+    peer_args: dict[str, Any] = spec(
+        factory=dict, section="scheme", flag="--peer-arg", bench="cell", scheme=_MDML,
+        help="MDML: a peer architecture knob, over those it inherits from --arch-arg (all of them for the same "
+             "architecture, those it takes for another)",
+    )
+    mimicry_weight: float = spec(
+        1.0, section="scheme", check=">=0 finite", bench="file", scheme=_MDML,
+        help="MDML: weight alpha of the mimicry losses",
+    )
+    mimicry_temperature: float = spec(
+        1.0, section="scheme", check=">0 finite", bench="file", scheme=_MDML,
+        help="MDML: softmax temperature of the segmentation KL",
+    )
+    alpha_warmup_epochs: int = spec(
+        0, section="scheme", check=">=0", bench="file", scheme=_MDML,
+        help="MDML: ramp alpha linearly from 0 over N epochs",
+    )
+    scheme: str | None = spec(
+        None, section="scheme", bench="cell", choices=SCHEME_NAMES,
+        help="how the members of a run learn together (default: mutual with --peer-arch, else single)",
+    )
+    scheme_args: dict[str, Any] = spec(
+        factory=dict, section="scheme", flag="--scheme-arg", bench="cell",
+        help="a knob of the training scheme (repeatable): --scheme-arg peer_arch=segnet is --peer-arch segnet",
+    )
+    epochs: int = spec(
+        15, section="schedule", check=">=0", resumable=True, keyed=_ALWAYS,
+        help="epochs to train; a --resume may extend them",
+    )
+    batch_size: int = spec(16, section="optim", check=">=1", keyed=_ALWAYS, help="images per step")
+    lr: float = spec(2e-3, section="optim", check=">0 finite", keyed=_ALWAYS, help="learning rate")
+    weight_decay: float = spec(0.0, section="optim", check=">=0 finite", keyed=_ALWAYS, help="weight decay")
+    lr_step: int | None = spec(
+        UNSET, section="schedule", check=">=1", resumable="replan", keyed=_ALWAYS,
+        help="step schedule: multiply the learning rate by --lr-gamma every N epochs (default: 2/3 of --epochs, so "
+             "it halves once; the synthetic demo preset: 10 of its 15); config.yaml holds the value",
+    )
+    lr_gamma: float = spec(
+        0.5, section="schedule", check=">0 finite", note="the factor on the learning rate", keyed=_ALWAYS,
+        help="step schedule: the factor of each decay",
+    )
+    lr_schedule: str = spec(
+        "step", section="schedule", choices=LR_SCHEDULES,
+        help="learning-rate schedule, taken per epoch: step (x--lr-gamma every --lr-step epochs), cosine (towards 0 "
+             "over --epochs), poly (DeepLab's (1 - epoch/epochs)^0.9) or none (constant)",
+    )
+    schedule_epochs: int = spec(
+        UNSET, section="schedule", check=">=0", resumable="replan", keyed=own_schedule_epochs, flag=None,
+        help="the epochs cosine and poly are planned for (default: epochs)",
+    )
+    warmup_epochs: int = spec(
+        0, section="schedule", check=">=0",
+        help="ramp the learning rate up linearly over the first N epochs",
+    )
+    optimizer: str = spec(
+        "adam", section="optim", choices=OPTIMIZERS,
+        help="adam, adamw (decoupled weight decay) or sgd",
+    )
+    momentum: float = spec(0.9, section="optim", check=">=0 <1", keyed=sgd, help="sgd's momentum")
+    seed: int = spec(
+        0, section="run", check=seed_range, bench="cell",
+        help="seed of the initialisation and the data order",
+    )
+    device: str = spec("cpu", section="run", resumable=True, result=False, help="cpu, cuda, cuda:N or auto")
+    workers: int = spec(0, section="run", check=">=0", resumable=True, result=False, help="data loader processes")
+    diagnostics_every: int = spec(
+        10, section="run", check=">=0", note="0 = off", resumable=True, result=False,
+        help="sample task-gradient cosines and per-block balance every K steps (0 = off)",
+    )
+    tensorboard: bool = spec(
+        False, section="run", resumable=True, result=False, bench="file",
+        help="also write RUN/tensorboard/ event files",
+    )
+    checkpoint_every: int = spec(
+        0, section="run", check=">=0", note="0 = off", resumable=True, result=False, metavar="N",
+        help="also write checkpoints/last.pt every N steps within an epoch (0 = off)",
+    )
+    skip_nonfinite: int = spec(
+        0, section="run", check=">=0", note="0 = off", resumable=True, result=False, metavar="N",
+        help="skip up to N steps with a NaN or inf loss or update (counted in metrics.jsonl) instead of stopping the "
+             "run",
+    )
+    sync_bn: bool | None = spec(
+        None, section="run", bench="file",
+        help="under torchrun: batch-norm statistics over the global batch (default: on with several processes)",
+    )
+    amp: str = spec(
+        "off", section="run", choices=AMP_MODES,
+        help="mixed precision: autocast the forward pass to bf16 or fp16 (fp16 with a gradient scaler); every "
+             "method's aggregation stays float32",
+    )
+    imports: list[str] = spec(
+        factory=list, section="run", flag=None, parse=parse_imports, resumable=True, result=False,
+        help="plugin modules imported before anything is built (--import)",
+    )
+    # fmt: on
 
     def __post_init__(self) -> None:
         given = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not UNSET}
@@ -103,13 +225,14 @@ class TrainConfig:
         for name, bare in UNFILLED.items():
             if getattr(self, name) is UNSET:
                 setattr(self, name, copy.deepcopy(filled.get(name, bare)))
-        epochs = _coerce("epochs", self.epochs)
+        epochs = _coerce(type(self), "epochs", self.epochs)
         if self.lr_step is UNSET or self.lr_step == AUTO:
             self.lr_step = default_lr_step(epochs)
         if self.schedule_epochs is UNSET or self.schedule_epochs == AUTO:
             self.schedule_epochs = epochs
         for f in dataclasses.fields(self):
-            setattr(self, f.name, _coerce(f.name, getattr(self, f.name)))
+            setattr(self, f.name, _coerce(type(self), f.name, getattr(self, f.name)))
+        resolve_scheme(self)
         canonical_names(self)
         check_ranges(self)
 
@@ -152,70 +275,14 @@ def preset_values(values: Mapping[str, Any], preset: str = "demo") -> dict[str, 
 
 
 @functools.cache
-def _hints() -> dict[str, Any]:
-    return typing.get_type_hints(TrainConfig)
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
-def _coerce(name: str, value: Any) -> Any:
-    hint = _hints()[name]
-    args = typing.get_args(hint)
-    optional = type(None) in args
-    if value is None:
-        if optional:
-            return None
-        raise ConfigError(f"config key {name!r} cannot be empty")
-    if name == "size":
-        return parse_size(value, "size")
-    if name == "tasks":
-        return parse_tasks(value)
-    if name == "imports":
-        return parse_imports(value)
-    if name == "task_args":
-        return parse_task_args(value)
-    base = (
-        next((a for a in args if a is not type(None)), hint) if optional or isinstance(hint, types.UnionType) else hint
-    )
-    origin = typing.get_origin(base) or base
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key {name!r} must be a mapping of knobs, got {value!r}")
-        return {str(k).replace("-", "_"): v for k, v in value.items()}
-    if origin is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"config key {name!r} must be true or false, got {value!r}")
-    if origin is int:
-        value = _numeric_string(value, int)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"config key {name!r} must be an integer, got {value!r}")
-        return value
-    if origin is float:
-        value = _numeric_string(value, float)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"config key {name!r} must be a number, got {value!r}")
-        return float(value)
-    if origin is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"config key {name!r} must be a string, got {value!r}")
-        return value
-    return value
-
-
-def _numeric_string(value: Any, kind: type) -> Any:
-    """``value`` as a number of ``kind`` when it is a string that spells one (PyYAML reads an
-    unquoted ``1e-3`` as a string: YAML 1.1 wants ``1.0e-3``); anything else unchanged."""
-    if not isinstance(value, str):
-        return value
-    try:
-        number = float(value.strip())
-    except ValueError:
-        return value
-    if kind is int:
-        try:
-            return int(value.strip())
-        except ValueError:
-            return int(number) if number.is_integer() else value
-    return number
+def _coerce(cls: type, name: str, value: Any) -> Any:
+    """``value`` of key ``name`` as its declared type (``parse`` where the spec has one)."""
+    parse = next((s.parse for f, s in spec_fields(cls) if f.name == name), None)
+    return coerce(name, value, _hints(cls)[name], parse)
 
 
 def build_config(values: Mapping[str, Any]) -> TrainConfig:
@@ -223,7 +290,7 @@ def build_config(values: Mapping[str, Any]) -> TrainConfig:
     keys left out take the defaults, the demo preset's where it applies."""
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     kwargs: dict[str, Any] = {}
-    for key, value in values.items():
+    for key, value in expand_scheme_args(TrainConfig, dict(values)).items():
         k = str(key).replace("-", "_")
         if k not in names:
             raise ConfigError(f"unknown config key {key!r}{did_you_mean(k, names)}; valid: {', '.join(sorted(names))}")
@@ -236,8 +303,8 @@ def merge_layers(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
     hold a mapping under one key (``arch_args``, ``method_args``, ...), it merges key by key (and
     ``task_args`` task by task, knob by knob)."""
     out: dict[str, Any] = {}
-    for layer in layers:
-        for key, value in (layer or {}).items():
+    for layer in layers:  # --scheme-arg peer_arch=X is peer_arch: X within its layer
+        for key, value in expand_scheme_args(TrainConfig, dict(layer or {})).items():
             k = str(key).replace("-", "_")
             if isinstance(value, Mapping) and isinstance(out.get(k), Mapping):
                 old = out[k]
@@ -264,21 +331,10 @@ def resolve_config(
     return build_config({**bare, **filled, **values})
 
 
-#: Keys that may change when a run is resumed (they do not change its numbers).
-RESUMABLE = (
-    "checkpoint_every",
-    "device",
-    "diagnostics_every",
-    "epochs",
-    "imports",
-    "skip_nonfinite",
-    "tensorboard",
-    "workers",
-)
-
-
+#: Keys that may change when a run is resumed (they do not change its numbers): the spec's.
+RESUMABLE = resumable_keys(TrainConfig)
 #: Keys that ``--replan-schedule`` may change when a run is resumed.
-REPLANNED = ("lr_step", "schedule_epochs")
+REPLANNED = replanned_keys(TrainConfig)
 
 
 def resume_config(
@@ -300,17 +356,21 @@ def resume_config(
         raise ConfigError(f"--resume: {out} holds no run to resume (no config.yaml)")
     base = build_config(load_yaml(path))
     layer = load_yaml(yaml) if yaml is not None else {}
-    given = build_config(merge_layers(base.to_dict(), layer, overrides))
+    held = base.to_dict()
+    if held["scheme"] == ("mutual" if base.peer_arch else "single"):  # the run's scheme as its peer_arch says
+        del held["scheme"]  # (so that a changed peer_arch is refused as that)
+    given = build_config(merge_layers(held, layer, overrides))
     if replan:  # lr_step as given, else as a fresh run of the new epochs has it (the demo preset's 10)
         step_given = any("lr_step" in merge_layers(v) for v in (layer, overrides or {}))
         fresh = preset_values({k: v for k, v in given.to_dict().items() if k != "lr_step"}).get("lr_step")
         given = replanned(base, given, given.lr_step if step_given else fresh)
-    may_change = RESUMABLE + (REPLANNED if replan else ())
+    resumable, replannable = resumable_keys(TrainConfig), replanned_keys(TrainConfig)
+    may_change = resumable + (replannable if replan else ())
     for f in dataclasses.fields(TrainConfig):
         if f.name not in may_change and getattr(given, f.name) != getattr(base, f.name):
-            hint = "; --replan-schedule re-plans the schedule" if f.name in REPLANNED else ""
+            hint = "; --replan-schedule re-plans the schedule" if f.name in replannable else ""
             raise ConfigError(
-                f"cannot change {f.name!r} when resuming {out}; only {', '.join(RESUMABLE)} may change{hint}"
+                f"cannot change {f.name!r} when resuming {out}; only {', '.join(resumable)} may change{hint}"
             )
     return given
 
@@ -328,7 +388,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {p} is not a text file (not UTF-8); pass a YAML file") from None
     except OSError as e:
         raise ConfigError(f"config file {p} cannot be read ({e.strerror or e})") from None
-    data = parse_yaml(text, f"config file {p}", text_keys())
+    data = parse_yaml(text, f"config file {p}", text_keys(TrainConfig))
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -337,10 +397,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 @functools.cache
-def text_keys() -> frozenset[str]:
+def text_keys(cls: type | None = None) -> frozenset[str]:
     """The string-typed config keys (``amp``, ``arch``, ``method``, ...): in YAML their values keep
     their own spelling where YAML 1.1 would read a boolean (``amp: off``)."""
-    return frozenset(k for k, hint in _hints().items() if hint in (str, str | None))
+    return frozenset(k for k, hint in _hints(cls or TrainConfig).items() if hint in (str, str | None))
 
 
 def save_yaml(cfg: TrainConfig, path: str | Path) -> None:

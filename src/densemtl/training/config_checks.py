@@ -1,13 +1,16 @@
-"""The range checks of :class:`~densemtl.training.config.TrainConfig`: values that parse but make no sense."""
+"""The checks of :class:`~densemtl.training.config.TrainConfig` (values that parse but make no sense, as the
+spec declares them) and its training scheme (``scheme``, ``--scheme-arg`` knobs)."""
 
 from __future__ import annotations
 
-import math
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from densemtl.data.base import MAX_SEED as MAX_SEED  # re-exported: the data writers check seeds too
 from densemtl.errors import ConfigError
-from densemtl.training.schedule import LR_SCHEDULES, OPTIMIZERS
+from densemtl.registry import did_you_mean
+from densemtl.training.config_spec import RegistryRef, check_value, scheme_knobs
+from densemtl.training.config_spec import fields as spec_fields
 
 if TYPE_CHECKING:
     from densemtl.training.config import TrainConfig
@@ -20,6 +23,34 @@ MAX_CLASSES = 65536
 AMP_MODES = ("off", "bf16", "fp16")
 
 
+#: The registries whose names some keys take (read when ``--help`` is shown).
+DATASET_NAMES = RegistryRef("densemtl.data", "DATASETS")
+ARCH_NAMES = RegistryRef("densemtl.models", "MODELS")
+METHOD_NAMES = RegistryRef("densemtl.balancing", "METHODS")
+SCHEME_NAMES = RegistryRef("densemtl.training.schemes", "SCHEMES")
+TASK_NAMES = RegistryRef("densemtl.tasks", "TASKS")
+
+
+def seed_range(v: int) -> str | None:
+    """The seed's range check (:data:`MAX_SEED`)."""
+    return None if 0 <= v <= MAX_SEED else f"must be in 0..{MAX_SEED} (2**32 - 1)"
+
+
+def classes_range(v: int) -> str | None:
+    """``num_classes``' range check (below 1: the dataset says what it has)."""
+    return None if v <= MAX_CLASSES else f"must be at most {MAX_CLASSES}"
+
+
+def sgd(cfg: Mapping[str, Any]) -> bool:
+    """Bench keys ``momentum`` with sgd only (the other optimizers ignore it)."""
+    return bool(cfg.get("optimizer") == "sgd")
+
+
+def own_schedule_epochs(cfg: Mapping[str, Any]) -> bool:
+    """Bench keys ``schedule_epochs`` only when it is not ``epochs``."""
+    return cfg.get("schedule_epochs") not in (None, cfg.get("epochs"))
+
+
 def canonical_names(cfg: TrainConfig) -> None:
     """``cfg.method`` as registered when it is another spelling of a registered name (LibMTL's
     ``Nash_MTL`` is ``nashmtl``), so that config.yaml holds the canonical name; an unknown name is
@@ -30,51 +61,56 @@ def canonical_names(cfg: TrainConfig) -> None:
 
 
 def check_ranges(cfg: TrainConfig) -> None:
-    """Values that parse but make no sense (negative epochs, zero batch, ...)."""
-    if cfg.epochs < 0:
-        raise ConfigError(f"epochs must be >= 0, got {cfg.epochs}")
-    if cfg.batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {cfg.batch_size}")
-    if not 0 < cfg.lr < math.inf:
-        raise ConfigError(f"lr must be a finite number > 0, got {cfg.lr}")
-    if not 0 <= cfg.weight_decay < math.inf:
-        raise ConfigError(f"weight_decay must be a finite number >= 0, got {cfg.weight_decay}")
-    if not 0 < cfg.lr_gamma < math.inf:
-        raise ConfigError(f"lr_gamma must be a finite number > 0 (the factor on the learning rate), got {cfg.lr_gamma}")
-    if not 0 <= cfg.seed <= MAX_SEED:
-        raise ConfigError(f"seed must be in 0..{MAX_SEED} (2**32 - 1), got {cfg.seed}")
-    if cfg.num_classes is not None and cfg.num_classes > MAX_CLASSES:  # below 1: the dataset says what it has
-        raise ConfigError(f"num_classes must be at most {MAX_CLASSES}, got {cfg.num_classes}")
-    for name in ("n_train", "n_val"):
-        v = getattr(cfg, name)
-        if v is not None and v < 1:
-            raise ConfigError(f"{name} must be >= 1, got {v}")
-    if cfg.lr_step is not None and cfg.lr_step < 1:
-        raise ConfigError(f"lr_step must be >= 1, got {cfg.lr_step}")
-    if cfg.optimizer not in OPTIMIZERS:
-        raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg.optimizer!r}")
-    if cfg.lr_schedule not in LR_SCHEDULES:
-        raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {cfg.lr_schedule!r}")
-    if not 0 <= cfg.momentum < 1:
-        raise ConfigError(f"momentum must be >= 0 and < 1, got {cfg.momentum}")
-    for name in ("warmup_epochs", "schedule_epochs"):
-        if getattr(cfg, name) < 0:
-            raise ConfigError(f"{name} must be >= 0, got {getattr(cfg, name)}")
-    if cfg.recompute_every < 1:
-        raise ConfigError(f"recompute_every must be >= 1, got {cfg.recompute_every}")
-    if not 0 <= cfg.mimicry_weight < math.inf or not 0 < cfg.mimicry_temperature < math.inf:
-        raise ConfigError(
-            f"mimicry_weight must be >= 0 and mimicry_temperature > 0, got {cfg.mimicry_weight}, "
-            f"{cfg.mimicry_temperature}"
-        )
-    if cfg.alpha_warmup_epochs < 0:
-        raise ConfigError(f"alpha_warmup_epochs must be >= 0, got {cfg.alpha_warmup_epochs}")
-    if cfg.workers < 0:
-        raise ConfigError(f"workers must be >= 0, got {cfg.workers}")
-    if cfg.diagnostics_every < 0:
-        raise ConfigError(f"diagnostics_every must be >= 0 (0 = off), got {cfg.diagnostics_every}")
-    if cfg.amp not in AMP_MODES:
-        raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)}, got {cfg.amp!r}")
-    for name in ("checkpoint_every", "skip_nonfinite"):  # steps; 0 = off
-        if getattr(cfg, name) < 0:
-            raise ConfigError(f"{name} must be >= 0 (0 = off), got {getattr(cfg, name)}")
+    """Values that parse but make no sense (negative epochs, zero batch, ...): each field's range
+    check and choices as its spec declares them (:func:`~densemtl.training.config_spec.check_value`)."""
+    for f, s in spec_fields(type(cfg)):
+        error = check_value(f.name, s, getattr(cfg, f.name))
+        if error:
+            raise ConfigError(error)
+
+
+def expand_scheme_args(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with the ``scheme_args`` that are config keys of their scheme moved onto those keys
+    (``--scheme-arg peer_arch=segnet`` is ``--peer-arch segnet``); a plugin scheme's own knobs stay.
+    A knob the scheme does not have, or one given both ways with two values: one line."""
+    args = values.get("scheme_args")
+    if not isinstance(args, Mapping) or not args:
+        return values
+    declared = scheme_knobs(cls)
+    name = values.get("scheme")
+    if name is None:  # the scheme whose knobs they are
+        owners = {s for s, knobs in declared.items() for k in args if str(k).replace("-", "_") in knobs}
+        name = owners.pop() if len(owners) == 1 else None
+    knobs = declared.get(str(name).lower(), []) if name is not None else []
+    if name is None or (not knobs and str(name).lower() in declared):
+        known = sorted({k for ks in declared.values() for k in ks})
+        key = str(next(iter(args)))
+        where = f"scheme {name!r} has no knob" if name is not None else "no scheme has a knob"
+        raise ConfigError(f"{where} {key!r}{did_you_mean(key, known)}; valid: {', '.join(known) or 'none'}")
+    out, rest = dict(values), {}
+    for key, value in args.items():
+        k = str(key).replace("-", "_")
+        if k in knobs:
+            if k in values and values[k] != value:
+                raise ConfigError(f"scheme knob {k!r} given twice, as {values[k]!r} and --scheme-arg {k}={value!r}")
+            out[k] = value
+        elif knobs:
+            raise ConfigError(f"scheme {name!r} has no knob {k!r}{did_you_mean(k, knobs)}; valid: {', '.join(knobs)}")
+        else:
+            rest[k] = value  # a plugin scheme's own knob: its factory checks it
+    out["scheme_args"] = rest
+    return out
+
+
+def resolve_scheme(cfg: TrainConfig) -> None:
+    """``cfg.scheme`` named: ``mutual`` when a peer architecture is given, else ``single``; a
+    scheme's knob set under another scheme is a one-line error (an unknown scheme is left for the
+    registry to refuse when the run is built: a plugin may register it)."""
+    if cfg.scheme is None:
+        cfg.scheme = "mutual" if cfg.peer_arch else "single"
+    cfg.scheme = cfg.scheme.lower()
+    if cfg.scheme != "mutual" and cfg.peer_arch:
+        SCHEME_NAMES.registry().canonical(cfg.scheme)  # a misspelt scheme: one line with did-you-mean
+        raise ConfigError(f"--peer-arch is a knob of scheme 'mutual', not of scheme {cfg.scheme!r}; leave it out")
+    if cfg.scheme == "mutual" and not cfg.peer_arch:
+        raise ConfigError("scheme 'mutual' needs a peer network: --scheme-arg peer_arch=ARCH (or --peer-arch ARCH)")

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import math
 import re
+import types
+import typing
+from collections.abc import Callable
 from typing import Any
 
 from densemtl.errors import ConfigError
@@ -124,3 +127,60 @@ def parse_task_args(value: Any, name: str = "task_args") -> dict[str, dict[str, 
             raise ConfigError(f"{name}: task {task!r} must map knob names to values, got {knobs!r}")
         out[str(task).strip().lower()] = {str(k).replace("-", "_"): v for k, v in knobs.items()}
     return out
+
+
+def coerce(name: str, value: Any, hint: Any, parse: Callable[[Any, str], Any] | None = None) -> Any:
+    """``value`` of config key ``name`` as its declared type ``hint`` (a ``parse`` function of the
+    spec reads it instead where there is one); None only where the hint is optional."""
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"config key {name!r} cannot be empty")
+    if parse is not None:
+        return parse(value, name)
+    base = (
+        next((a for a in args if a is not type(None)), hint) if optional or isinstance(hint, types.UnionType) else hint
+    )
+    origin = typing.get_origin(base) or base
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {name!r} must be a mapping of knobs, got {value!r}")
+        return {str(k).replace("-", "_"): v for k, v in value.items()}
+    if origin is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key {name!r} must be true or false, got {value!r}")
+    if origin is int:
+        value = _numeric_string(value, int)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key {name!r} must be an integer, got {value!r}")
+        return value
+    if origin is float:
+        value = _numeric_string(value, float)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"config key {name!r} must be a number, got {value!r}")
+        return float(value)
+    if origin is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key {name!r} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def _numeric_string(value: Any, kind: type) -> Any:
+    """``value`` as a number of ``kind`` when it is a string that spells one (PyYAML reads an
+    unquoted ``1e-3`` as a string: YAML 1.1 wants ``1.0e-3``); anything else unchanged."""
+    if not isinstance(value, str):
+        return value
+    try:
+        number = float(value.strip())
+    except ValueError:
+        return value
+    if kind is int:
+        try:
+            return int(value.strip())
+        except ValueError:
+            return int(number) if number.is_integer() else value
+    return number

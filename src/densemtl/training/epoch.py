@@ -52,7 +52,7 @@ class EpochTotals:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.sums, self.steps, self.nonfinite = state["sums"].clone(), int(state["n"]), int(state["nonfinite"])
-        self.amp_skipped = int(state.get("amp_skipped", 0))
+        self.amp_skipped = int(state["amp_skipped"])
 
 
 def end_epoch(members: Sequence[Any], totals: EpochTotals, epoch: int) -> dict[str, Any]:

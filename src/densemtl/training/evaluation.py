@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from densemtl.metrics import StreamingMetrics
 from densemtl.plugin_contracts import check_outputs
+from densemtl.tasks import TaskSet, as_task_set
 
 
 def move(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
@@ -21,24 +22,25 @@ def move(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
 def evaluate_model(
     model: nn.Module,
     loader: Iterable[dict[str, Tensor]],
-    tasks: tuple[str, ...],
+    tasks: TaskSet | Sequence[str],
     num_classes: int,
     device: torch.device,
     *,
     progress: bool = False,
     desc: str = "eval",
-    task_args: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Metrics of ``model`` over every batch of ``loader`` (``densemtl.metrics.evaluate`` shape);
-    ``task_args`` are the dataset's knobs of its tasks' metrics (NYUD's edge tolerance)."""
+    ``tasks`` the run's TaskSet, whose knobs set the metrics (NYUD's edge tolerance); names: the
+    tasks' defaults."""
     was_training = model.training
     model.eval()
-    meter = StreamingMetrics(tasks, num_classes, task_args)
+    task_set = as_task_set(tasks)
+    meter = StreamingMetrics(task_set, num_classes)
     for batch in tqdm(loader, desc=desc, leave=False, disable=None if progress else True, dynamic_ncols=True):
         batch = move(batch, device)
         preds = model(batch["image"])
-        check_outputs(model, preds, batch, tasks)  # a user's model: one line naming it
-        meter.update({t: preds[t].float() for t in tasks}, batch)
+        check_outputs(model, preds, batch, task_set.names)  # a user's model: one line naming it
+        meter.update({t: preds[t].float() for t in task_set}, batch)
     model.train(was_training)
     return meter.compute()
 
@@ -46,22 +48,19 @@ def evaluate_model(
 def evaluate_members(
     members: Sequence[Any],
     loader: Iterable[dict[str, Tensor]],
-    tasks: Sequence[str],
+    tasks: TaskSet,
     num_classes: int,
     device: torch.device,
     progress: bool,
-    task_args: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Validation metrics of every member of a run ("val" for the main network, "peer_val", ...)
-    and, with several members, of their ensemble ("ensemble_val")."""
+    and, with several members, of their ensemble ("ensemble_val"), by the run's ``tasks``."""
     from densemtl.training.ensemble import Ensemble
 
     nets: list[tuple[str, nn.Module]] = [(m.key("val"), m.model) for m in members]
     if len(members) > 1:
-        nets.append(("ensemble_val", Ensemble(*(m.model for m in members))))
+        nets.append(("ensemble_val", Ensemble(*(m.model for m in members), tasks=tasks)))
     return {
-        key: evaluate_model(
-            net, loader, tuple(tasks), num_classes, device, progress=progress, desc="validate", task_args=task_args
-        )
+        key: evaluate_model(net, loader, tasks, num_classes, device, progress=progress, desc="validate")
         for key, net in nets
     }

@@ -24,17 +24,16 @@ from typing import Any
 
 from densemtl.errors import ConfigError
 from densemtl.training.config import DEMO, TrainConfig
+from densemtl.training.config_spec import flag_of as spec_flag_of
+from densemtl.training.config_spec import scheme_knobs
 from densemtl.training.schedule import default_lr_step
-
-#: The flag of each config key whose name is not ``--`` + the key with dashes.
-KEY_FLAGS = {"peer_args": "--peer-arg", "arch_args": "--arch-arg", "method_args": "--method-arg"}
 
 
 def flag_of(key: str, value: Any = None) -> str:
-    """The command-line flag that sets config ``key`` (``--no-sync-bn`` for a false ``sync_bn``)."""
+    """The command-line flag that sets config ``key`` (the spec's; ``--no-sync-bn`` for a false ``sync_bn``)."""
     if key == "sync_bn" and value is False:
         return "--no-sync-bn"
-    return KEY_FLAGS.get(key, "--" + key.replace("_", "-"))
+    return spec_flag_of(TrainConfig, key)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +49,8 @@ class Inert:
 def _peer_knobs(cfg: TrainConfig) -> list[Inert]:
     if cfg.peer_arch is None:
         why = "does nothing without --peer-arch: it is an MDML knob (add --peer-arch ARCH or leave it out)"
-        return [Inert(k, why) for k in ("mimicry_weight", "mimicry_temperature", "alpha_warmup_epochs", "peer_args")]
+        knobs = scheme_knobs(type(cfg)).get("mutual", [])  # the spec's knobs of the scheme, but the peer itself
+        return [Inert(k, why) for k in knobs if k != "peer_arch"]
     if 0 < cfg.alpha_warmup_epochs >= cfg.epochs:
         why = (
             f"is not below --epochs {cfg.epochs}: the mimicry weight would never reach --mimicry-weight "

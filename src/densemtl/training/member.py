@@ -18,6 +18,7 @@ from densemtl.distributed import Comm
 from densemtl.engine import Engine
 from densemtl.engine.precision import Precision
 from densemtl.models.sync_bn import convert_sync_bn
+from densemtl.tasks import TaskSet
 from densemtl.training.builders import build_method, build_model, build_optimizer
 from densemtl.training.config import TrainConfig
 from densemtl.training.objects import Parts, own_optimizer
@@ -36,12 +37,12 @@ class MemberSpec:
 
 
 class Member:
-    """Builds and holds the parts that train one network of a run."""
+    """Builds and holds the parts that train one network of a run, for the run's ``tasks``."""
 
     def __init__(
         self,
         cfg: TrainConfig,
-        tasks: tuple[str, ...],
+        tasks: TaskSet,
         num_classes: int,
         device: torch.device,
         spec: MemberSpec | None = None,

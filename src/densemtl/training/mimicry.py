@@ -15,16 +15,17 @@ from collections.abc import Mapping, Sequence
 
 from torch import Tensor
 
-from densemtl import tasks as task_registry
+from densemtl.tasks import TaskSet, as_task_set
 
 
 def mimicry_losses(
     preds: Mapping[str, Tensor],
     peer_preds: Mapping[str, Tensor],
     batch: Mapping[str, Tensor],
-    tasks: Sequence[str],
+    tasks: TaskSet | Sequence[str],
     temperature: float = 1.0,
 ) -> list[Tensor]:
     """The T mimicry losses of ``preds`` towards the (detached) ``peer_preds``, one scalar per task
-    (a list, not a stacked vector, so that each task's gradient reaches only its own head)."""
-    return [task_registry.get(t).mimicry(preds[t], peer_preds[t], batch[t], temperature) for t in tasks]
+    of ``tasks`` (the run's TaskSet, or names: their defaults), a list, not a stacked vector, so
+    that each task's gradient reaches only its own head."""
+    return as_task_set(tasks).mimicry(preds, peer_preds, batch, temperature)

@@ -187,12 +187,12 @@ def own_optimizer(
 def is_config_model(model: MultiTaskModel, cfg: TrainConfig, num_classes: int) -> bool:
     """Whether ``model`` is the config's architecture (same class, same parameter names and shapes),
     so that ``eval``, ``predict`` and ``load_run`` can rebuild it from the run's config."""
-    from densemtl.training.builders import create_model
+    from densemtl.training.builders import build_task_set, create_model
 
     knobs = {**cfg.arch_args, **({"pretrained": False} if "pretrained" in cfg.arch_args else {})}
     try:
         with torch.device("meta"):
-            twin = create_model(cfg.arch, knobs, tuple(model.tasks), num_classes)
+            twin = create_model(cfg.arch, knobs, build_task_set(cfg, model.tasks), num_classes)
     except Exception:  # an architecture that cannot be built on the meta device, or bad knobs
         return False
     ours, theirs = model.state_dict(), twin.state_dict()

@@ -26,16 +26,18 @@ from densemtl.training.schedule import apply_plan, schedule_changed
 MEMBER_KEYS = ("model", "optimizer", "scheduler", "method")
 
 
-def restore(trainer: Any) -> None:
+def restore(trainer: Any) -> tuple[dict[str, Any] | None, float]:
     """Put ``trainer`` (a :class:`~densemtl.training.trainer.Trainer`) in the state of its run's
-    checkpoints/last.pt: every member, the epoch and step, the history, the partial sums, the guard,
-    the random generators (set when the run starts), the gradient scaler and the elapsed time. A
-    schedule re-planned on resuming (``--replan-schedule``) takes over from the saved one here."""
+    checkpoints/last.pt: every member, the epoch and step, the history, the partial sums, the guard
+    and the gradient scaler. A schedule re-planned on resuming (``--replan-schedule``) takes over
+    from the saved one here. Returns what the trainer keeps for itself: the random generators'
+    state (checked; the trainer sets it when the run starts; None when there is nothing to resume
+    or the checkpoint holds none) and the seconds trained by the run's earlier sessions."""
     if not trainer.last_path.is_file():
         if any(r["epoch"] >= 1 for r in read_history(trainer.out / "metrics.jsonl")):
             raise ConfigError(f"--resume: {trainer.last_path} does not exist; the run cannot be continued")
         trainer.log(f"densemtl: {trainer.out} has no checkpoint yet: starting it from the beginning")
-        return
+        return None, 0.0
     path = trainer.last_path
     for name in ("metrics.jsonl", "summary.json"):  # found at the end of a resumed run otherwise
         if (trainer.out / name).is_dir():
@@ -97,8 +99,7 @@ def restore(trainer: Any) -> None:
     check_like(guard, trainer.guard.state_dict(), path, "guard")
     load_part(trainer.guard.load_state_dict, guard, path, "guard")
     load_part(trainer.precision.load_state_dict, state.get("amp_scaler") or {}, path, "amp_scaler")
-    trainer._rng = rng
-    trainer._elapsed = check_elapsed(state.get("elapsed_s", 0.0), path)
+    return rng, check_elapsed(state.get("elapsed_s", 0.0), path)
 
 
 def _restore_member(m: Any, part: dict[str, Any], path: Path, prefix: str) -> None:

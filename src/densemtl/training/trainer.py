@@ -40,7 +40,7 @@ from densemtl.report.jsonio import dumps
 from densemtl.report.plots import plot_run
 from densemtl.report.progress import progress
 from densemtl.report.visualize import prediction_grid, save_panel
-from densemtl.training.builders import build_datasets, resolve_device
+from densemtl.training.builders import build_datasets, build_task_set, resolve_device
 from densemtl.training.checkpoint import atomic_write_text, save_checkpoint
 from densemtl.training.config import TrainConfig
 from densemtl.training.diagnostics import Diagnostics, TensorBoardLog, require_tensorboard
@@ -111,8 +111,9 @@ class Trainer:
         if train_data is not None and val_data is not None:
             self.train_set, self.val_set = train_data, val_data
         else:
-            self.train_set, self.val_set = build_datasets(cfg)
-        self.tasks: tuple[str, ...] = tuple(self.train_set.tasks)
+            self.train_set, self.val_set = self.build_data(cfg)
+        self.task_set = build_task_set(cfg, self.train_set.tasks, self.train_set)  # built once, passed down
+        self.tasks: tuple[str, ...] = self.task_set.names
         self.num_classes: int = int(self.train_set.num_classes)
         self.scheme = scheme if scheme is not None else scheme_for(cfg)
         #: --amp: the forward's precision and fp16's gradient scaler, one for every member
@@ -120,7 +121,7 @@ class Trainer:
         specs = self.scheme.members()
         check_parts(parts, self.objects, cfg, self.tasks, self.num_classes, len(specs))
         self.members = [
-            Member(cfg, self.tasks, self.num_classes, self.device, spec, self.comm, self.precision, parts)
+            Member(cfg, self.task_set, self.num_classes, self.device, spec, self.comm, self.precision, parts)
             for spec in specs
         ]
         main = self.members[0]
@@ -141,8 +142,8 @@ class Trainer:
         self._elapsed = 0.0  # seconds trained by earlier sessions of the run
         self._started = time.perf_counter()  # when this session's run started
         self.ranks_in_sync = True  # checked at every epoch's end and the run's
-        if resume:
-            self._restore()
+        if resume:  # continue from checkpoints/last.pt; the generators are set when the run starts
+            self._rng, self._elapsed = restore(self)
 
     @property
     def model(self) -> MultiTaskModel:
@@ -158,8 +159,12 @@ class Trainer:
         return self.out / "checkpoints" / "best.pt"
 
     # -- data -------------------------------------------------------------------------------------
-    def _loader(self, dataset: MultiTaskDataset, *, shuffle: bool, epoch: int = 0, start: int = 0) -> DataLoader:
-        """:func:`~densemtl.training.loaders.epoch_loader` of this run."""
+    def build_data(self, cfg: TrainConfig) -> tuple[MultiTaskDataset, MultiTaskDataset]:
+        """The training and validation data of ``cfg`` (a subclass, the bench's, splits them otherwise)."""
+        return build_datasets(cfg)
+
+    def loader(self, dataset: MultiTaskDataset, *, shuffle: bool, epoch: int = 0, start: int = 0) -> DataLoader:
+        """The batches of ``dataset`` as this run reads them (:func:`~densemtl.training.loaders.epoch_loader`)."""
         return epoch_loader(dataset, self.cfg, self.device, self.comm, shuffle=shuffle, epoch=epoch, start=start)
 
     # -- state ------------------------------------------------------------------------------------
@@ -194,10 +199,6 @@ class Trainer:
             **{m.name: m.state() for m in others},
         }
 
-    def _restore(self) -> None:
-        """Continue from checkpoints/last.pt (:func:`~densemtl.training.restore.restore`)."""
-        restore(self)
-
     def _save(self) -> None:
         if self.main_rank:
             save_checkpoint(self.last_path, self.state())
@@ -219,7 +220,7 @@ class Trainer:
         self._write_history()
         if self.tb is not None:
             self.tb.log(record)
-        self.log(metrics_row(record["epoch"], record["val"], self.tasks))
+        self.log(metrics_row(record["epoch"], record["val"], self.task_set))
 
     def _update_best(self, record: dict[str, Any]) -> None:
         """best.pt: the epoch >= 1 (epoch 0 in a run of no epochs) whose validation metrics
@@ -234,15 +235,12 @@ class Trainer:
         with several members, of their ensemble ("ensemble_val")."""
         if not self.main_rank:
             return {}
-        loader = self._loader(self.val_set, shuffle=False)
-        task_args = getattr(self.val_set, "task_args", None)
-        return evaluate_members(
-            self.members, loader, self.tasks, self.num_classes, self.device, self.progress, task_args
-        )
+        loader = self.loader(self.val_set, shuffle=False)
+        return evaluate_members(self.members, loader, self.task_set, self.num_classes, self.device, self.progress)
 
-    def _train_batch(self, epoch: int, batch: dict[str, Tensor]) -> list[StepResult] | None:
-        """One step of every member on ``batch`` under the scheme: one result per member, or
-        None for a non-finite step that was skipped."""
+    def train_batch(self, epoch: int, batch: dict[str, Tensor]) -> list[StepResult] | None:
+        """One step of every member on ``batch`` (on the run's device, the members in train mode)
+        under the scheme: one result per member, or None for a non-finite step that was skipped."""
         for m in self.members:
             m.optimizer.zero_grad(set_to_none=True)
         self.comm.set_batch(len(batch["image"]), self.device)
@@ -292,7 +290,7 @@ class Trainer:
         if start == 0:
             self.totals = EpochTotals(len(self.members), self.tasks)
             self.diagnostics.reset()
-        loader = self._loader(self.train_set, shuffle=True, epoch=epoch, start=start)
+        loader = self.loader(self.train_set, shuffle=True, epoch=epoch, start=start)
         self.scheme.start_epoch(epoch)
         every = self.cfg.checkpoint_every
         total = start + len(loader)
@@ -306,7 +304,7 @@ class Trainer:
             enabled=self.progress,
         )
         for batch in bar:
-            results = self._train_batch(epoch, move(batch, self.device))
+            results = self.train_batch(epoch, move(batch, self.device))
             if results is not None:
                 self.totals.add(results)
                 if self.tb is not None:  # TensorBoard: each step's losses and weights
@@ -346,14 +344,15 @@ class Trainer:
         """The run directory, its config.yaml and the TensorBoard log (rank 0)."""
         self.tb = create_run_files(self.out, self.cfg)
         if self.tb is not None:  # TensorBoard: the prediction grid each epoch, the config as hparams
-            self.tb.attach(self.cfg.to_dict(), lambda: prediction_grid(self.model, self.val_set, self.num_classes))
+            grid = lambda: prediction_grid(self.model, self.val_set, self.num_classes, tasks=self.task_set)  # noqa: E731
+            self.tb.attach(self.cfg.to_dict(), grid)
 
     def _run(self) -> dict[str, Any]:
         on_main(self.comm, self._create_files)
         for note in start_notes(self.train_set, self.val_set, self.cfg, self.comm):  # dropped batch, empty tasks
             self.log(note)
         self._started = time.perf_counter()
-        self.log(metrics_header(self.tasks))
+        self.log(metrics_header(self.task_set))
         if self._rng is not None:
             set_rng_state(self._rng)
             self._rng = None
@@ -382,12 +381,12 @@ class Trainer:
             self._save()
         summary = self.summary(elapsed)
         atomic_write_text(self.out / "summary.json", dumps(summary, indent=2) + "\n")
-        plot_run(self.history, self.tasks, self.out / "plots")
+        plot_run(self.history, self.task_set, self.out / "plots")
         plot_diagnostics(self.history, self.tasks, self.out / "plots")
         if self.tb is not None:
             self.tb.close()
             self.tb = None
-        grid = prediction_grid(self.model, self.val_set, self.num_classes)
+        grid = prediction_grid(self.model, self.val_set, self.num_classes, tasks=self.task_set)
         save_panel(grid, self.out / "plots" / "predictions.png")
         return summary
 
