@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import torch
 
+from densemtl import atomic
 from densemtl.cli.main import main
 from densemtl.errors import ConfigError, RuntimeFault
-from densemtl.training import checkpoint as ckpt
 from densemtl.training.checkpoint import (
     atomic_write_text,
     load_checkpoint,
@@ -63,7 +63,7 @@ def full_disk(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
                 return _FullDisk(path, mode, room, err)
             return real_open(path, mode, *args, **kwargs)
 
-        monkeypatch.setattr(ckpt, "open", fake_open, raising=False)
+        monkeypatch.setattr(atomic, "open", fake_open, raising=False)
 
     return install
 
@@ -100,7 +100,7 @@ def test_an_unwritable_place_is_one_line(tmp_path: Path, monkeypatch: pytest.Mon
     def refuse(*_: object) -> None:
         raise OSError(err, os.strerror(err), str(path))
 
-    monkeypatch.setattr(ckpt.os, "replace", refuse)
+    monkeypatch.setattr(atomic.os, "replace", refuse)
     with pytest.raises(RuntimeFault, match=os.strerror(err).lower()):
         save_checkpoint(path, _state(2))
     with pytest.raises(RuntimeFault, match="metrics.jsonl"):

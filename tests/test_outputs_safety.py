@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-import densemtl.training.checkpoint as ckpt
+import densemtl.atomic as atomic
 from densemtl.cli.main import main
 
 
@@ -178,7 +178,7 @@ def full_disk(monkeypatch: pytest.MonkeyPatch) -> None:
             return _FullDisk(path, mode)
         return real_open(path, mode, *args, **kwargs)
 
-    monkeypatch.setattr(ckpt, "open", fake_open, raising=False)
+    monkeypatch.setattr(atomic, "open", fake_open, raising=False)
 
 
 @pytest.mark.parametrize(
@@ -201,7 +201,7 @@ def test_a_full_disk_at_a_prediction_array(
     tmp: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The panel is written, then the first array meets a full disk: the panel stays, no array file."""
-    real = ckpt.atomic_write
+    real = atomic.atomic_write
 
     def no_room(f: Any) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -209,7 +209,7 @@ def test_a_full_disk_at_a_prediction_array(
     def arrays_fail(path: Path, write: Any, what: str, kept: str) -> None:
         real(path, no_room if path.suffix == ".npy" else write, what, kept)
 
-    monkeypatch.setattr(ckpt, "atomic_write", arrays_fail)
+    monkeypatch.setattr(atomic, "atomic_write", arrays_fail)
     assert main([*PREDICT, "--out", "out", "--save-npy"]) == 1
     err = capsys.readouterr().err
     assert err == "densemtl: error: cannot write out/a_seg.npy: no space left on device; nothing was written\n"

@@ -191,18 +191,31 @@ def test_bench_grid_and_folder(work: Path, capsys: pytest.CaptureFixture) -> Non
     assert Path(MARK).is_file() and "nosucharch" in capsys.readouterr().err
 
 
+def _build(cfg: densemtl.TrainConfig) -> None:
+    """``Trainer(cfg)``, which imports the config's plugins first; its dataset does not exist, so
+    it stops right after (a ConfigError naming the dataset)."""
+    with pytest.raises(ConfigError, match="nosuchdata"):
+        densemtl.Trainer(cfg, "r")
+
+
 def test_python_config_is_consent(work: Path) -> None:
-    """A TrainConfig built in the user's own code imports what it names: that code is the consent."""
-    densemtl.TrainConfig(imports=["plantmod"])
+    """A config built in the user's own code imports what it names where the run is built (the
+    Trainer): that code is the consent. The config alone imports nothing."""
+    cfg = densemtl.TrainConfig(imports=["plantmod"], dataset="nosuchdata")
+    assert not Path(MARK).exists()
+    _build(cfg)
     assert Path(MARK).is_file()
 
 
 def test_a_config_read_later_is_refused_too(work: Path) -> None:
     """While a command runs, a config naming a module its command line did not allow is refused
-    wherever it was read (the check behind the files' own)."""
-    plugins.consent(type("Args", (), {})())
-    with pytest.raises(ConfigError, match="names plugin module plantmod"):
-        densemtl.TrainConfig(imports=["plantmod"])
+    where the run is built, wherever it was read (the check behind the files' own)."""
+    from densemtl.cli.imports import consent
+
+    consent(type("Args", (), {})())
+    cfg = densemtl.TrainConfig(imports=["plantmod"], dataset="nosuchdata")
+    with pytest.raises(ConfigError, match="the config names plugin module plantmod"):
+        densemtl.Trainer(cfg, "r")
     assert not Path(MARK).exists()
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -180,3 +181,18 @@ def relative_improvement(metrics: Metrics, reference: Metrics) -> float:
                 continue
             terms.append((-1.0 if lower else 1.0) * (value - ref) / abs(ref) * 100.0)
     return math.fsum(terms) / len(terms) if terms else float("nan")
+
+
+def best_score(history: list[dict[str, Any]], epochs: int) -> float | None:
+    """The selection score of the last record of ``history`` if it is the best epoch so far, else
+    None. The best epoch is the one >= 1 (epoch 0 in a run of no epochs) whose validation metrics
+    improve most on epoch 0's (:func:`relative_improvement`, NaN never wins over
+    a number); the rule a bench selects its checkpoint by."""
+    epoch = history[-1]["epoch"]
+    if epoch == 0 and epochs > 0:
+        return None
+    ref = history[0]["val"]
+    scores = [relative_improvement(r["val"], ref) for r in history if r["epoch"] >= min(1, epoch)]
+    score = scores[-1]
+    earlier = [s for s in scores[:-1] if not math.isnan(s)]
+    return score if not earlier or (not math.isnan(score) and score > max(earlier)) else None

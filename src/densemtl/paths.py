@@ -131,7 +131,7 @@ def write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``path`` atomically (a temp file beside it, then a rename: a final-component link is
     replaced, never followed); a full disk is a one-line RuntimeFault naming the path, and leaves
     no partial file."""
-    from densemtl.training.checkpoint import atomic_write
+    from densemtl.atomic import atomic_write
 
     p = Path(path)
     kept = "its previous contents are intact" if p.exists() else "nothing was written"

@@ -12,8 +12,6 @@ objects are not checked here (their bugs stay tracebacks), nor objects the user 
 
 from __future__ import annotations
 
-import contextlib
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -21,19 +19,10 @@ import torch
 from torch import Tensor
 
 from densemtl.errors import DenseMTLError
-from densemtl.plugin_faults import PluginError, failed
+from densemtl.plugin_faults import _MADE, PluginError, failed
+from densemtl.plugin_faults import note_made as note_made  # re-exported
 
 R = TypeVar("R")
-
-#: object made by a plugin's factory -> (the words naming it, the heads' channels asked for, or None)
-_MADE: weakref.WeakKeyDictionary[Any, tuple[str, dict[str, int] | None]] = weakref.WeakKeyDictionary()
-
-
-def note_made(obj: object, what: str, task_channels: object = None) -> None:
-    """Remember that a plugin's factory made ``obj`` (``what`` names it)."""
-    channels = dict(task_channels) if isinstance(task_channels, Mapping) else None
-    with contextlib.suppress(TypeError):  # an object that cannot be weakly referenced: checks name its class
-        _MADE[obj] = (what, channels)
 
 
 def maker(obj: object) -> str | None:

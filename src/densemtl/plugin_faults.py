@@ -15,14 +15,27 @@ import inspect
 import signal
 import threading
 import traceback
-from collections.abc import Callable, Iterator, Mapping
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
 from densemtl.errors import ConfigError, DenseMTLError
+from densemtl.knobs import check_call
 
 #: ``DENSEMTL_TRACEBACK=1``: a plugin's failure also prints its full traceback.
 TRACEBACK_ENV = "DENSEMTL_TRACEBACK"
+
+#: object made by a plugin's factory -> (the words naming it, the heads' channels asked for, or None):
+#: what :mod:`densemtl.plugin_contracts` checks the outputs of
+_MADE: weakref.WeakKeyDictionary[Any, tuple[str, dict[str, int] | None]] = weakref.WeakKeyDictionary()
+
+
+def note_made(obj: object, what: str, task_channels: object = None) -> None:
+    """Remember that a plugin's factory made ``obj`` (``what`` names it)."""
+    channels = dict(task_channels) if isinstance(task_channels, Mapping) else None
+    with contextlib.suppress(TypeError):  # an object that cannot be weakly referenced: checks name its class
+        _MADE[obj] = (what, channels)
 
 
 class PluginError(ConfigError):
@@ -137,12 +150,10 @@ def failed(what: str, e: BaseException, module: str) -> PluginError:
 def call_factory(kind: str, name: str, factory: Callable[..., Any], kwargs: Mapping[str, Any],
                  returns: type | None = None, check: Callable[[Any], str] | None = None) -> Any:  # fmt: skip
     """``factory(**kwargs)``, its ``kwargs`` first checked against its signature (a knob it does
-    not take: a one-line ConfigError, :func:`densemtl.registry.check_call`); a plugin's factory
+    not take: a one-line ConfigError, :func:`densemtl.knobs.check_call`); a plugin's factory
     that then raises from its body (a TypeError included), exits, returns something that is not a
     ``returns``, or one that ``check`` finds lacking (its reason, "" when nothing lacks) is a
     :class:`PluginError` naming it, its file and line."""
-    from densemtl.registry import check_call
-
     check_call(kind, name, factory, dict(kwargs))
     if is_own(factory):
         return factory(**kwargs)
@@ -171,20 +182,17 @@ def call_factory(kind: str, name: str, factory: Callable[..., Any], kwargs: Mapp
     if gap:
         at = defined_at(type(obj))
         raise PluginError(f"{what}{f' ({at})' if at else ''} does not follow the {kind} protocol: {gap}")
-    from densemtl.plugin_contracts import note_made  # its outputs are checked where first used
-
     at = defined_at(factory)
     note_made(obj, f"{what}{f' ({at})' if at else ''}", kwargs.get("task_channels"))
     return obj
 
 
-def plugin_fault(e: BaseException) -> PluginError | None:
+def plugin_fault(e: BaseException, plugins: Iterable[str]) -> PluginError | None:
     """The one line for ``e`` when it was raised inside a loaded plugin's code (the innermost frame
-    of its traceback in a plugin's package, :func:`densemtl.plugins.loaded`): naming the plugin, its
-    file and line; None when no plugin's frame is in it (densemtl's own bug stays a traceback)."""
-    from densemtl.plugins import loaded
-
-    tops = {m.split("=")[-1].strip().split(":")[0].split(".")[0] for m in loaded()}
+    of its traceback in a package of ``plugins``, what :func:`densemtl.plugins.loaded` lists):
+    naming the plugin, its file and line; None when no plugin's frame is in it (densemtl's own bug
+    stays a traceback)."""
+    tops = {m.split("=")[-1].strip().split(":")[0].split(".")[0] for m in plugins}
     hits = [
         (mod, f)
         for f, mod in zip(

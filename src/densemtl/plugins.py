@@ -2,7 +2,10 @@
 
 A plugin is any importable module whose import registers something (``@densemtl.models.register``,
 ``@densemtl.methods.register``, ``@densemtl.tasks.register``, ``@densemtl.data.register``). It reaches
-densemtl in three ways, each loaded once per process, before the first registry lookup:
+densemtl in three ways, each loaded once per process where runs are built, never by a registry lookup
+(a registry imports densemtl's own modules only): by every command before it looks a name up, by
+``Trainer`` and by the rebuilding of a checkpoint's model (:func:`config_imports`), by ``load_run``,
+and by the processes a bench or ``speed`` starts (:func:`load_pending`):
 
 - ``--import pkg.module`` (repeatable) on ``train``, ``eval``, ``predict``, ``export``, ``bench``,
   ``speed`` and ``list``;
@@ -10,12 +13,13 @@ densemtl in three ways, each loaded once per process, before the first registry 
   checkpoints (``.pt``, and an exported ``.safetensors``'s metadata) record the imports; a module a
   *file* names is imported only with the user's consent on the command line: ``--import MODULE``
   naming it, or ``--trust-imports`` ("import what the files I give name"). Without it the command
-  refuses in one line naming the file and the modules (:func:`consent`); from Python,
-  ``densemtl.load_run(path, trust_imports=True)``. A ``TrainConfig(imports=[...])`` built in the
-  user's own code imports them (that code is the consent);
+  refuses in one line naming the file and the modules (:func:`densemtl.cli.imports.consent`); from
+  Python, ``densemtl.load_run(path, trust_imports=True)``. A ``Trainer`` of a
+  ``TrainConfig(imports=[...])`` built in the user's own code imports them (that code is the consent);
 - the entry-point group ``densemtl.plugins`` of an installed distribution
   (``[project.entry-points."densemtl.plugins"] name = "pkg.module"``, or ``"pkg.module:setup"`` for a
-  function that is called): every such entry point is loaded the first time plugins are loaded.
+  function that is called): every such entry point is loaded the first time plugins are loaded
+  (from Python, ``load_plugins()`` loads them).
 
 A module that fails to import, or that registers a name already taken, is a one-line
 :class:`~densemtl.errors.ConfigError` naming the module.
@@ -29,7 +33,6 @@ import importlib.metadata
 import os
 import sys
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 from densemtl.errors import ConfigError
@@ -84,8 +87,9 @@ def load_plugins(imports: Iterable[str] = (), *, entry_points: bool = True) -> l
 
 def load_pending() -> None:
     """The entry points, and the modules ``$DENSEMTL_IMPORTS`` names (a parent command's imports,
-    which it had the user's consent for), loaded once per process: what a registry lookup calls
-    first, so a spawned worker knows every name its parent knew. Cheap after the first call. A name
+    which it had the user's consent for), loaded once per process: what a command, a ``Trainer`` and
+    a bench or speed worker call first, so a spawned worker knows every name its parent knew. Cheap
+    after the first call. A name
     that is not a module, or that does not import, is a one-line ConfigError naming the variable."""
     global _pending_done
     if _pending_done:
@@ -180,104 +184,6 @@ def _with_cwd_on_path() -> None:
         sys.path.append(cwd)
 
 
-# -- the imports a command needs -------------------------------------------------------------------
-def _unique(names: Iterable[str]) -> list[str]:
-    out: list[str] = []
-    for n in names:
-        if n not in out:
-            out.append(n)
-    return out
-
-
-def yaml_imports(path: str | Path) -> list[str]:
-    """The ``imports`` of a config or grid file (``[]`` if it has none); a bad file: ConfigError."""
-    from densemtl.training.config import load_yaml, parse_imports
-
-    value = load_yaml(path).get("imports")
-    return [] if value is None else parse_imports(value, f"{path}: imports")
-
-
-def checkpoint_imports(path: str | Path) -> list[tuple[str, list[str]]]:
-    """The imports recorded with a checkpoint (a run directory, a ``.pt`` or an exported
-    ``.safetensors``), read without building or importing anything, as (the file, its modules):
-    the run's ``config.yaml`` and the checkpoint file itself. A file that cannot be read is left
-    out (the command that loads it then says what is wrong with it)."""
-    from densemtl.training.checkpoint import resolve_checkpoint
-    from densemtl.training.config import parse_imports
-
-    p = Path(path)
-    out: list[tuple[str, list[str]]] = []
-    run = p if p.is_dir() else (p.parent.parent if p.parent.name == "checkpoints" else None)
-    if run is not None and (run / "config.yaml").is_file():
-        out.append((str(run / "config.yaml"), _quietly(lambda: yaml_imports(run / "config.yaml"))))
-    try:
-        file = resolve_checkpoint(p)
-    except Exception:  # noqa: BLE001 - a missing or odd path: the loader says why
-        return [(f, names) for f, names in out if names]
-    reader = _safetensors_config if file.suffix == ".safetensors" else _pt_config
-    out.append((str(file), _quietly(lambda: parse_imports(reader(file).get("imports") or [], f"{file}: imports"))))
-    return [(f, names) for f, names in out if names]
-
-
-def _quietly(read: Callable[[], list[str]]) -> list[str]:
-    try:
-        return read()
-    except Exception:  # noqa: BLE001 - any unreadable file (SafetensorError, UnpicklingError, ...): the loader says why
-        return []
-
-
-def _safetensors_config(p: Path) -> dict[str, Any]:
-    import json
-
-    from safetensors import safe_open
-
-    with safe_open(str(p), framework="pt", device="cpu") as f:
-        return dict(json.loads((f.metadata() or {}).get("config", "{}")))
-
-
-def _pt_config(p: Path) -> dict[str, Any]:
-    import torch
-
-    state = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
-    return dict(state.get("config") or {}) if isinstance(state, dict) else {}
-
-
-def file_imports(args: Any) -> list[tuple[str, list[str], str]]:
-    """The modules each file a parsed command reads names, as (the file, its modules, why): the
-    ``imports`` of ``--config`` and ``--grid``, of the run of ``train --resume``, of the bench
-    continued in ``bench --out``, and of the checkpoint of ``eval``/``predict``/``export``."""
-    found: list[tuple[str, list[str], str]] = []
-    for attr in ("config", "grid"):
-        path = getattr(args, attr, None)
-        if isinstance(path, str) and Path(path).is_file():
-            found.append((f"--{attr} {path}", yaml_imports(path), "its imports:"))
-    out = getattr(args, "out", None)
-    if getattr(args, "resume", False) and out and (Path(out) / "config.yaml").is_file():
-        found.append((str(Path(out) / "config.yaml"), yaml_imports(Path(out) / "config.yaml"), "the run used them"))
-    if getattr(args, "command", None) == "bench" and out and (Path(out) / "bench.yaml").is_file():
-        found.append((str(Path(out) / "bench.yaml"), _bench_imports(Path(out) / "bench.yaml"), "the bench used them"))
-    checkpoint = getattr(args, "checkpoint", None)
-    if isinstance(checkpoint, str):
-        found += [(f, names, "the run was trained with them") for f, names in checkpoint_imports(checkpoint)]
-    return [(f, names, why) for f, names, why in found if names]
-
-
-def _bench_imports(path: Path) -> list[str]:
-    """The ``imports`` of a bench folder's ``bench.yaml`` (its shared ``base`` settings)."""
-    from densemtl.training.config import load_yaml, parse_imports
-
-    base = _quietly(lambda: [load_yaml(path).get("base")])  # type: ignore[list-item]
-    value = base[0].get("imports") if base and isinstance(base[0], dict) else None
-    return _quietly(lambda: parse_imports(value, f"{path}: imports")) if value else []
-
-
-def command_imports(args: Any) -> list[str]:
-    """Every module a parsed command imports: the files' ``imports`` (:func:`file_imports`), then
-    ``--import``."""
-    names = [n for _, mods, _ in file_imports(args) for n in mods]
-    return _unique([*names, *(getattr(args, "imports", None) or [])])
-
-
 # -- consent: a module a file names is imported only when the command line allows it ---------------
 def allowed(name: str) -> bool:
     """Whether importing ``name`` needs no more consent: the command line allowed it, a plugin
@@ -292,23 +198,13 @@ def refusal(where: str, names: list[str], why: str, how: str = "") -> ConfigErro
     return ConfigError(f"{where} names plugin module{s} {', '.join(names)} ({why}); importing runs their code: {how}")
 
 
-def consent(args: Any) -> list[str]:
-    """The modules a parsed command may import, in order (the files', then ``--import``'s); a module
-    a file names that neither ``--import`` nor ``--trust-imports`` allows is refused in one line
-    naming the file. From here until :func:`end_command`, a config naming a module not allowed is
-    refused too (:func:`config_imports`), wherever it was read."""
+def grant(names: Iterable[str], *, trust: bool = False) -> None:
+    """Let the running command import ``names`` (what its command line allowed: :mod:`densemtl.cli.imports`).
+    From here until :func:`end_command`, a config naming a module not allowed is refused
+    (:func:`config_imports`) unless ``trust`` (``--trust-imports``)."""
     global _strict
-    given = [str(n).strip() for n in (getattr(args, "imports", None) or [])]
-    trust = bool(getattr(args, "trust_imports", False))
-    names: list[str] = []
-    for where, mods, why in file_imports(args):
-        missing = [m for m in mods if m not in given and not allowed(m)]
-        if missing and not trust:
-            raise refusal(where, missing, why)
-        names += mods
-    _allowed.update([*names, *given])
+    _allowed.update(names)
     _strict = not trust
-    return _unique([*names, *given])
 
 
 def end_command() -> None:
@@ -325,13 +221,16 @@ def end_command() -> None:
         _env_before = _UNSET
 
 
-def config_imports(names: list[str]) -> None:
-    """Import a config's ``imports`` (``TrainConfig``): a user's own code building a config consents;
-    while a command runs, a module its command line did not allow is refused, not imported."""
+def config_imports(names: list[str], where: str = "the config") -> None:
+    """What a run needs imported before anything of it is built, called where runs are built
+    (``Trainer``, the model of a checkpoint, a bench job): :func:`load_pending`, then a config's
+    ``imports``. A user's own code building a config consents; while a command runs, a module its
+    command line did not allow is refused, not imported (whichever file the config came from)."""
+    load_pending()
     if _strict:
         missing = [n for n in names if not allowed(n)]
         if missing:
-            raise refusal("the config", missing, "a file densemtl read names them")
+            raise refusal(where, missing, "a file densemtl read names them")
     load_plugins(names)
 
 

@@ -1,8 +1,9 @@
 """Task-balancing methods: ``create(name, **kw)`` and ``available()``.
 
-A new method is one module here (found on import), with a class decorated with
-``@register("name")`` (and ``tiny={...}``, the knobs that make it fast in tests, if any) that
-declares what it needs in ``requirements`` (:class:`~densemtl.balancing.base.Requirements`).
+A new method is one module here, with a class decorated with ``@register("name")`` (and
+``tiny={...}``, the knobs that make it fast in tests, if any) that declares what it needs in
+``requirements`` (:class:`~densemtl.balancing.base.Requirements`), and its name in
+:data:`BUILT_IN` below: the module is imported when the method is first looked up.
 See ``densemtl.balancing.base`` for the three helper bases (loss weightings, gradient
 aggregators, optimizers).
 """
@@ -34,17 +35,14 @@ def create(name: str, **kwargs: Any) -> BalancingMethod:
     return METHODS.create(name, **kwargs)
 
 
-def _import_methods() -> None:
-    # Every module in this package registers its method(s) on import; one file = one method.
-    import importlib
-    import pkgutil
-
-    for info in pkgutil.iter_modules(__path__):
-        if info.name not in {"base"} and not info.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{info.name}")
-
-
-_import_methods()
+#: The methods of this package, each registered by the module of its name (one file = one method).
+BUILT_IN = (
+    "acg", "alignedmtl", "cagrad", "dbmtl", "dwa", "ew", "excessmtl", "fairgrad", "famo", "gls", "graddrop",
+    "gradnorm", "gradvac", "imtl", "mao", "mgda", "moco", "modo", "nashmtl", "pcgrad", "rlw", "sdmgrad", "stch",
+    "upgrad", "uw",
+)  # fmt: skip
+for _name in BUILT_IN:
+    METHODS.lazy(_name, f"{__name__}.{_name}")
 
 #: LibMTL's names of the methods it shares with densemtl (``LibMTL/weighting/__init__.py``), taken
 #: as they are: the registry matches names in any case and without underscores or dashes, so
@@ -78,6 +76,7 @@ LIBMTL_NAMES = (
 METHODS.alias("IMTL_G", "imtl")
 
 __all__ = [
+    "BUILT_IN",
     "LIBMTL_NAMES",
     "METHODS",
     "Aggregator",

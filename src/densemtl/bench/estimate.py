@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from densemtl.bench.grid import Job
+from densemtl.bench.job import BenchTrainer
 from densemtl.training.config import build_config
 from densemtl.training.evaluation import evaluate_model, move
 from densemtl.training.resumable import rng_state, set_rng_state
@@ -93,8 +94,6 @@ def sample_seconds(dataset: Any, k: int = 4) -> tuple[float, float]:
 
 def time_run(job: Job) -> tuple[float, int]:
     """(seconds, training steps) of one run of ``job`` on this machine, from one timed step."""
-    from densemtl.bench.runner import BenchTrainer  # the runner imports this module
-
     cfg = build_config(job.config)
     with tempfile.TemporaryDirectory(prefix="densemtl-estimate-") as tmp:
         trainer = BenchTrainer(cfg, Path(tmp) / "run", val_fraction=job.val_fraction, progress=False, log=_quiet)

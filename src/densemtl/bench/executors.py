@@ -1,6 +1,6 @@
 """Where a bench runs its jobs: this machine's processes, a Ray cluster, or Slurm through submitit.
 
-Every executor runs the same :func:`~densemtl.bench.runner.run_job` on each job, which trains
+Every executor runs the same :func:`~densemtl.bench.job.run_job` on each job, which trains
 into that job's own run directory (under its lock) and nothing else; the bench process alone
 reads the finished runs back and writes the tables. So a grid stopped under one executor is
 continued by any other, and the tables do not depend on which one ran the cells.
@@ -21,14 +21,14 @@ every outstanding task or job; their runs continue from their last checkpoint ne
 
 from __future__ import annotations
 
-import importlib
 import os
 import time
-from abc import ABC, abstractmethod
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from densemtl.bench.executor_base import SLURM_TIME_MIN as SLURM_TIME_MIN  # re-exported
+from densemtl.bench.executor_base import Executor as Executor  # re-exported
+from densemtl.bench.executor_base import Log, OnDone
 from densemtl.errors import ConfigError
 
 if TYPE_CHECKING:  # not at run time: the CLI reads this module's names while it builds its parser
@@ -36,8 +36,6 @@ if TYPE_CHECKING:  # not at run time: the CLI reads this module's names while it
 
 #: The names ``--executor`` takes.
 EXECUTORS = ("local", "ray", "slurm")
-#: The package each remote executor needs, and the extra of densemtl that installs it.
-NEEDS = {"ray": ("ray", "Ray", "ray"), "slurm": ("submitit", "submitit", "slurm")}
 #: The flag of each Slurm option (the keys of :func:`make_executor`'s ``slurm``).
 SLURM_FLAGS = {
     "cluster": "--slurm-cluster",
@@ -45,44 +43,6 @@ SLURM_FLAGS = {
     "time_min": "--slurm-time-min",
     "extra": "--slurm-arg",
 }
-#: Minutes a Slurm job may run unless ``--slurm-time-min`` says otherwise.
-SLURM_TIME_MIN = 24 * 60
-
-OnDone = Callable[["Job", dict[str, Any], float], None]
-Log = Callable[[str], None]
-
-
-def require(executor: str) -> Any:
-    """Import the package that ``executor`` needs; missing, a one-line :class:`ConfigError` that
-    says how to install it."""
-    module, name, extra = NEEDS[executor]
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ConfigError(
-            f"densemtl bench --executor {executor} needs {name}: pip install 'densemtl[{extra}]'"
-        ) from None
-
-
-# -- executors ----------------------------------------------------------------------------------
-class Executor(ABC):
-    """Runs a bench's jobs; :meth:`run` is called inside ``with executor:``."""
-
-    name = ""
-
-    def __enter__(self) -> Executor:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def describe(self) -> str:
-        """Where the jobs run, for the bench's first log line."""
-        return self.name
-
-    @abstractmethod
-    def run(self, jobs: list[Job], on_done: OnDone, log: Log) -> None:
-        """Run ``jobs``, calling ``on_done(job, summary, seconds)`` here as each finishes."""
 
 
 class LocalExecutor(Executor):
@@ -97,8 +57,8 @@ class LocalExecutor(Executor):
         return f"{self.n_procs} process(es)"
 
     def run(self, jobs: list[Job], on_done: OnDone, log: Log) -> None:
+        from densemtl.bench.job import run_job
         from densemtl.bench.processes import run_parallel
-        from densemtl.bench.runner import run_job
 
         if self.n_procs <= 1 or len(jobs) <= 1:
             for job in jobs:

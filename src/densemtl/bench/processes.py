@@ -1,9 +1,6 @@
-"""How a bench runs its jobs in processes, and the locks that keep two runs off one directory.
+"""How a bench runs its jobs in processes (the locks that keep two runs off one directory are
+:mod:`densemtl.bench.locks`).
 
-- One ``densemtl bench`` at a time per bench directory: it holds ``BENCH/.lock`` (``flock``,
-  with its pid inside) for the whole run; the kernel releases it when the process ends, however.
-- One process at a time per run directory: a job holds a ``flock`` on its run directory while it
-  checks, trains and evaluates it (a baseline run is shared by every bench of the same settings).
 - Workers are spawned processes that the bench hands one job at a time. Each dies with the bench
   process (``PR_SET_PDEATHSIG`` on Linux, and everywhere a thread that watches the parent), so a
   ``kill -9`` of the bench leaves nothing running.
@@ -24,81 +21,26 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from densemtl.errors import ConfigError, DenseMTLError, Interrupted, RuntimeFault
+from densemtl.bench.locks import BENCH_LOCK as BENCH_LOCK  # re-exported
+from densemtl.bench.locks import RESUME_HINT as RESUME_HINT  # re-exported
+from densemtl.bench.locks import bench_lock as bench_lock  # re-exported
+from densemtl.bench.locks import run_lock as run_lock  # re-exported
+from densemtl.errors import DenseMTLError, Interrupted, RuntimeFault
 from densemtl.training.signals import SignalScope
 
 if TYPE_CHECKING:  # not at run time: a worker imports this module first, and must start watching fast
     from densemtl.bench.grid import Job
 
-try:
-    import fcntl
-except ImportError:  # not POSIX: no locks (a bench there is one process's business)
-    fcntl = None  # type: ignore[assignment]
-
-#: The lock file of a bench directory.
-BENCH_LOCK = ".lock"
-#: What the message of a stopped bench tells the user to do.
-RESUME_HINT = "rerun the same command to continue"
 #: Seconds a terminated worker gets to exit (a trainer may finish its step) before it is killed.
 GRACE_S = 10.0
 #: Seconds between two looks of a worker at its parent.
 WATCH_S = 0.5
-
-
-# -- locks --------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def bench_lock(out: Path) -> Iterator[None]:
-    """Hold ``out``'s bench lock while inside; a bench already run by another live process is a
-    one-line :class:`ConfigError` naming that process."""
-    if fcntl is None:
-        yield
-        return
-    with (out / BENCH_LOCK).open("a+") as f:  # "a+": never truncates the holder's pid before we hold it
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            pid = f.read().strip()
-            who = f"process {pid}" if pid.isdigit() else "another process"
-            raise ConfigError(
-                f"bench {out} is being run by {who}; wait for it to end (or stop it), then {RESUME_HINT}"
-            ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"{os.getpid()}\n")
-        f.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def run_lock(run: Path, log: Callable[[str], None]) -> Iterator[None]:
-    """Hold a lock on the run directory ``run`` (created if missing) while inside; wait, saying so
-    once, while another process holds it. The directory itself is locked, so it must not be removed
-    while inside (empty it instead)."""
-    run.mkdir(parents=True, exist_ok=True)
-    if fcntl is None:
-        yield
-        return
-    fd = os.open(run, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log(f"densemtl bench: waiting for {run}: another process is running it")
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 # -- signals ------------------------------------------------------------------------------------
@@ -186,7 +128,7 @@ def worker_main(conn: Connection, parent: int, threads: int) -> None:
     # the resource tracker then warns about on the user's terminal; a worker needs a thread lock only.
     tqdm.set_lock(threading.RLock())
 
-    from densemtl.bench.runner import run_job
+    from densemtl.bench.job import run_job
 
     torch.set_num_threads(threads)
     while True:

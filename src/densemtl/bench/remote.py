@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from densemtl.bench.executors import SLURM_TIME_MIN, Executor, Log, OnDone, require
+from densemtl.bench.executor_base import SLURM_TIME_MIN, Executor, Log, OnDone, require
 from densemtl.errors import ConfigError, DenseMTLError, Interrupted, RuntimeFault
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ def run_remote(job: Job, cwd: str, threads: int) -> Outcome:
     import torch
     from tqdm import tqdm
 
-    from densemtl.bench.runner import run_job
+    from densemtl.bench.job import run_job
 
     tqdm.set_lock(threading.RLock())  # no multiprocessing semaphore left behind by a cancelled job
     torch.set_num_threads(threads)

@@ -59,6 +59,7 @@ from densemtl.errors import ConfigError
 from densemtl.launch import timeout_minutes
 from densemtl.models.base import MultiTaskModel
 from densemtl.models.sync_bn import GlobalBatchNorm2d, convert_sync_bn
+from densemtl.plugins import load_pending
 from densemtl.report.progress import progress as progress_bar
 from densemtl.training.builders import build_method, resolve_device
 
@@ -163,6 +164,7 @@ def measure_speed_ddp(
 def rank_speed(comm: Comm, job: dict[str, Any]) -> dict[str, Any]:
     """One rank's part of :func:`measure_speed_ddp` (run in a spawned process): its rows, step
     times and bytes sent per step; ``error`` when the EW baseline cannot step."""
+    load_pending()  # its parent's plugins ($DENSEMTL_IMPORTS) and the entry points, before any lookup
     dev = torch.device(job["device"])
     if dev.type == "cuda":
         dev = torch.device("cuda", comm.rank)

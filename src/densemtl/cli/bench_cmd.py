@@ -115,7 +115,7 @@ def gather(args: argparse.Namespace) -> dict[str, Any]:
     values.update(given_values(args, bench=True))
     # --import / --trust-imports (plugins): in every run's config, so its worker imports them too
     if hasattr(args, "imports") or hasattr(args, "trust_imports"):
-        from densemtl.plugins import command_imports
+        from densemtl.cli.imports import command_imports
 
         values["imports"] = command_imports(args)
     return values

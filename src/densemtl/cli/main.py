@@ -74,12 +74,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from densemtl import plugins
 
     try:
+        from densemtl.cli.imports import consent
         from densemtl.paths import refuse_empty
 
         for key in OUTPUT_FLAGS:  # --out '' would be the current folder: refused before anything
             refuse_empty(getattr(args, key, None), f"--{key}")
         # the files' imports: only with --import / --trust-imports (refused in one line otherwise)
-        plugins.load_plugins(plugins.consent(args))  # entry points, then those; before any lookup
+        plugins.load_plugins(consent(args))  # entry points, then those; before any lookup
         plugins.load_pending()  # a parent command's $DENSEMTL_IMPORTS (a bad one: one line)
         plugins.export_to_children()  # bench and speed workers import them too (densemtl.plugins.load_pending)
         from densemtl.report.progress import progress_every
@@ -108,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         from densemtl.plugin_faults import plugin_fault
 
-        fault = plugin_fault(e)  # raised inside a user's module: one line naming its file and line
+        fault = plugin_fault(e, plugins.loaded())  # raised inside a user's module: one line naming its file and line
         if fault is None:
             raise  # densemtl's own bug: its traceback
         return report(fault)

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     values = given_values(args)
     # --import / --trust-imports (plugins): added to the config file's or resumed run's imports
     if hasattr(args, "imports") or hasattr(args, "trust_imports"):
-        from densemtl.plugins import command_imports
+        from densemtl.cli.imports import command_imports
 
         values["imports"] = command_imports(args)
     yaml_path = getattr(args, "config", None)

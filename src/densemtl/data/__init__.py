@@ -3,10 +3,10 @@
 Every dataset is a :class:`~densemtl.data.base.MultiTaskDataset`: it yields dicts
 ``{"image": (3,H,W) float, <task>: target}`` for the tasks it has and exposes ``tasks``,
 ``num_classes``, ``size`` (H, W) and ``set_epoch``. A new dataset is one module here whose
-factory is decorated with ``@register("name")``; every module of the package is imported (and so
-registered) when the package is. A factory takes ``split``, ``root``, ``size``, ``augment``,
-``seed``, ``n`` and ``num_classes``; any further keyword is a knob that a config sets through
-``data_args`` (``--data-arg KEY=VALUE``).
+factory is decorated with ``@register("name")``, and a line in :data:`BUILT_IN` below: the module
+is imported when the dataset is first looked up. A factory takes ``split``, ``root``, ``size``,
+``augment``, ``seed``, ``n`` and ``num_classes``; any further keyword is a knob that a config sets
+through ``data_args`` (``--data-arg KEY=VALUE``).
 """
 
 from __future__ import annotations
@@ -29,16 +29,15 @@ def create(name: str, split: str, **kwargs: Any) -> MultiTaskDataset:
     return DATASETS.create(name, split=split, **kwargs)
 
 
-def _import_datasets() -> None:
-    # Every module in this package may register datasets with @register on import.
-    import importlib
-    import pkgutil
+#: The datasets of this package: name -> the module that registers it.
+BUILT_IN = {
+    "cityscapes": "mtan",
+    "nyud": "nyud",
+    "nyuv2": "mtan",
+    "pascal_context": "pascal_context",
+    "synthetic": "synthetic",
+}
+for _name, _module in BUILT_IN.items():
+    DATASETS.lazy(_name, f"{__name__}.{_module}")
 
-    for info in pkgutil.iter_modules(__path__):
-        if info.name != "base" and not info.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{info.name}")
-
-
-_import_datasets()
-
-__all__ = ["DATASETS", "MultiTaskDataset", "available", "create", "register"]
+__all__ = ["BUILT_IN", "DATASETS", "MultiTaskDataset", "available", "create", "register"]

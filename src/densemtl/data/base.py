@@ -6,6 +6,10 @@ from typing import Protocol, runtime_checkable
 
 from torch import Tensor
 
+#: Seeds are 0 .. 2**32 - 1: every generator seeded from them (numpy's, torch's, the data
+#: order's ``seed * 100_003 + epoch``) takes the result without overflow.
+MAX_SEED = 2**32 - 1
+
 
 @runtime_checkable
 class MultiTaskDataset(Protocol):

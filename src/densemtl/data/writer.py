@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from densemtl.data.base import MAX_SEED
 from densemtl.data.preprocess import write_frame
 from densemtl.errors import ConfigError, DataError
 
@@ -76,8 +77,6 @@ def synthesize(
     out = Path(out).expanduser()
     if out.exists() and (not out.is_dir() or _is_nonempty_dir(out)):
         raise DataError(f"{out}: already exists and is not empty; refusing to overwrite (choose a new --out)")
-    from densemtl.training.config import MAX_SEED
-
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
         raise ConfigError(f"seed must be in 0..{MAX_SEED} (2**32 - 1), got {seed!r}")
     for name, value in (("n_train", n_train), ("n_val", n_val)):

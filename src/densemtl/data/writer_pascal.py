@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from densemtl.data._pascal_files import CONTEXT_OF_VOC, VOC_CLASSES
+from densemtl.data.base import MAX_SEED
 from densemtl.errors import ConfigError, DataError
 
 __all__ = ["person_parts", "write_pascal"]
@@ -127,7 +128,6 @@ def _write_image(id_: str, out: Path, scene: dict[str, np.ndarray]) -> None:
 
 def _check(n_train: object, n_val: object, size: object, seed: object) -> tuple[int, int]:
     from densemtl.data.synthetic import MIN_SIDE
-    from densemtl.training.config import MAX_SEED
 
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= seed <= MAX_SEED:
         raise ConfigError(f"seed must be in 0..{MAX_SEED} (2**32 - 1), got {seed!r}")

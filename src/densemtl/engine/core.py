@@ -16,15 +16,15 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from densemtl.balancing.base import BalancingMethod
 from densemtl.distributed import Comm
 from densemtl.engine.modes import MODES, check_mode, check_recompute_every, default_mode
 from densemtl.engine.precision import Precision
+from densemtl.engine.protocols import EngineModel
 from densemtl.engine.strategies import STRATEGIES, Context, Forward, NonFiniteGradientError, StepResult
 from densemtl.errors import ConfigError
-from densemtl.models.base import MultiTaskModel
 from densemtl.plugin_contracts import check_outputs
 
 if TYPE_CHECKING:
@@ -44,14 +44,15 @@ __all__ = [
 class Engine:
     """Computes the update of one batch for ``model`` under ``method`` and writes it into ``.grad``.
 
-    ``model`` is a :class:`MultiTaskModel` with every task of ``tasks`` (the run's
+    ``model`` is a :class:`~densemtl.models.base.MultiTaskModel` (any ``nn.Module`` meeting
+    :class:`~densemtl.engine.protocols.EngineModel`) with every task of ``tasks`` (the run's
     :class:`~densemtl.tasks.TaskSet`, whose knobs set the losses; names: their defaults); for one's
     own ``nn.Module`` and losses, :func:`densemtl.backward` drives the same strategies.
     """
 
     def __init__(
         self,
-        model: MultiTaskModel,
+        model: EngineModel,
         method: BalancingMethod,
         tasks: TaskSet | Sequence[str],
         *,
@@ -178,8 +179,9 @@ class Engine:
 
 
 def check_model(model: object, tasks: TaskSet | Sequence[str]) -> None:
-    """A MultiTaskModel that has every task of ``tasks``, or a one-line ConfigError."""
-    if not isinstance(model, MultiTaskModel):
+    """A MultiTaskModel (an :class:`EngineModel` module) that has every task of ``tasks``, or a
+    one-line ConfigError."""
+    if not isinstance(model, nn.Module) or not isinstance(model, EngineModel):
         raise ConfigError(
             f"Engine needs a densemtl MultiTaskModel, got {type(model).__name__}; for your own nn.Module "
             "use densemtl.backward(losses, shared_params, method) (docs/python.md)"
@@ -194,7 +196,7 @@ def check_model(model: object, tasks: TaskSet | Sequence[str]) -> None:
         )
 
 
-def check_split(model: MultiTaskModel, shared: Sequence[Tensor]) -> None:
+def check_split(model: EngineModel, shared: Sequence[Tensor]) -> None:
     """A one-line ConfigError naming ``model``'s class unless its parameters split into shared
     ones and ones each task owns: some parameter owned by a task (``task_parameters``; by default
     those of ``self.heads[task]``), none owned by two tasks nor both shared and a task's."""

@@ -2,9 +2,9 @@
 
 A new architecture is one module here that decorates its factory with
 ``@register("name", tiny={...})`` (``tiny``: the knobs that make it small enough for the
-registry-driven tests); every module of the package is imported (and so registered) when the
-package is. Shared pieces live in ``layers`` (conv blocks, heads, attention masks) and
-``backbones`` (torchvision ResNets and their ImageNet weights).
+registry-driven tests), and a line in :data:`BUILT_IN` below: the module is imported when the
+architecture is first looked up. Shared pieces live in ``layers`` (conv blocks, heads, attention
+masks) and ``backbones`` (torchvision ResNets and their ImageNet weights).
 """
 
 from __future__ import annotations
@@ -40,19 +40,9 @@ def count_parameters(model: MultiTaskModel) -> dict[str, int]:
     return {"shared": shared, "total": total}
 
 
-_SUPPORT = frozenset({"base", "layers", "backbones", "timm_backbone"})  # modules that register no architecture
+#: The architectures of this package, each registered by the module of its name.
+BUILT_IN = ("crossstitch", "hirmtl", "hps", "invpt", "mtan", "mtinet", "padnet", "segnet", "single", "vmsanet")
+for _name in BUILT_IN:
+    MODELS.lazy(_name, f"{__name__}.{_name}")
 
-
-def _import_architectures() -> None:
-    # Every module in this package registers its architecture(s) with @register on import.
-    import importlib
-    import pkgutil
-
-    for info in pkgutil.iter_modules(__path__):
-        if info.name not in _SUPPORT and not info.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{info.name}")
-
-
-_import_architectures()
-
-__all__ = ["MODELS", "MultiTaskModel", "Predictions", "available", "count_parameters", "create", "register"]
+__all__ = ["BUILT_IN", "MODELS", "MultiTaskModel", "Predictions", "available", "count_parameters", "create", "register"]

@@ -64,8 +64,8 @@ def _style(label: str) -> str:
 
 def selected_epoch(history: list[dict[str, Any]]) -> int | None:
     """The epoch whose checkpoint is ``best.pt`` (the rule of
-    :func:`densemtl.training.rundir.best_score`), or None for an empty history."""
-    from densemtl.training.rundir import best_score
+    :func:`densemtl.metrics.best_score`), or None for an empty history."""
+    from densemtl.metrics import best_score
 
     epochs = max((r["epoch"] for r in history), default=0)
     best = None

@@ -2,41 +2,28 @@
 
 A task is one :class:`~densemtl.tasks.base.Task` subclass registered under its name, the key of
 its targets in batches and of its predictions in model outputs. A new task is one module here
-(or in the user's own code) decorated with ``@register("name")``; every module of this package
-is imported (and so registered) when the package is. The built-in tasks: ``seg`` (segmentation,
-targets (B,H,W) long, -1 = ignore), ``depth`` ((B,1,H,W), 0 = invalid), ``normal`` ((B,3,H,W),
-all-zero = invalid). A run's tasks, configured with their knobs, are one :class:`TaskSet`.
+(or in the user's own code) decorated with ``@register("name")`` (which sets its ``name``), and
+a name in :data:`BUILT_IN` below: the module is imported when the task is first looked up. Three
+of the built-in tasks: ``seg`` (segmentation, targets (B,H,W) long, -1 = ignore), ``depth``
+((B,1,H,W), 0 = invalid), ``normal`` ((B,3,H,W), all-zero = invalid). A run's tasks, configured
+with their knobs, are one :class:`TaskSet`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from collections.abc import Iterable
+from typing import Any
 
 from torch import Tensor
 
-from densemtl.registry import Registry
-from densemtl.tasks.base import Column, MetricAccumulator, Task
+from densemtl.tasks.base import TASKS, Column, MetricAccumulator, Task
 from densemtl.tasks.taskset import TaskSet, as_task_set, task_knobs
 
-TASKS: Registry[Task] = Registry("task")
-
-TaskT = TypeVar("TaskT", bound=type[Task])
+register = TASKS.register
 
 #: The NYUv2 task set and class count that ``models.create(name)`` builds for by default.
 _DEFAULT_TASKS: tuple[str, ...] = ("seg", "depth", "normal")
 _DEFAULT_CLASSES = 13
-
-
-def register(name: str, *, tiny: dict[str, Any] | None = None) -> Callable[[TaskT], TaskT]:
-    """Class decorator registering a :class:`Task` subclass under ``name`` (also its ``name``)."""
-
-    def deco(cls: TaskT) -> TaskT:
-        TASKS.register(name, tiny=tiny)(cls)
-        cls.name = name.lower()
-        return cls
-
-    return deco
 
 
 def available() -> list[str]:
@@ -78,19 +65,13 @@ def compute_losses(
     return as_task_set(tasks).losses(preds, batch)
 
 
-def _import_tasks() -> None:
-    # Every module in this package registers its task on import; one file = one task.
-    import importlib
-    import pkgutil
-
-    for info in pkgutil.iter_modules(__path__):
-        if info.name != "base" and not info.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{info.name}")
-
-
-_import_tasks()
+#: The tasks of this package, each registered by the module of its name (one file = one task).
+BUILT_IN = ("depth", "edge", "normal", "parts", "saliency", "seg")
+for _name in BUILT_IN:
+    TASKS.lazy(_name, f"{__name__}.{_name}")
 
 __all__ = [
+    "BUILT_IN",
     "TASKS",
     "Column",
     "MetricAccumulator",

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from densemtl.errors import ConfigError
+from densemtl.registry import Registry
 
 
 class MetricAccumulator(Protocol):
@@ -154,3 +155,7 @@ class Task(ABC):
         mask = valid.all(dim=0) if valid.dim() == 3 else valid
         rgb[~mask.cpu().numpy()] = 0
         return rgb
+
+
+#: The task registry (``densemtl.tasks.register``; its built-in names are declared in ``densemtl.tasks``).
+TASKS: Registry[Task] = Registry("task")

@@ -32,14 +32,14 @@ FLAG = "--task-arg"
 def task_knobs(name: str) -> dict[str, Any]:
     """The knobs of task ``name`` and their defaults, in order: its constructor's keyword
     arguments with defaults (an unknown name: ConfigError listing the tasks)."""
-    from densemtl.tasks import TASKS
+    from densemtl.tasks.base import TASKS
 
     return {k: p.default for k, p in TASKS.knobs(name).items() if p.default is not p.empty}
 
 
 def _takes_any(name: str) -> bool:
     """Whether task ``name``'s constructor takes ``**kwargs`` (then any knob is its to check)."""
-    from densemtl.tasks import TASKS
+    from densemtl.tasks.base import TASKS
 
     params = inspect.signature(TASKS.get(name)).parameters.values()
     return any(p.kind is p.VAR_KEYWORD for p in params)
@@ -71,7 +71,7 @@ def _create(name: str, knobs: Mapping[str, Any]) -> Task:
     """Task ``name`` with ``knobs`` (already checked): the one place a task is instantiated."""
     from densemtl.plugin_contracts import task_gap
     from densemtl.plugin_faults import call_factory  # a plugin's failure: one line naming it
-    from densemtl.tasks import TASKS
+    from densemtl.tasks.base import TASKS
 
     return call_factory("task", TASKS.canonical(name), TASKS.get(name), dict(knobs), Task, check=task_gap)
 
@@ -100,7 +100,7 @@ class TaskSet(Mapping[str, Task]):
         own = {str(t).lower(): dict(k) for t, k in (task_args or {}).items()}
         for t, knobs in own.items():
             if t not in order:
-                from densemtl.tasks import TASKS
+                from densemtl.tasks.base import TASKS
 
                 given = ", ".join(f"{t}:{k}={v}" for k, v in knobs.items()) or t
                 close = "" if TASKS.find(t) else did_you_mean(t, TASKS.available())  # misspelt, or not this run's

@@ -20,6 +20,7 @@ from densemtl.data._sample_check import check_sample
 from densemtl.data.base import TaskSubset
 from densemtl.errors import ConfigError
 from densemtl.models.base import MultiTaskModel
+from densemtl.plugins import config_imports
 from densemtl.registry import did_you_mean
 from densemtl.tasks import TaskSet, as_task_set
 from densemtl.training.checkpoint_meta import check_state_fields
@@ -199,6 +200,7 @@ def model_from_state(state: Mapping[str, Any], where: str | Path) -> tuple[Multi
         cfg = build_config(state["config"])
     except ConfigError as e:
         raise ConfigError(f"checkpoint {where} holds a bad config: {e}") from None
+    config_imports(cfg.imports, f"checkpoint {where}")  # what registered its architecture (if allowed)
     # the checkpoint's weights replace any pretrained ones: do not look for those again
     knobs = {**cfg.arch_args, **({"pretrained": False} if cfg.arch_args.get("pretrained") else {})}
     weights = state["model"]

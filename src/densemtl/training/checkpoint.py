@@ -1,9 +1,8 @@
 """Checkpoints: everything needed to resume a run exactly, or to rebuild its model alone (:func:`load_model`).
 
-Every write is atomic: the bytes go to a temp file beside the target (``NAME.HOST.PID.tmp``),
-are flushed and fsynced, renamed onto the target, and the directory is fsynced, so a kill or a
-full disk at any moment leaves either the old file or the new one, never a torn one. A failed
-write is a one-line :class:`RuntimeFault` naming the path and the cause.
+Every write is atomic (:mod:`densemtl.atomic`): a kill or a full disk at any moment leaves either
+the old file or the new one, never a torn one; a failed write is a one-line
+:class:`~densemtl.errors.RuntimeFault` naming the path and the cause.
 
 Loading never runs code: ``.pt`` files load with ``weights_only=True`` and exported weights are
 safetensors. A leftover temp file of a dead writer is ignored and removed.
@@ -11,115 +10,26 @@ safetensors. A leftover temp file of a dead writer is ignored and removed.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import json
 import os
-import socket
 import warnings
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 
-from densemtl.errors import ConfigError, RuntimeFault
+from densemtl.atomic import TMP_SUFFIX, atomic_write, host_tag, write_cause
+from densemtl.atomic import atomic_write_text as atomic_write_text  # re-exported
+from densemtl.atomic import temp_path as temp_path  # re-exported
+from densemtl.errors import ConfigError
 from densemtl.models import MultiTaskModel
 from densemtl.training.builders import model_from_state, resolve_device
 from densemtl.training.checkpoint_meta import check_state_fields
 from densemtl.training.config import TrainConfig
 
-TMP_SUFFIX = ".tmp"
 #: Metadata keys of an exported ``.safetensors`` file, each a JSON string.
 EXPORT_KEYS = ("config", "tasks", "num_classes", "size", "arch", "epoch")
 _SAFETENSORS_FORMAT = "densemtl"
-
-
-# -- atomic writes ------------------------------------------------------------------------------
-def _host() -> str:
-    return socket.gethostname().replace(".", "_") or "host"
-
-
-def temp_path(path: Path) -> Path:
-    """The temp file this process writes ``path`` through: ``NAME.HOST.PID.tmp`` beside it."""
-    return path.with_name(f"{path.name}.{_host()}.{os.getpid()}{TMP_SUFFIX}")
-
-
-def _cause(exc: BaseException) -> str:
-    """A short reason for a failed write: the OSError's text if there is one anywhere in the chain
-    (torch wraps it in ``RuntimeError: [enforce fail at inline_container.cc...]``)."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, OSError) and (seen.strerror or seen.errno):
-            text = seen.strerror or os.strerror(seen.errno or 0)
-            return text[:1].lower() + text[1:]
-        seen = seen.__cause__ or seen.__context__
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return f"write failed ({text[:120]})"
-
-
-def _is_write_failure(exc: BaseException) -> bool:
-    """Whether ``exc`` is an I/O failure of the write (as opposed to a bug in what is written)."""
-    if isinstance(exc, OSError):
-        return True
-    if isinstance(exc, RuntimeError):
-        text = str(exc)
-        markers = ("inline_container", "PytorchStreamWriter", "file write failed", "iostream")
-        return any(m in text for m in markers) or isinstance(exc.__context__, OSError)
-    return False
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems refuse fsync on a directory; the rename itself is still atomic
-    finally:
-        os.close(fd)
-
-
-def _make_parent(path: Path) -> None:
-    """Create ``path``'s directory; a file in the way is ENOTDIR naming that file."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        blocker = next((a for a in path.parents if a.exists() and not a.is_dir()), path.parent)
-        raise NotADirectoryError(errno.ENOTDIR, f"{blocker} is a file, not a directory") from None
-
-
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None], what: str, kept: str) -> None:
-    """Write ``path`` through ``write(file)`` atomically. On an I/O failure remove the temp file,
-    leave ``path`` as it was, and raise a :class:`RuntimeFault` ``cannot write {what}{path}:
-    {cause}; {kept}`` (``what``: ``""`` or a word and a space)."""
-    path = Path(path)
-    tmp = temp_path(path)
-    try:
-        _make_parent(path)
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        if not _is_write_failure(e):
-            raise
-        raise RuntimeFault(f"cannot write {what}{path}: {_cause(e)}; {kept}") from None
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Replace ``path`` by ``text`` (UTF-8) atomically; a failed write is a one-line
-    :class:`RuntimeFault` and leaves the previous contents intact."""
-    p = Path(path)
-    kept = "its previous contents are intact" if p.exists() else "nothing was written"
-    atomic_write(p, lambda f: f.write(text.encode("utf-8")), "", kept)
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -147,7 +57,7 @@ def remove_stale_temps(directory: Path) -> list[Path]:
     for tmp in candidates:
         rest, _, pid = tmp.name[: -len(TMP_SUFFIX)].rpartition(".")
         _, _, host = rest.rpartition(".")
-        ours = pid.isdigit() and host == _host() and not _alive(int(pid))
+        ours = pid.isdigit() and host == host_tag() and not _alive(int(pid))
         if not (ours or tmp.name.endswith(".pt" + TMP_SUFFIX)):
             continue
         try:
@@ -233,7 +143,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         with open(p, "rb") as f:
             f.read(1)
     except OSError as e:
-        raise ConfigError(f"checkpoint {p} cannot be read: {_cause(e)}") from None
+        raise ConfigError(f"checkpoint {p} cannot be read: {write_cause(e)}") from None
     try:
         with warnings.catch_warnings():  # torch warns (with a source line) on a foreign pickle: the error says it
             warnings.simplefilter("ignore")

@@ -233,10 +233,6 @@ class TrainConfig:
         for f in dataclasses.fields(self):
             setattr(self, f.name, _coerce(type(self), f.name, getattr(self, f.name)))
         resolve_scheme(self)
-        if self.imports:  # plugins (densemtl.plugins): imported once per process before anything is built
-            from densemtl.plugins import config_imports
-
-            config_imports(self.imports)  # while a command runs: only what its command line allowed
         canonical_names(self)
         check_ranges(self)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from densemtl.data.base import MAX_SEED as MAX_SEED  # re-exported: the data writers check seeds too
 from densemtl.errors import ConfigError
 from densemtl.registry import did_you_mean
 from densemtl.training.config_spec import RegistryRef, check_value, scheme_knobs
@@ -13,11 +14,6 @@ from densemtl.training.config_spec import fields as spec_fields
 
 if TYPE_CHECKING:
     from densemtl.training.config import TrainConfig
-
-#: Seeds are 0 .. 2**32 - 1: every generator seeded from them (numpy's, torch's, the data
-#: order's ``seed * 100_003 + epoch``) takes the result without overflow.
-MAX_SEED = 2**32 - 1
-
 
 #: The most classes a run may have: per-pixel logits of more would outgrow any memory (LVIS has 1203).
 MAX_CLASSES = 65536
@@ -114,9 +110,7 @@ def resolve_scheme(cfg: TrainConfig) -> None:
         cfg.scheme = "mutual" if cfg.peer_arch else "single"
     cfg.scheme = cfg.scheme.lower()
     if cfg.scheme != "mutual" and cfg.peer_arch:
-        from densemtl.training.schemes import SCHEMES
-
-        SCHEMES.canonical(cfg.scheme)  # a misspelt scheme: one line with did-you-mean
+        SCHEME_NAMES.registry().canonical(cfg.scheme)  # a misspelt scheme: one line with did-you-mean
         raise ConfigError(f"--peer-arch is a knob of scheme 'mutual', not of scheme {cfg.scheme!r}; leave it out")
     if cfg.scheme == "mutual" and not cfg.peer_arch:
         raise ConfigError("scheme 'mutual' needs a peer network: --scheme-arg peer_arch=ARCH (or --peer-arch ARCH)")

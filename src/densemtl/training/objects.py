@@ -64,10 +64,7 @@ def qualname(obj: object) -> str:
 
 def registered_name(method: BalancingMethod) -> str | None:
     """The registry name whose factory is ``method``'s class, if one is."""
-    for name in METHODS.available():
-        if METHODS.get(name) is type(method):
-            return name
-    return None
+    return METHODS.name_of(type(method))
 
 
 def check_dataset(data: object, flag: str) -> None:

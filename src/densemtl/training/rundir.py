@@ -4,7 +4,6 @@ damaged history, removing what a failed fresh run wrote, and choosing the best e
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 from pathlib import Path
@@ -13,7 +12,8 @@ from typing import Any
 import yaml
 
 from densemtl.errors import ConfigError, RuntimeFault
-from densemtl.metrics import lower_is_better, relative_improvement
+from densemtl.metrics import best_score as best_score  # re-exported: the rule best.pt is chosen by
+from densemtl.metrics import lower_is_better
 from densemtl.models import count_parameters
 from densemtl.paths import RUN_FILES, RUN_FOLDERS, check_not_linked, existing_ancestor
 
@@ -98,21 +98,6 @@ def discard(out: Path, created: bool) -> None:
             shutil.rmtree(child, ignore_errors=True)
         else:
             child.unlink(missing_ok=True)
-
-
-def best_score(history: list[dict[str, Any]], epochs: int) -> float | None:
-    """The selection score of the last record of ``history`` if it is the best epoch so far, else
-    None. The best epoch is the one >= 1 (epoch 0 in a run of no epochs) whose validation metrics
-    improve most on epoch 0's (:func:`~densemtl.metrics.relative_improvement`, NaN never wins over
-    a number); the rule a bench selects its checkpoint by."""
-    epoch = history[-1]["epoch"]
-    if epoch == 0 and epochs > 0:
-        return None
-    ref = history[0]["val"]
-    scores = [relative_improvement(r["val"], ref) for r in history if r["epoch"] >= min(1, epoch)]
-    score = scores[-1]
-    earlier = [s for s in scores[:-1] if not math.isnan(s)]
-    return score if not earlier or (not math.isnan(score) and score > max(earlier)) else None
 
 
 def best_metrics(history: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:

@@ -33,6 +33,7 @@ from densemtl.engine import NonFiniteGradientError, StepResult
 from densemtl.engine.precision import Precision
 from densemtl.models import MultiTaskModel
 from densemtl.paths import fresh_run_dir
+from densemtl.plugins import config_imports
 from densemtl.report.console import metrics_header, metrics_row
 from densemtl.report.diagnostic_plots import plot_diagnostics
 from densemtl.report.jsonio import dumps
@@ -87,6 +88,8 @@ class Trainer:
     ) -> None:
         """``cfg`` (default: the demo, ``TrainConfig()``) into ``out`` (default: a fresh folder
         under ./runs); the objects replace what the config names (:mod:`densemtl.training.objects`)."""
+        if cfg is not None:  # its plugins first (while a command runs: only what its command line allowed)
+            config_imports(cfg.imports)
         cfg, parts, self.objects = resolve_objects(
             cfg if cfg is not None else TrainConfig(), model=model, train_data=train_data, val_data=val_data,
             method=method, optimizer=optimizer, scheduler=scheduler,

@@ -20,8 +20,8 @@ from densemtl.distributed import Comm
 from densemtl.engine.gramian import gramian
 from densemtl.engine.layer_norms import kernel_ids
 from densemtl.engine.precision import Precision, mark_overflow
+from densemtl.engine.protocols import EngineModel
 from densemtl.errors import DenseMTLError
-from densemtl.models.base import MultiTaskModel
 from densemtl.plugin_contracts import check_vector, guarded
 
 
@@ -72,7 +72,7 @@ class Context:
     whether a shared representation is given, and ``names`` name the shared parameters.
     """
 
-    model: MultiTaskModel | None
+    model: EngineModel | None
     method: BalancingMethod
     tasks: tuple[str, ...]
     shared: list[nn.Parameter]
