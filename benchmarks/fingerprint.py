@@ -24,8 +24,19 @@ BASE = ["--size", "32x40", "--n-train", "16", "--n-val", "8", "--batch-size", "4
 MTAN = ["--arch", "mtan", "--arch-arg", "width=0.125"]
 HPS = ["--arch", "hps", "--arch-arg", "backbone=resnet18", "--arch-arg", "head_channels=8"]
 MTAN_METHODS = [
-    "ew", "uw", "dwa", "gradnorm", "pcgrad", "upgrad",
-    "mao", "cagrad", "nashmtl", "rlw", "graddrop", "dbmtl"]
+    "ew",
+    "uw",
+    "dwa",
+    "gradnorm",
+    "pcgrad",
+    "upgrad",
+    "mao",
+    "cagrad",
+    "nashmtl",
+    "rlw",
+    "graddrop",
+    "dbmtl",
+]
 CONFIGS: dict[str, list[str]] = {
     **{f"mtan-{m}": [*MTAN, "--method", m] for m in MTAN_METHODS},
     "hps-mgda": [*HPS, "--method", "mgda"],

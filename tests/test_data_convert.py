@@ -75,8 +75,10 @@ def test_nyuv2(nyu_raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> 
     args[args.index(str(root))] = str(tmp_path / "ny-link")
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert err == f"densemtl: error: --out {tmp_path / 'ny-link'} is a symbolic link; refusing to write through it " \
+    assert (
+        err == f"densemtl: error: --out {tmp_path / 'ny-link'} is a symbolic link; refusing to write through it "
         "(remove it or choose another path)\n"
+    )
     assert np.load(root / "train" / "image" / "0.npy").shape == (48, 64, 3)
 
 

@@ -295,8 +295,11 @@ def test_gradnorm_observes_the_norms_of_the_last_shared_weight(batch: dict[str, 
     # decoder stage that runs first).
     shared = {id(p) for p in model.shared_parameters()}
     ran: list[torch.nn.Module] = []
-    hooks = [m.register_forward_hook(lambda m, i, o: ran.append(m)) for m in model.modules()
-             if isinstance(m, torch.nn.Conv2d) and id(m.weight) in shared]
+    hooks = [
+        m.register_forward_hook(lambda m, i, o: ran.append(m))
+        for m in model.modules()
+        if isinstance(m, torch.nn.Conv2d) and id(m.weight) in shared
+    ]
     result = step(engine, batch)
     for h in hooks:
         h.remove()
