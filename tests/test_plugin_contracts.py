@@ -121,8 +121,15 @@ def test_a_keyboardinterrupt_the_plugin_raises_is_the_plugins(capsys: pytest.Cap
 
 
 def test_a_real_ctrl_c_while_importing_stays_an_interrupt(capsys: pytest.CaptureFixture) -> None:
+    import signal
+
     _plugin("sigmod", "import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(5)\n")
-    assert main(["list", "--import", "sigmod"]) == 130
+    # Python's own Ctrl-C handler, as in a shell (a pytest-xdist worker ignores SIGINT)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert main(["list", "--import", "sigmod"]) == 130
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert capsys.readouterr().err == "densemtl: interrupted\n"
 
 
