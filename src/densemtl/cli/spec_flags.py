@@ -81,7 +81,7 @@ def _kwargs(name: str, s: Spec, hint: Any, default: Any, bench: bool) -> dict[st
     kw: dict[str, Any] = {"dest": name, "help": _help(name, s, default, bench)}
     kind, optional = _kind(hint)
     if kind is dict:
-        kw.update(action="append", metavar="KEY=VALUE")
+        kw.update(action="append", metavar="TASK:KEY=VALUE" if name == "task_args" else "KEY=VALUE")
     elif kind is bool:
         kw["action"] = argparse.BooleanOptionalAction if optional else "store_true"
     elif kind in (int, float) and s.parse is None:
