@@ -210,22 +210,11 @@ def task_partition() -> Callable[[nn.Module], Partition]:
 
 
 def _dense_batch(tasks: dict[str, int], size: tuple[int, int] = (32, 32), n: int = 2) -> dict[str, Tensor]:
-    """A seeded batch with an image and a valid-looking target for each NYUv2-style task in ``tasks``.
+    """A seeded batch with an image and a valid-looking target for each NYUv2-style task in ``tasks``
+    (:func:`densemtl.testing._common.dense_batch`: ignored seg pixels, positive depth, unit normals)."""
+    from densemtl.testing._common import dense_batch
 
-    Segmentation has ignored (-1) pixels; depth is positive; normals are unit vectors.
-    """
-    g = torch.Generator().manual_seed(1)
-    batch = {"image": torch.rand(n, 3, *size, generator=g)}
-    for t, c in tasks.items():
-        if t == "seg":
-            batch[t] = torch.randint(-1, c, (n, *size), generator=g)
-        elif t == "depth":
-            batch[t] = torch.rand(n, 1, *size, generator=g) + 0.5
-        elif t == "normal":
-            batch[t] = nn.functional.normalize(torch.randn(n, 3, *size, generator=g), dim=1)
-        else:
-            raise ValueError(f"no target maker for task {t!r}")
-    return batch
+    return dense_batch(tasks, size, n, seed=1)
 
 
 @pytest.fixture

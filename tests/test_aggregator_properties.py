@@ -13,6 +13,7 @@ import torch
 
 from densemtl.balancing import Aggregator, available, create
 from densemtl.testing import check_method
+from densemtl.testing.methods import degenerate_jacobians
 
 
 def _aggregators() -> list[str]:
@@ -67,18 +68,7 @@ TASK_COUNTS = (3, 5)
 def special_matrices(T: int = 3) -> dict[str, torch.Tensor]:
     """Degenerate Jacobians with ``T`` rows (T = 3: the original cases; T = 5: their five-task analogues)."""
     if T == 3:
-        equal = rand(3, 9, 1)
-        equal[1] = equal[0]
-        zero_row = rand(3, 9, 2)
-        zero_row[1] = 0.0
-        return {
-            "equal_rows": equal,
-            "zero_row": zero_row,
-            "opposite": torch.stack([rand(1, 9, 3)[0], -rand(1, 9, 3)[0]]),
-            "low_rank": rand(5, 2, 4) @ rand(2, 9, 5),
-            "all_zero": torch.zeros(3, 9, dtype=torch.float64),
-            "one_column": rand(3, 1, 6),
-        }
+        return degenerate_jacobians()  # densemtl.testing's, which every plugin method is checked on too
     equal = rand(T, 9, 11)
     equal[1] = equal[0]
     equal[T - 1] = equal[0]
