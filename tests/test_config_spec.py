@@ -262,3 +262,32 @@ def test_resume_refuses_a_new_peer_as_such(tmp_path: Path) -> None:
         resume_config(tmp_path, {"peer_arch": "segnet"})
     with pytest.raises(ConfigError, match=r"^cannot change 'peer_arch' when resuming"):
         resume_config(tmp_path, {"scheme": "mutual", "scheme_args": {"peer_arch": "segnet"}})
+
+
+def test_help_lists_what_import_registers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """`train --import MOD --help` imports MOD first, so its architecture is in the help; a module
+    that does not import is one line, exit 2."""
+    import sys
+
+    from densemtl import models
+    from densemtl.cli.main import main
+
+    (tmp_path / "helpplug.py").write_text(
+        "from densemtl.models import register\nfrom densemtl.models.segnet import segnet\n\n\n"
+        '@register("helpnet")\ndef helpnet(task_channels, width: float = 0.25):\n'
+        "    return segnet(task_channels, width)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        with pytest.raises(SystemExit) as done:
+            main(["train", "--import", "helpplug", "--help"])
+        assert done.value.code == 0
+        assert "helpnet: width=0.25" in capsys.readouterr().out
+    finally:
+        models.MODELS.unregister("helpnet")
+        sys.modules.pop("helpplug", None)
+    assert main(["train", "--import", "no_such_helpplug", "--help"]) == 2
+    assert capsys.readouterr().err.startswith("densemtl: error: plugin 'no_such_helpplug' failed to import")

@@ -65,7 +65,31 @@ OUTPUT_FLAGS = ("out", "json")
 PLUGIN_COMMANDS = ("train", "eval", "predict", "export", "bench", "speed", "list")
 
 
+def help_imports(argv: Sequence[str]) -> list[str]:
+    """The modules ``--import`` names on a command line that asks for ``--help`` (the help lists
+    their architectures, methods, tasks and datasets, so they are imported first; the command line
+    itself is the consent); [] when it does not ask for help."""
+    if not any(a in ("-h", "--help") for a in argv):
+        return []
+    names: list[str] = []
+    for i, a in enumerate(argv):
+        if a == "--import" and i + 1 < len(argv):
+            names.append(argv[i + 1])
+        elif a.startswith("--import="):
+            names.append(a.partition("=")[2])
+    return names
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    shown = help_imports(argv)
+    if shown:
+        from densemtl import plugins
+
+        try:
+            plugins.load_plugins(shown)
+        except DenseMTLError as e:
+            return report(e)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
