@@ -220,25 +220,3 @@ def _dense_batch(tasks: dict[str, int], size: tuple[int, int] = (32, 32), n: int
 @pytest.fixture
 def dense_batch() -> Callable[..., dict[str, Tensor]]:
     return _dense_batch
-
-
-#: The files that take longest (measured: `pytest -n 2 --dist loadfile --durations=0`), collected first
-#: so that pytest-xdist hands them out first and the two processes end together (longest first).
-LONGEST_FIRST = (
-    "test_executors.py",
-    "test_distributed.py",
-    "test_five_tasks.py",
-    "test_speed.py",
-    "test_bench_faults.py",
-    "test_kill.py",
-    "test_demo.py",
-    "test_speed_ddp.py",
-    "test_resume.py",
-    "test_methods_train.py",
-)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The longest files first (each file's tests keep their order)."""
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
