@@ -54,7 +54,7 @@ from densemtl.training.config_spec import UNSET as UNSET  # re-exported
 from densemtl.training.config_spec import fields as spec_fields
 from densemtl.training.config_spec import replanned_keys, resumable_keys, spec
 from densemtl.training.schedule import LR_SCHEDULES, OPTIMIZERS, default_lr_step
-from densemtl.training.yaml_io import parse_yaml
+from densemtl.training.yaml_io import read_yaml_file
 
 _ALWAYS = "always"  # bench keys it in every baseline key (the keys of 0.3)
 _MDML = "mutual"
@@ -377,23 +377,7 @@ def resume_config(
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file into a flat mapping; missing or malformed file: one-line error."""
-    p = Path(path)
-    if p.is_dir():
-        raise ConfigError(f"config file {p} is a folder; pass a YAML file")
-    if not p.is_file():
-        raise ConfigError(f"config file {p} does not exist")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"config file {p} is not a text file (not UTF-8); pass a YAML file") from None
-    except OSError as e:
-        raise ConfigError(f"config file {p} cannot be read ({e.strerror or e})") from None
-    data = parse_yaml(text, f"config file {p}", text_keys(TrainConfig))
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {p} must hold a mapping of keys to values")
-    return data
+    return read_yaml_file(path, text_keys(TrainConfig))
 
 
 @functools.cache

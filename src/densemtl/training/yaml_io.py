@@ -17,6 +17,7 @@ It is PyYAML's safe loader (plain data only) with four rules on top, each a one-
 from __future__ import annotations
 
 from collections.abc import Collection
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -94,3 +95,25 @@ def parse_yaml(text: str, what: str, text_keys: Collection[str] = ()) -> Any:
         raise ConfigError(f"{what} is not valid YAML{where}") from None
     finally:
         loader.dispose()
+
+
+def read_yaml_file(path: str | Path, text_keys: Collection[str] = ()) -> dict[str, Any]:
+    """A YAML config file read as a mapping (:func:`parse_yaml`; empty: ``{}``); a folder, a missing,
+    unreadable or non-UTF-8 file, or a file not holding a mapping is a one-line ConfigError."""
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"config file {p} is a folder; pass a YAML file")
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {p} is not a text file (not UTF-8); pass a YAML file") from None
+    except OSError as e:
+        raise ConfigError(f"config file {p} cannot be read ({e.strerror or e})") from None
+    data = parse_yaml(text, f"config file {p}", text_keys)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of keys to values")
+    return data
