@@ -188,20 +188,12 @@ Partition = tuple[set[int], set[int], list[set[int]]]
 
 
 def _task_partition(model: nn.Module) -> Partition:
-    """Check that ``model``'s shared and per-task parameters partition its parameters.
+    """``model``'s shared and per-task parameters partition its parameters
+    (:func:`densemtl.testing.architectures.check_partition`: every task owns some, none is both
+    shared and a task's or two tasks'); the ids (every, shared, per task)."""
+    from densemtl.testing.architectures import check_partition
 
-    Every task owns some parameters, no parameter is both shared and a task's or two tasks',
-    and together they are all the parameters. Returns the ids (every, shared, per task).
-    """
-    every = {id(p) for p in model.parameters()}
-    shared = {id(p) for p in model.shared_parameters()}
-    per_task = [{id(p) for p in model.task_parameters(t)} for t in model.tasks]
-    assert all(per_task)
-    for i, own in enumerate(per_task):
-        assert not own & shared
-        assert all(not own & other for other in per_task[i + 1 :])
-    assert shared.union(*per_task) == every
-    return every, shared, per_task
+    return check_partition(model, type(model).__name__)
 
 
 @pytest.fixture
